@@ -1,0 +1,58 @@
+"""Trace-time argument checks shared by the layers.
+
+Every check runs on static information only (shapes, dtypes, Python ints), so it raises while
+JAX traces the function, with a one-line message naming the argument, what it got and what
+was expected.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+
+def check_float(name: str, a: jnp.ndarray) -> None:
+    """Raise TypeError unless ``a`` has a floating dtype."""
+    if not jnp.issubdtype(a.dtype, jnp.floating):
+        raise TypeError(f"{name} must be a floating-point array, got dtype {a.dtype}")
+
+
+def check_int(name: str, a: jnp.ndarray) -> None:
+    """Raise TypeError unless ``a`` has an integer dtype."""
+    if not jnp.issubdtype(a.dtype, jnp.integer):
+        raise TypeError(f"{name} must be an integer array, got dtype {a.dtype}")
+
+
+def check_rank(name: str, a: jnp.ndarray, rank: int, layout: str) -> None:
+    """Raise ValueError unless ``a`` has exactly ``rank`` dimensions (``layout`` names them)."""
+    if a.ndim != rank:
+        raise ValueError(
+            f"{name} must have rank {rank} {layout}, got shape {tuple(a.shape)} (rank {a.ndim})"
+        )
+
+
+def check_same_dtype(**arrays: jnp.ndarray) -> None:
+    """Raise TypeError unless all arrays share one dtype (no silent promotion inside a layer)."""
+    dtypes = {name: a.dtype for name, a in arrays.items()}
+    if len(set(dtypes.values())) > 1:
+        got = ", ".join(f"{name}: {dtype}" for name, dtype in dtypes.items())
+        raise TypeError(f"arrays must share one floating dtype, got {got}")
+
+
+def pair(name: str, value: int | tuple[int, int], minimum: int) -> tuple[int, int]:
+    """Normalise an int or a pair of ints to a pair, each at least ``minimum``.
+
+    Raises:
+        TypeError: ``value`` is not an int or a pair of ints (a float, an array, a bool).
+        ValueError: a pair of the wrong length, or an entry below ``minimum``.
+    """
+    items = value if isinstance(value, (tuple, list)) else (value,)
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if len(items) == 1:
+        items = (items[0], items[0])
+    if len(items) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if min(items) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return (int(items[0]), int(items[1]))

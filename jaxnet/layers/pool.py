@@ -1,0 +1,131 @@
+"""2-D max pooling (NHWC, no padding) with its analytic backward rule.
+
+Ties: the gradient of a window goes to its *first* maximum in row-major order within the window
+(top row first, left to right), as the seed's MATLAB code and PyTorch do. After a ReLU many
+windows hold several zeros, so this choice matters; it is the same in the forward pass (the
+autodiff twin routes ties the same way) and in the custom rule.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxnet.layers._checks import check_float, check_rank, pair
+
+
+def _check_pool(x, window: tuple[int, int], stride: tuple[int, int]) -> tuple[int, int]:
+    check_float("x", x)
+    check_rank("x", x, 4, "(N, H, W, C)")
+    for dim, size, k in (("H", x.shape[1], window[0]), ("W", x.shape[2], window[1])):
+        if size < k:
+            raise ValueError(f"window {window} leaves no output: x has {dim} = {size} < {k}")
+    return tuple((x.shape[1 + d] - window[d]) // stride[d] + 1 for d in range(2))
+
+
+def _window_slices(x, window, stride, out):
+    """The ``KH * KW`` strided views ``x[:, u::sh, v::sw]`` (each ``(N, Ho, Wo, C)``), row-major."""
+    n, _, _, c = x.shape
+    views = []
+    for u in range(window[0]):
+        for v in range(window[1]):
+            start = (0, u, v, 0)
+            limit = (n, u + (out[0] - 1) * stride[0] + 1, v + (out[1] - 1) * stride[1] + 1, c)
+            views.append(lax.slice(x, start, limit, (1, stride[0], stride[1], 1)))
+    return views
+
+
+def _max_and_argmax(x, window, stride):
+    """Window maxima ``(N, Ho, Wo, C)`` and the row-major index of each window's first maximum.
+
+    A later element replaces the running maximum only when strictly greater, so the first of
+    equal maxima wins.
+    """
+    out = _check_pool(x, window, stride)
+    views = _window_slices(x, window, stride, out)
+    best = views[0]
+    index = jnp.zeros(best.shape, jnp.int32)
+    for k, view in enumerate(views[1:], start=1):
+        greater = view > best
+        best = jnp.where(greater, view, best)
+        index = jnp.where(greater, k, index)
+    return best, index
+
+
+def maxpool2d_forward(
+    x: jax.Array, window: int | tuple[int, int] = 2, stride: int | tuple[int, int] = 2
+) -> jax.Array:
+    """Forward pass of max pooling, with no custom rule (JAX can differentiate it).
+
+    Args:
+        x: input ``(N, H, W, C)``, floating point.
+        window: window size, an int or ``(kh, kw)``, each >= 1.
+        stride: an int or ``(sh, sw)``, each >= 1.
+
+    Returns:
+        ``(N, Ho, Wo, C)`` with ``Ho = (H - kh) // sh + 1`` (likewise ``Wo``); rows and
+        columns past the last whole window are dropped.
+
+    Raises:
+        ValueError: ``x`` not of rank 4, window or stride < 1, or a window larger than ``x``.
+        TypeError: ``x`` not floating point, or a non-int window or stride.
+    """
+    return _max_and_argmax(x, pair("window", window, 1), pair("stride", stride, 1))[0]
+
+
+def maxpool2d(
+    x: jax.Array, window: int | tuple[int, int] = 2, stride: int | tuple[int, int] = 2
+) -> jax.Array:
+    """Max pooling whose gradient goes to the first maximum of each window (row-major).
+
+    Args:
+        x: input ``(N, H, W, C)``, floating point.
+        window: window size, an int or ``(kh, kw)``.
+        stride: an int or ``(sh, sw)``.
+
+    Returns:
+        ``(N, Ho, Wo, C)``; see :func:`maxpool2d_forward` for sizes and errors.
+    """
+    return _maxpool2d(x, pair("window", window, 1), pair("stride", stride, 1))
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _maxpool2d(x, window, stride):
+    return maxpool2d_forward(x, window, stride)
+
+
+def _maxpool2d_fwd(x, window, stride):
+    y, index = _max_and_argmax(x, window, stride)
+    return y, (index, x.shape)
+
+
+def _maxpool2d_bwd(window, stride, residuals, g):
+    """Backward rule of max pooling: route each window's ``dL/dy`` to its first maximum.
+
+    ``dL/dx[n, i*sh + u, j*sw + v, c] += g[n, i, j, c]`` where ``(u, v)`` is the position of the
+    window's first maximum, 0 elsewhere. Each window offset ``k = u * kw + v`` contributes
+    ``g`` masked by ``index == k``, spread back to the input grid by ``lax.pad`` (``s - 1``
+    zeros between entries, offset ``(u, v)``); overlapping windows (stride < window) add up.
+    """
+    index, x_shape = residuals
+    _, h, w, _ = x_shape
+    out = g.shape[1:3]
+    zero = jnp.zeros((), g.dtype)
+    dx = jnp.zeros(x_shape, g.dtype)
+    for u in range(window[0]):
+        for v in range(window[1]):
+            picked = jnp.where(index == u * window[1] + v, g, zero)
+            config = (
+                (0, 0, 0),
+                (u, h - u - (out[0] - 1) * stride[0] - 1, stride[0] - 1),
+                (v, w - v - (out[1] - 1) * stride[1] - 1, stride[1] - 1),
+                (0, 0, 0),
+            )
+            dx = dx + lax.pad(picked, zero, config)
+    return (dx,)
+
+
+_maxpool2d.defvjp(_maxpool2d_fwd, _maxpool2d_bwd)

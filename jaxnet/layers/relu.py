@@ -1,0 +1,53 @@
+"""Rectified linear unit with its analytic backward rule (report eq. 25)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxnet.layers._checks import check_float
+
+
+def relu_forward(x: jax.Array) -> jax.Array:
+    """Forward pass ``max(x, 0)``, elementwise, with no custom rule.
+
+    Args:
+        x: floating-point array of any shape.
+
+    Returns:
+        ``max(x, 0)``, the shape and dtype of ``x``.
+
+    Raises:
+        TypeError: ``x`` is not floating point.
+    """
+    check_float("x", x)
+    return jnp.maximum(x, jnp.zeros((), x.dtype))
+
+
+@jax.custom_vjp
+def relu(x: jax.Array) -> jax.Array:
+    """ReLU ``max(x, 0)`` whose gradient is ``dL/dy * step(x)`` with ``step(0) = 0`` (eq. 25).
+
+    Args:
+        x: floating-point array of any shape.
+
+    Returns:
+        ``max(x, 0)``, the shape and dtype of ``x``.
+    """
+    return relu_forward(x)
+
+
+def _relu_fwd(x):
+    return relu_forward(x), x
+
+
+def _relu_bwd(x, g):
+    """Backward rule of ReLU, eq. 25: ``dL/dx = dL/dy * step(x)``.
+
+    ``step(x)`` is 1 where ``x > 0`` and 0 elsewhere; at ``x = 0`` the derivative is taken as 0
+    (a subgradient), which is also what the seed's code does.
+    """
+    return (jnp.where(x > 0, g, jnp.zeros((), g.dtype)),)
+
+
+relu.defvjp(_relu_fwd, _relu_bwd)

@@ -1,0 +1,82 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import normal, rel_err
+from jax.test_util import check_grads
+
+from jaxnet import autodiff, softmax_cross_entropy
+
+CONFIGS = [(1, 2), (4, 10), (16, 10), (7, 3), (32, 20)]
+
+
+def make(config, dtype=jnp.float64, scale=3.0):
+    n, k = config
+    logits = scale * normal(0, (n, k), dtype)
+    labels = jax.random.randint(jax.random.PRNGKey(1), (n,), 0, k)
+    return logits, labels
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_forward_matches_log_softmax(x64, config):
+    logits, labels = make(config)
+    ref = -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(config[0]), labels])
+    assert rel_err(softmax_cross_entropy(logits, labels), ref) < 1e-14
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_custom_vjp_matches_autodiff_and_eq29(x64, compare_rules, config):
+    logits, labels = make(config)
+    (g,) = compare_rules(
+        softmax_cross_entropy, autodiff.softmax_cross_entropy, (logits, labels), (0,)
+    )
+    dl = jax.grad(softmax_cross_entropy)(logits, labels)
+    eq29 = (jax.nn.softmax(logits) - jax.nn.one_hot(labels, config[1])) / config[0]
+    assert rel_err(dl, eq29) < 1e-14
+    assert g.shape == logits.shape
+
+
+@pytest.mark.parametrize("config", CONFIGS[1:3])
+def test_check_grads_finite_differences(x64, config):
+    logits, labels = make(config)
+    check_grads(lambda z: softmax_cross_entropy(z, labels), (logits,), order=1, modes=["rev"])
+
+
+def test_large_logits_stay_finite_in_float32():
+    logits = jnp.array([[1e4, -1e4, 0.0], [-1e4, 1e4, 5e3]], jnp.float32)
+    labels = jnp.array([1, 0])
+    loss, grad = jax.value_and_grad(softmax_cross_entropy)(logits, labels)
+    assert np.isfinite(loss) and np.all(np.isfinite(grad))
+    np.testing.assert_allclose(loss, 2e4, rtol=1e-6)  # each row: lse - picked = 2e4
+    np.testing.assert_allclose(grad, [[0.5, -0.5, 0.0], [-0.5, 0.5, 0.0]], atol=1e-6)
+
+
+def test_jit_and_vmap(x64, compare_rules):
+    logits, labels = make((6, 5))
+    zs, ls = jnp.stack([logits, -logits]), jnp.stack([labels, labels[::-1]])
+    compare_rules(
+        jax.jit(jax.vmap(softmax_cross_entropy)),
+        jax.jit(jax.vmap(autodiff.softmax_cross_entropy)),
+        (zs, ls),
+        (0,),
+    )
+
+
+def test_label_out_of_range_gives_nan():
+    loss = softmax_cross_entropy(jnp.zeros((2, 3)), jnp.array([0, 3]))
+    assert np.isnan(loss)
+
+
+@pytest.mark.parametrize(
+    ("logits", "labels", "error", "match"),
+    [
+        (jnp.zeros((2, 3)), jnp.zeros(2), TypeError, "labels must be an integer array"),
+        (jnp.zeros((2, 3), jnp.int32), jnp.zeros(2, jnp.int32), TypeError, "logits must be a"),
+        (jnp.zeros(3), jnp.zeros(1, jnp.int32), ValueError, "logits must have rank 2"),
+        (jnp.zeros((2, 3)), jnp.zeros((2, 1), jnp.int32), ValueError, "labels must have rank 1"),
+        (jnp.zeros((2, 3)), jnp.zeros(3, jnp.int32), ValueError, r"labels must have shape \(2,\)"),
+    ],
+)
+def test_bad_arguments(logits, labels, error, match):
+    with pytest.raises(error, match=match):
+        softmax_cross_entropy(logits, labels)

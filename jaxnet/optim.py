@@ -1,0 +1,78 @@
+"""The seed's momentum scheme (report eqs. 30-31, with the assignment's weight decay) for optax.
+
+The rule, for every parameter ``w`` with gradient ``g``::
+
+    m <- mu * m + (1 - mu) * g            (eq. 30: an exponential moving average, m_0 = 0)
+    w <- w - alpha * (m + lambda * w)     (eq. 31, plus weight decay lambda)
+
+This is NOT ``optax.sgd(alpha, momentum=mu)``, which accumulates ``m = g + mu * m`` (no
+``1 - mu`` factor, so its steps are ``1 / (1 - mu)`` times larger). Here it is
+
+    optax.chain(optax.ema(mu, debias=False), optax.add_decayed_weights(lambda),
+                optax.scale_by_learning_rate(alpha))
+
+Any other ``optax.GradientTransformation`` can be used in its place in
+:func:`jaxnet.make_train_step`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import optax
+
+
+def _real(name: str, value: object) -> float:
+    """``value`` as a Python float: a Python, NumPy or 0-d array real number, not a bool."""
+    is_scalar = isinstance(value, numbers.Real) or getattr(value, "shape", None) == ()
+    if isinstance(value, bool) or not is_scalar:
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    return float(value)
+
+
+def momentum(
+    learning_rate: float | optax.Schedule,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+) -> optax.GradientTransformation:
+    """The seed's momentum with weight decay: ``m = mu m + (1 - mu) g; w -= alpha (m + lambda w)``.
+
+    The momentum buffer starts at zero and is not debiased, as in the seed. The hyperparameters
+    are Python floats baked into the update (weakly typed, so they keep each parameter's dtype
+    and never cause a retrace); a schedule is evaluated inside the jitted step from the step
+    count held in the optimizer state, so a changing learning rate does not retrace either.
+
+    Args:
+        learning_rate: ``alpha``, a float >= 0, or an optax schedule ``step -> alpha`` (the
+            count starts at 0 on the first update).
+        momentum: ``mu`` in ``[0, 1)``; 0 gives plain SGD with weight decay.
+        weight_decay: ``lambda`` >= 0, the L2 penalty's coefficient (decoupled from ``m``, as in
+            the seed: it is added after the moving average).
+
+    Returns:
+        An ``optax.GradientTransformation``. Its state holds one momentum array per parameter
+        (same shapes and dtypes as the params), a step count, and (with a schedule) the
+        schedule's count.
+
+    Raises:
+        ValueError: a negative or non-finite learning rate, momentum outside ``[0, 1)``, or a
+            negative or non-finite weight decay.
+        TypeError: a hyperparameter that is not a real number (or, for the learning rate, a
+            callable).
+    """
+    if not callable(learning_rate):
+        learning_rate = _real("learning_rate", learning_rate)
+        if not (math.isfinite(learning_rate) and learning_rate >= 0):
+            raise ValueError(f"learning_rate must be a finite float >= 0, got {learning_rate}")
+    mu = _real("momentum", momentum)
+    if not 0.0 <= mu < 1.0:
+        raise ValueError(f"momentum must be in [0, 1), got {mu}")
+    decay = _real("weight_decay", weight_decay)
+    if not (math.isfinite(decay) and decay >= 0):
+        raise ValueError(f"weight_decay must be a finite float >= 0, got {decay}")
+    return optax.chain(
+        optax.ema(mu, debias=False),
+        optax.add_decayed_weights(decay),
+        optax.scale_by_learning_rate(learning_rate),
+    )

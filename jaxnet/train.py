@@ -1,0 +1,279 @@
+"""The loss, one jitted train step, and evaluation over a whole set.
+
+- :func:`loss_fn` / :func:`loss_and_logits`: the mean softmax cross-entropy of a batch, through
+  the analytic or the autodiff layers.
+- :func:`make_train_step`: one ``jax.jit`` region that takes a batch (uint8 images are scaled
+  there, so the data set stays uint8 in memory), computes loss and gradient, applies any optax
+  optimizer, and returns the new params, optimizer state and metrics. It compiles once.
+- :func:`evaluate`: predictions, mean loss and accuracy over a set of any size, in fixed-size
+  batches (the last one padded and masked), so it compiles once per batch size.
+
+The fit loop (epochs, logging, checkpoints) builds on these and lives elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxnet import autodiff
+from jaxnet import layers as analytic
+from jaxnet.network import RULES, Architecture, forward
+
+Params = dict[str, dict[str, jax.Array]]
+Metrics = dict[str, jax.Array]
+TrainStep = Callable[
+    [Params, optax.OptState, jax.Array, jax.Array], tuple[Params, optax.OptState, Metrics]
+]
+
+
+def _check_rules(rules: str) -> None:
+    if rules not in RULES:
+        raise ValueError(f"rules must be one of {RULES}, got {rules!r}")
+
+
+def _check_mean(arch: Architecture, mean: object) -> np.ndarray:
+    """``mean`` as a float64 NumPy array of shape ``()`` or ``(C,)``; ValueError otherwise."""
+    try:
+        m = np.asarray(mean, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"mean must be a float or a (C,) array of floats, got {mean!r}") from None
+    c = arch.input_shape[2]
+    if m.shape not in ((), (c,)):
+        raise ValueError(
+            f"mean must be a scalar or have shape ({c},) (one per channel), got shape {m.shape}"
+        )
+    if not np.all(np.isfinite(m)):
+        raise ValueError(f"mean must be finite, got {mean!r}")
+    return m
+
+
+def _params_dtype(params: Params) -> jnp.dtype:
+    leaves = jax.tree.leaves(params)
+    if not leaves:
+        raise ValueError("params must hold at least one array")
+    return jnp.result_type(leaves[0])
+
+
+def prepare_images(x: jax.Array, mean: jax.Array | float, dtype: jnp.dtype) -> jax.Array:
+    """Turn a batch of images into the network's input.
+
+    A uint8 batch is scaled to ``[0, 1]`` and centred: ``x.astype(dtype) / 255 - mean``. A
+    floating batch is taken as already prepared and returned unchanged (``mean`` is not
+    applied to it).
+
+    Args:
+        x: ``(N, H, W, C)``, uint8 or floating point.
+        mean: a scalar or a per-channel ``(C,)`` mean, in units of the scaled image.
+        dtype: the floating dtype of the result (the params' dtype) for uint8 input.
+
+    Returns:
+        ``(N, H, W, C)`` floating point.
+
+    Raises:
+        TypeError: ``x`` is an integer batch other than uint8.
+    """
+    if x.dtype == jnp.uint8:
+        return x.astype(dtype) / jnp.asarray(255, dtype) - jnp.asarray(mean, dtype)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"x must be a uint8 or floating-point batch, got dtype {x.dtype}")
+    return x
+
+
+def loss_and_logits(
+    arch: Architecture, params: Params, x: jax.Array, y: jax.Array, rules: str = "analytic"
+) -> tuple[jax.Array, jax.Array]:
+    """The mean softmax cross-entropy of a batch, and the logits it came from.
+
+    Args:
+        arch: the network.
+        params: ``{layer name: {"w": ..., "b": ...}}`` as from :func:`jaxnet.init`.
+        x: a float batch ``(N, H, W, C)`` in the params' dtype.
+        y: integer labels ``(N,)`` in ``[0, num_classes)``.
+        rules: ``"analytic"`` or ``"autodiff"``, for every layer and the loss.
+
+    Returns:
+        ``(loss, logits)``: the scalar mean loss and the ``(N, num_classes)`` logits.
+    """
+    ops = analytic if rules == "analytic" else autodiff
+    logits = forward(arch, params, x, rules)
+    return ops.softmax_cross_entropy(logits, y), logits
+
+
+def loss_fn(
+    arch: Architecture, params: Params, x: jax.Array, y: jax.Array, rules: str = "analytic"
+) -> jax.Array:
+    """The mean softmax cross-entropy of a batch: differentiate it with ``jax.grad(..., 1)``.
+
+    Args:
+        arch: the network.
+        params: ``{layer name: {"w": ..., "b": ...}}`` as from :func:`jaxnet.init`.
+        x: a float batch ``(N, H, W, C)`` in the params' dtype.
+        y: integer labels ``(N,)`` in ``[0, num_classes)``.
+        rules: ``"analytic"`` or ``"autodiff"``, for every layer and the loss.
+
+    Returns:
+        The scalar mean loss, in the params' dtype.
+    """
+    return loss_and_logits(arch, params, x, y, rules)[0]
+
+
+def _accuracy(logits: jax.Array, y: jax.Array) -> jax.Array:
+    return jnp.mean(jnp.argmax(logits, axis=-1) == y).astype(logits.dtype)
+
+
+def make_train_step(
+    arch: Architecture,
+    optimizer: optax.GradientTransformation,
+    rules: str = "analytic",
+    mean: float | np.ndarray = 0.0,
+) -> TrainStep:
+    """Build the jitted train step: loss, gradient, optimizer update and new params in one region.
+
+    The returned ``step(params, opt_state, x, y) -> (params, opt_state, metrics)``:
+
+    - takes ``x`` as ``(B, H, W, C)`` uint8 images (scaled inside the jit to
+      ``x / 255 - mean`` in the params' dtype) or as an already prepared float batch;
+      ``y`` is ``(B,)`` integer labels;
+    - donates ``params`` and ``opt_state``: their buffers are reused for the results, so pass
+      each value once and carry on with the returned ones;
+    - returns ``metrics = {"loss": (), "accuracy": ()}``, jax scalars of the batch *before* the
+      update (no host sync: read them when you need them);
+    - compiles once per input shape and dtype (a fixed batch size gives one compilation).
+
+    Args:
+        arch: the network.
+        optimizer: any optax ``GradientTransformation``, e.g. :func:`jaxnet.momentum` or
+            ``optax.adam(1e-3)``; its state comes from ``optimizer.init(params)``.
+        rules: ``"analytic"`` or ``"autodiff"``.
+        mean: subtracted from uint8 images after scaling to ``[0, 1]``: a float or a per-channel
+            ``(C,)`` array (the training split's mean).
+
+    Returns:
+        The jitted step function.
+
+    Raises:
+        ValueError: an unknown ``rules`` or a ``mean`` of the wrong shape.
+        TypeError: ``arch`` or ``optimizer`` of the wrong kind.
+    """
+    if not isinstance(arch, Architecture):
+        raise TypeError(f"arch must be an Architecture, got {type(arch).__name__}")
+    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+        raise TypeError(
+            f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}"
+        )
+    _check_rules(rules)
+    mean_np = _check_mean(arch, mean)
+
+    def step(params, opt_state, x, y):
+        """One update on the batch ``x (B, H, W, C)``, ``y (B,)``; see make_train_step."""
+        x = prepare_images(x, mean_np, _params_dtype(params))
+        (loss, logits), grads = jax.value_and_grad(
+            lambda p: loss_and_logits(arch, p, x, y, rules), has_aux=True
+        )(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, {"loss": loss, "accuracy": _accuracy(logits, y)}
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+class EvalResult(NamedTuple):
+    """What :func:`evaluate` returns.
+
+    Attributes:
+        predictions: ``(N,)`` int64 NumPy array, the arg-max class of each example.
+        loss: the mean softmax cross-entropy over the ``N`` examples.
+        accuracy: the fraction of ``predictions`` equal to the labels.
+    """
+
+    predictions: np.ndarray
+    loss: float
+    accuracy: float
+
+
+@partial(jax.jit, static_argnames=("arch", "rules"))
+def _eval_batch(arch, rules, params, x, y, valid, mean):
+    """Summed loss over the ``valid`` rows ``()`` and predictions ``(B,)`` of one batch."""
+    x = prepare_images(x, mean, _params_dtype(params))
+    per_example = jax.vmap(lambda xi, yi: loss_and_logits(arch, params, xi[None], yi[None], rules))
+    losses, logits = per_example(x, y)  # (B,), (B, 1, K)
+    loss_sum = jnp.sum(jnp.where(valid, losses, jnp.zeros((), losses.dtype)))
+    return loss_sum, jnp.argmax(logits[:, 0], axis=-1)
+
+
+def evaluate(
+    arch: Architecture,
+    params: Params,
+    x: np.ndarray | jax.Array,
+    y: np.ndarray | jax.Array,
+    batch_size: int = 500,
+    mean: float | np.ndarray = 0.0,
+    rules: str = "analytic",
+) -> EvalResult:
+    """Predictions, mean loss and accuracy of the network over a whole set.
+
+    The set is cut into batches of ``batch_size``; the last one is padded to full size and its
+    padding masked out, so every set size uses the same compiled function (one compilation per
+    ``batch_size``, input dtype and params dtype). Images are moved to the device one batch at a
+    time, so a uint8 set stays uint8 on the host.
+
+    Args:
+        arch: the network.
+        params: ``{layer name: {"w": ..., "b": ...}}``.
+        x: ``(N, H, W, C)`` images, uint8 (scaled to ``x / 255 - mean``) or an already
+            prepared float batch in the params' dtype; ``N >= 1``.
+        y: ``(N,)`` integer labels in ``[0, num_classes)``.
+        batch_size: examples per compiled batch, >= 1.
+        mean: for uint8 images, a float or per-channel ``(C,)`` mean subtracted after scaling.
+        rules: ``"analytic"`` or ``"autodiff"`` (the same numbers; no gradient is taken).
+
+    Returns:
+        An :class:`EvalResult`: ``predictions (N,)``, ``loss``, ``accuracy``.
+
+    Raises:
+        ValueError: an empty set, ``x`` and ``y`` of different lengths or wrong shapes, a
+            ``batch_size`` < 1, a bad ``mean`` or ``rules``.
+        TypeError: non-integer labels, or images neither uint8 nor floating point.
+    """
+    _check_rules(rules)
+    mean_np = _check_mean(arch, mean)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if x.ndim != 4 or tuple(x.shape[1:]) != arch.input_shape:
+        raise ValueError(
+            f"x must have shape (N, {', '.join(map(str, arch.input_shape))}), got {x.shape}"
+        )
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"y must have shape ({x.shape[0]},) to match x, got {tuple(y.shape)}")
+    if not jnp.issubdtype(y.dtype, jnp.integer):
+        raise TypeError(f"y must hold integer labels, got dtype {y.dtype}")
+    if x.dtype != np.uint8 and not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"x must be uint8 or floating point, got dtype {x.dtype}")
+    n = x.shape[0]
+    if n == 0:
+        raise ValueError("cannot evaluate an empty set (x has 0 examples)")
+
+    xp = np if isinstance(x, np.ndarray) else jnp
+    mean_dev = jnp.asarray(mean_np, _params_dtype(params))
+    sums, preds = [], []
+    for start in range(0, n, batch_size):
+        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        k = xb.shape[0]
+        if k < batch_size:
+            xb = xp.concatenate([xb, xp.zeros((batch_size - k, *xb.shape[1:]), xb.dtype)])
+            yb = xp.concatenate([yb, xp.zeros((batch_size - k,), yb.dtype)])
+        valid = np.arange(batch_size) < k
+        loss_sum, pred = _eval_batch(arch, rules, params, xb, yb, valid, mean_dev)
+        sums.append(loss_sum)
+        preds.append(pred)
+    predictions = np.asarray(jnp.concatenate(preds))[:n].astype(np.int64)
+    loss = float(jnp.sum(jnp.stack(sums))) / n
+    accuracy = float(np.mean(predictions == np.asarray(y)))
+    return EvalResult(predictions, loss, accuracy)

@@ -1,0 +1,375 @@
+"""Classification metrics in plain NumPy: confusion matrix, precision and recall, the per-class
+table, and the moving average the training loop prints.
+
+Conventions:
+
+- The confusion matrix ``C`` is ``(K, K)`` int64 with **rows = true class, columns = predicted
+  class**: ``C[i, j]`` counts the samples of class ``i`` predicted as ``j``.
+- precision of class ``k`` = ``C[k, k] / C[:, k].sum()`` (true positives over everything predicted
+  as ``k``); recall of class ``k`` = ``C[k, k] / C[k, :].sum()`` (true positives over everything
+  that actually is ``k``, its *support*).
+- ``0 / 0`` is NaN, never 0: a class never predicted has NaN precision, a class absent from the
+  labels has NaN recall. The Markdown table prints NaN as ``n/a``; macro averages are taken over the
+  classes where the value is defined (``np.nanmean``), and the table says so when any is missing.
+- On a balanced test set the macro-averaged recall equals the accuracy; a table whose recalls
+  average far from its accuracy (the seed's Table 4) has been miscomputed.
+
+Nothing here imports JAX: pass ``np.asarray(jax_array)`` or the array itself (NumPy converts it).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "MovingAverage",
+    "accuracy",
+    "confusion_matrix",
+    "per_class_table",
+    "precision_recall",
+    "summary",
+]
+
+
+def _check_int_vector(name: str, x: Any) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-d (N,), got shape {arr.shape}")
+    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
+        if arr.size == 0 and arr.dtype != np.bool_:
+            return arr.astype(np.int64)  # np.asarray([]) is float64; an empty list is fine
+        raise TypeError(f"{name} must hold integer class indices, got dtype {arr.dtype}")
+    return arr.astype(np.int64)
+
+
+def confusion_matrix(labels: Any, predictions: Any, num_classes: int) -> np.ndarray:
+    """Count (true class, predicted class) pairs.
+
+    Args:
+        labels: int ``(N,)``, the true classes, each in ``[0, num_classes)``.
+        predictions: int ``(N,)``, the predicted classes, each in ``[0, num_classes)``.
+        num_classes: ``K >= 1``.
+
+    Returns:
+        int64 ``(K, K)``: entry ``[i, j]`` counts samples of true class ``i`` predicted as ``j``
+        (rows = true, columns = predicted). Sums to ``N``; all zeros when ``N == 0``.
+
+    Raises:
+        TypeError: ``num_classes`` is not an int, or ``labels``/``predictions`` are not integer
+            arrays.
+        ValueError: ``labels`` or ``predictions`` is not 1-d, their lengths differ,
+            ``num_classes < 1``, or a value lies outside ``[0, num_classes)`` (the message names
+            the first offending index and value).
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
+        raise TypeError(f"num_classes must be an int, got {num_classes!r}")
+    k = int(num_classes)
+    if k < 1:
+        raise ValueError(f"num_classes must be at least 1, got {k}")
+    y = _check_int_vector("labels", labels)
+    p = _check_int_vector("predictions", predictions)
+    if y.shape != p.shape:
+        raise ValueError(
+            f"labels and predictions must have the same length, got {y.shape[0]} labels and "
+            f"{p.shape[0]} predictions"
+        )
+    for name, arr in (("labels", y), ("predictions", p)):
+        bad = np.flatnonzero((arr < 0) | (arr >= k))
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(
+                f"{name}[{i}] = {int(arr[i])} is outside [0, {k}) for num_classes={k} "
+                f"({bad.size} value(s) out of range)"
+            )
+    counts = np.bincount(y * k + p, minlength=k * k)
+    return counts.reshape(k, k).astype(np.int64)
+
+
+def _check_confusion(confusion: Any) -> np.ndarray:
+    c = np.asarray(confusion)
+    if c.ndim != 2 or c.shape[0] != c.shape[1] or c.shape[0] == 0:
+        raise ValueError(f"confusion must be a square (K, K) matrix with K >= 1, got {c.shape}")
+    if c.dtype == np.bool_ or not np.issubdtype(c.dtype, np.number):
+        raise TypeError(f"confusion must hold counts (a numeric dtype), got dtype {c.dtype}")
+    if np.iscomplexobj(c):
+        raise TypeError(f"confusion must hold real counts, got dtype {c.dtype}")
+    if not np.all(np.isfinite(c)) or np.any(c < 0):
+        raise ValueError("confusion must hold finite, non-negative counts")
+    return c
+
+
+def precision_recall(confusion: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class precision and recall from a confusion matrix.
+
+    Args:
+        confusion: ``(K, K)`` counts, rows = true class, columns = predicted class (as returned by
+            :func:`confusion_matrix`).
+
+    Returns:
+        ``(precision, recall)``, each float64 ``(K,)``. ``precision[k] = C[k, k] / C[:, k].sum()``
+        (NaN when class ``k`` is never predicted); ``recall[k] = C[k, k] / C[k, :].sum()`` (NaN
+        when class ``k`` never occurs in the labels).
+
+    Raises:
+        ValueError: ``confusion`` is not square ``(K, K)`` with ``K >= 1``, or holds a negative
+            or non-finite entry.
+        TypeError: ``confusion`` is not numeric.
+    """
+    c = _check_confusion(confusion).astype(np.float64)
+    tp = np.diag(c)
+    predicted = c.sum(axis=0)
+    actual = c.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, np.nan)
+        recall = np.where(actual > 0, tp / actual, np.nan)
+    return precision, recall
+
+
+def accuracy(confusion: Any) -> float:
+    """Overall accuracy: the trace over the total.
+
+    Args:
+        confusion: ``(K, K)`` counts, rows = true class, columns = predicted class.
+
+    Returns:
+        ``C.trace() / C.sum()`` as a Python float; NaN for an all-zero matrix (no samples).
+
+    Raises:
+        ValueError, TypeError: as :func:`precision_recall`.
+    """
+    c = _check_confusion(confusion).astype(np.float64)
+    total = c.sum()
+    return float(np.trace(c) / total) if total > 0 else math.nan
+
+
+def _nanmean(x: np.ndarray) -> float:
+    finite = x[~np.isnan(x)]
+    return float(finite.mean()) if finite.size else math.nan
+
+
+def _check_names(class_names: Sequence[str], k: int) -> list[str]:
+    if isinstance(class_names, str):
+        raise TypeError("class_names must be a sequence of K strings, got a single string")
+    names = [str(n) for n in class_names]
+    if len(names) != k:
+        raise ValueError(
+            f"class_names must have one name per class: got {len(names)} names for a "
+            f"{k}x{k} confusion matrix"
+        )
+    return names
+
+
+def _fmt(x: float, digits: int) -> str:
+    return "n/a" if math.isnan(x) else f"{x:.{digits}f}"
+
+
+def _count(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{float(x):g}"
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def per_class_table(confusion: Any, class_names: Sequence[str], digits: int = 3) -> str:
+    """The report's per-class precision and recall table (Tables 2 and 4) in Markdown.
+
+    Columns: class, precision, recall, support (how many test samples are of that class). One row
+    per class, then a bold final row: the macro averages of precision and recall (unweighted mean
+    over classes, NaN classes left out), the total support, and the overall accuracy in the class
+    cell. ``0 / 0`` prints as ``n/a``; when any value is ``n/a`` a note under the table says which
+    classes the averages leave out.
+
+    Example (``digits=3``)::
+
+        | Class | Precision | Recall | Support |
+        |---|---:|---:|---:|
+        | cat | 0.500 | 1.000 | 1 |
+        | dog | 1.000 | 0.500 | 2 |
+        | **macro average** (accuracy 0.667) | **0.750** | **0.750** | **3** |
+
+    Args:
+        confusion: ``(K, K)`` counts, rows = true class, columns = predicted class.
+        class_names: ``K`` names, in class-index order. ``|`` in a name is escaped.
+        digits: decimals printed for precision, recall and accuracy (fractions in [0, 1]).
+
+    Returns:
+        The table, one line per row, ending in a newline (plus the note, when there is one).
+
+    Raises:
+        ValueError: ``confusion`` is not ``(K, K)`` non-negative counts, or ``class_names`` does
+            not have ``K`` entries.
+        TypeError: ``class_names`` is a single string.
+    """
+    c = _check_confusion(confusion)
+    precision, recall = precision_recall(c)
+    names = _check_names(class_names, c.shape[0])
+    support = c.sum(axis=1)
+    lines = ["| Class | Precision | Recall | Support |", "|---|---:|---:|---:|"]
+    for name, p, r, s in zip(names, precision, recall, support, strict=True):
+        lines.append(
+            f"| {_md_escape(name)} | {_fmt(p, digits)} | {_fmt(r, digits)} | {_count(s)} |"
+        )
+    acc, mp, mr = accuracy(c), _nanmean(precision), _nanmean(recall)
+    lines.append(
+        f"| **macro average** (accuracy {_fmt(acc, digits)}) | **{_fmt(mp, digits)}**"
+        f" | **{_fmt(mr, digits)}** | **{_count(support.sum())}** |"
+    )
+    notes = []
+    never_predicted = [n for n, p in zip(names, precision, strict=True) if math.isnan(p)]
+    absent = [n for n, r in zip(names, recall, strict=True) if math.isnan(r)]
+    if never_predicted:
+        notes.append(
+            f"precision is n/a (0/0) for the classes never predicted ({', '.join(never_predicted)})"
+        )
+    if absent:
+        notes.append(
+            f"recall is n/a (0/0) for the classes absent from the labels ({', '.join(absent)})"
+        )
+    text = "\n".join(lines) + "\n"
+    if notes:
+        text += (
+            "\nNote: "
+            + "; ".join(notes)
+            + "; each macro average is over the classes where its value is defined.\n"
+        )
+    return text
+
+
+def summary(confusion: Any, class_names: Sequence[str]) -> dict[str, Any]:
+    """Every metric of a confusion matrix as a JSON-ready dict (for ``metrics.json``).
+
+    NaN (``0 / 0``) becomes ``None``, so ``json.dumps(..., allow_nan=False)`` accepts the result.
+
+    Args:
+        confusion: ``(K, K)`` counts, rows = true class, columns = predicted class.
+        class_names: ``K`` names, in class-index order.
+
+    Returns:
+        ``{"accuracy": float, "macro_precision": float, "macro_recall": float,
+        "per_class": {name: {"precision", "recall", "support"}}, "confusion_matrix": K lists of K
+        ints (rows = true class)}``; precision/recall/accuracy values are floats or ``None``.
+
+    Raises:
+        ValueError, TypeError: as :func:`per_class_table`.
+    """
+    c = _check_confusion(confusion)
+    precision, recall = precision_recall(c)
+    names = _check_names(class_names, c.shape[0])
+    if len(set(names)) != len(names):
+        raise ValueError(f"class_names must be distinct, got {names}")
+
+    def clean(x: float) -> float | None:
+        return None if math.isnan(x) else float(x)
+
+    support = c.sum(axis=1)
+    return {
+        "accuracy": clean(accuracy(c)),
+        "macro_precision": clean(_nanmean(precision)),
+        "macro_recall": clean(_nanmean(recall)),
+        "per_class": {
+            name: {"precision": clean(p), "recall": clean(r), "support": int(s)}
+            for name, p, r, s in zip(names, precision, recall, support, strict=True)
+        },
+        "confusion_matrix": [[int(v) for v in row] for row in c],
+    }
+
+
+class MovingAverage:
+    """Exponential moving average with Adam-style debiasing, as the progress bar prints.
+
+    After ``t`` updates with values ``x_1 .. x_t``::
+
+        m_t   = decay * m_{t-1} + (1 - decay) * x_t,   m_0 = 0
+        value = m_t / (1 - decay**t)
+
+    The debiasing makes the first value exactly ``x_1`` and every value a weighted mean of the
+    values seen (weights ``(1 - decay) * decay**(t - i)``, normalised), so early prints are not
+    pulled towards 0. With ``decay = 0.99`` it averages over roughly the last 100 batches. All
+    arithmetic is Python float (float64), so :meth:`state` / :meth:`from_state` resume it
+    bit-identically, also through JSON. A NaN update poisons the average (a diverged run should
+    show as NaN, not be hidden).
+
+    Example::
+
+        loss_avg = MovingAverage(0.99)
+        for batch in ...:
+            shown = loss_avg.update(float(metrics["loss"]))
+
+    Args:
+        decay: in ``[0, 1)``; 0 makes the average the latest value.
+
+    Raises:
+        ValueError: ``decay`` is outside ``[0, 1)``.
+    """
+
+    __slots__ = ("_biased", "_count", "_decay")
+
+    def __init__(self, decay: float = 0.99) -> None:
+        decay = float(decay)
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must lie in [0, 1), got {decay}")
+        self._decay = decay
+        self._biased = 0.0
+        self._count = 0
+
+    @property
+    def decay(self) -> float:
+        """The decay factor."""
+        return self._decay
+
+    @property
+    def count(self) -> int:
+        """How many values have been seen."""
+        return self._count
+
+    @property
+    def value(self) -> float:
+        """The debiased average; NaN before the first :meth:`update`."""
+        if self._count == 0:
+            return math.nan
+        return self._biased / (1.0 - self._decay**self._count)
+
+    def update(self, value: float) -> float:
+        """Fold in one value (a Python or NumPy/JAX scalar) and return the new average.
+
+        Raises:
+            TypeError: ``value`` is not a scalar that ``float()`` accepts.
+        """
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"MovingAverage.update takes a scalar, got {value!r}") from None
+        self._biased = self._decay * self._biased + (1.0 - self._decay) * x
+        self._count += 1
+        return self.value
+
+    def state(self) -> dict[str, float | int]:
+        """The exact state, a JSON-serialisable dict (Python floats round-trip JSON exactly)."""
+        return {"decay": self._decay, "biased": self._biased, "count": self._count}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> MovingAverage:
+        """Rebuild the average from :meth:`state`'s dict; it continues bit-identically.
+
+        Raises:
+            ValueError: a key is missing, or ``count`` is negative or not a whole number.
+        """
+        missing = {"decay", "biased", "count"} - set(state)
+        if missing:
+            raise ValueError(f"MovingAverage state is missing {sorted(missing)}, got {dict(state)}")
+        count = state["count"]
+        if isinstance(count, bool) or int(count) != count or count < 0:
+            raise ValueError(f"MovingAverage state count must be an int >= 0, got {count!r}")
+        avg = cls(state["decay"])
+        avg._biased = float(state["biased"])
+        avg._count = int(count)
+        return avg
+
+    def __repr__(self) -> str:
+        return f"MovingAverage(decay={self._decay}, value={self.value}, count={self._count})"

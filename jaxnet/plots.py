@@ -1,0 +1,471 @@
+"""The report's figures as PNG files: kernels, misclassified images, confusion matrix, curves.
+
+Each function draws one figure and writes it to ``path`` (parent folders are created), then
+returns ``path`` as a :class:`~pathlib.Path`:
+
+- :func:`plot_kernels`: first-layer convolution kernels (report figs. 1 and 5).
+- :func:`plot_misclassified`: a grid of misclassified test images, true and predicted class
+  (figs. 2 and 6).
+- :func:`plot_confusion_matrix`: the confusion matrix with the count in each cell (figs. 3, 7).
+- :func:`plot_learning_curves`: loss and accuracy against iteration, train and validation
+  (fig. 4).
+
+No pyplot: each figure is a :class:`matplotlib.figure.Figure` given its own Agg canvas, so nothing
+touches matplotlib's global state or needs a display, and figures are freed when they go out of
+scope. Writes are atomic: the PNG goes to a temporary file in the same folder, is flushed to disk,
+then ``os.replace``-d onto ``path``, so an interrupted run leaves the old file or none, never half
+a PNG.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator
+
+from jaxnet import metrics
+
+__all__ = [
+    "plot_confusion_matrix",
+    "plot_kernels",
+    "plot_learning_curves",
+    "plot_misclassified",
+]
+
+DPI = 120
+
+
+def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
+    """Write ``fig`` as PNG to ``path`` atomically (temp file in the same folder, then replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)  # an Agg canvas of its own: no pyplot, no global backend switch
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as f:  # "x": never clobber; created with the umask's permissions
+            fig.savefig(f, format="png", dpi=DPI)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _grid(n: int) -> tuple[int, int]:
+    """``(rows, cols)`` of a near-square grid holding ``n >= 1`` tiles."""
+    cols = math.ceil(math.sqrt(n))
+    return math.ceil(n / cols), cols
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------------------------
+
+
+def plot_kernels(
+    w: Any, path: str | os.PathLike[str], title: str = "First-layer convolution kernels"
+) -> Path:
+    """Draw first-layer convolution kernels as a grid of ``C_out`` tiles.
+
+    - ``C_in == 1``: grayscale on **one shared, symmetric scale** ``[-m, m]``, ``m = max|w|``:
+      mid-grey is 0, white the most positive weight, black the most negative, with a colour bar.
+      Kernels are comparable with each other, and a dead (near-zero) kernel shows as flat grey.
+    - ``C_in == 3``: RGB tiles, **each kernel min-max normalised** to ``[0, 1]`` on its own
+      (over all three channels together, so its colour balance is kept); a constant kernel is
+      mid-grey.
+
+    Args:
+        w: HWIO kernel ``(KH, KW, C_in, C_out)``, ``C_in`` 1 or 3; NumPy or JAX array.
+        path: where to write the PNG.
+        title: the figure's title; a line describing the shape and colour scale is added.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: ``w`` is not 4-d, has an empty axis, ``C_in`` is not 1 or 3, or ``w`` holds
+            NaN or infinity.
+    """
+    w = np.asarray(w, dtype=np.float64)
+    if w.ndim != 4:
+        raise ValueError(f"w must be an HWIO kernel (KH, KW, C_in, C_out), got shape {w.shape}")
+    kh, kw, cin, cout = w.shape
+    if min(w.shape) == 0:
+        raise ValueError(f"w must have no empty axis, got shape {w.shape}")
+    if cin not in (1, 3):
+        raise ValueError(
+            f"plot_kernels draws first-layer kernels: C_in must be 1 (grayscale) or 3 (RGB), "
+            f"got C_in = {cin} (w shape {w.shape})"
+        )
+    if not np.all(np.isfinite(w)):
+        raise ValueError(f"w holds {np.count_nonzero(~np.isfinite(w))} NaN or infinite weights")
+
+    rows, cols = _grid(cout)
+    tile = min(1.1, 9.0 / cols)
+    fig = Figure(figsize=(max(cols * tile + (1.2 if cin == 1 else 0.3), 4.0), rows * tile + 1.1))
+    fig.set_layout_engine("constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    if cin == 1:
+        m = float(np.max(np.abs(w))) or 1.0
+        scale = "grey scale shared by all kernels, mid-grey = 0"
+    else:
+        scale = "RGB, each kernel min-max normalised to [0, 1]"
+    image = None
+    for k, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if k >= cout:
+            ax.set_axis_off()
+            continue
+        if cin == 1:
+            image = ax.imshow(w[:, :, 0, k], cmap="gray", vmin=-m, vmax=m, interpolation="nearest")
+        else:
+            tile_w = w[:, :, :, k]
+            lo, hi = tile_w.min(), tile_w.max()
+            rgb = (tile_w - lo) / (hi - lo) if hi > lo else np.full_like(tile_w, 0.5)
+            ax.imshow(rgb, interpolation="nearest")
+        ax.set_title(str(k), fontsize=8, pad=2)
+    if cin == 1:
+        fig.colorbar(image, ax=axes, shrink=0.8, label="weight")
+    fig.suptitle(f"{title}\n{cout} kernels of {kh}×{kw}×{cin}; {scale}", fontsize=10)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Misclassified images
+# ---------------------------------------------------------------------------------------------
+
+
+def _int_vector(name: str, x: Any, n: int) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) (one per image), got {arr.shape}")
+    if n and (arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer)):
+        raise TypeError(f"{name} must hold integer class indices, got dtype {arr.dtype}")
+    return arr.astype(np.int64)
+
+
+def _displayable(images: np.ndarray, mean: Any) -> np.ndarray:
+    """Images as float ``[0, 1]`` for ``imshow``, from uint8, or from ``x / 255 - mean``."""
+    if images.dtype == np.uint8:
+        if mean is not None:
+            raise ValueError(
+                "mean is for preprocessed float images (x / 255 - mean); got uint8 images, "
+                "which are shown as they are: pass mean=None"
+            )
+        return images.astype(np.float32) / 255.0
+    if not np.issubdtype(images.dtype, np.floating):
+        raise TypeError(f"images must be uint8 or float, got dtype {images.dtype}")
+    out = images.astype(np.float32)
+    if mean is not None:
+        m = np.asarray(mean, dtype=np.float32)
+        if m.shape not in ((), (images.shape[-1],)):
+            raise ValueError(
+                f"mean must be a scalar or have shape ({images.shape[-1]},), got {m.shape}"
+            )
+        out = out + m
+    return np.clip(np.nan_to_num(out), 0.0, 1.0)
+
+
+def plot_misclassified(
+    images: Any,
+    labels: Any,
+    predictions: Any,
+    class_names: Sequence[str],
+    path: str | os.PathLike[str],
+    max_images: int = 25,
+    mean: Any = None,
+    title: str = "Misclassified test images",
+) -> Path:
+    """Draw a grid of the misclassified images, each titled with its true and predicted class.
+
+    The first ``max_images`` misclassified images in index order are shown (deterministic), each
+    titled ``true: X`` over ``pred: Y`` and labelled with its index in ``images``. The figure's
+    title gives how many of the ``N`` images are wrong. With none wrong, the figure says so.
+
+    Args:
+        images: NHWC ``(N, H, W, C)``, ``C`` 1 (grayscale) or 3 (RGB): uint8 as loaded (shown as
+            is), or float in ``[0, 1]``, or float preprocessed as ``x / 255 - mean`` when ``mean``
+            is given (the mean is added back; the result is clipped to ``[0, 1]``).
+        labels: int ``(N,)``, the true classes.
+        predictions: int ``(N,)``, the predicted classes.
+        class_names: ``K`` names, in class-index order.
+        path: where to write the PNG.
+        max_images: at most this many images are drawn (``>= 1``).
+        mean: ``None``, or the scalar / ``(C,)`` training mean that float ``images`` had
+            subtracted (``jaxnet.data.channel_mean``).
+        title: the figure's title.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: ``images`` is not ``(N, H, W, 1 or 3)``, ``labels`` or ``predictions`` is not
+            ``(N,)``, a class index is outside ``[0, K)``, ``max_images < 1``, or ``mean`` is
+            given for uint8 images or has the wrong shape.
+        TypeError: ``images`` is neither uint8 nor float, or a class array is not integer.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(f"images must be NHWC (N, H, W, C) with C 1 or 3, got {images.shape}")
+    n = images.shape[0]
+    y = _int_vector("labels", labels, n)
+    p = _int_vector("predictions", predictions, n)
+    if isinstance(class_names, str):
+        raise TypeError("class_names must be a sequence of names, got a single string")
+    names = [str(c) for c in class_names]
+    for name, arr in (("labels", y), ("predictions", p)):
+        bad = np.flatnonzero((arr < 0) | (arr >= len(names)))
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(
+                f"{name}[{i}] = {int(arr[i])} is outside [0, {len(names)}) "
+                f"({len(names)} class names)"
+            )
+    if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1:
+        raise ValueError(f"max_images must be an int >= 1, got {max_images!r}")
+    wrong = np.flatnonzero(y != p)
+    shown = wrong[:max_images]
+    shown_images = _displayable(images[shown], mean)  # only those drawn: the test set may be big
+    if wrong.size == 0:
+        fig = Figure(figsize=(6.0, 2.5))
+        ax = fig.add_subplot()
+        ax.set_axis_off()
+        ax.text(
+            0.5,
+            0.5,
+            f"No misclassified images:\nall {n} predictions are correct.",
+            ha="center",
+            va="center",
+            fontsize=13,
+            transform=ax.transAxes,
+        )
+        fig.suptitle(f"{title}: 0 of {n} wrong", fontsize=11)
+        return _save(fig, path)
+
+    rows, cols = _grid(shown.size)
+    tile = 1.7
+    fig = Figure(figsize=(max(cols * tile, 4.5), rows * (tile + 0.45) + 0.6))
+    fig.set_layout_engine("constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax, i, img in zip(axes.flat, shown, shown_images, strict=False):
+        if img.shape[-1] == 1:
+            ax.imshow(img[..., 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        else:
+            ax.imshow(img, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"true: {names[y[i]]}\npred: {names[p[i]]}", fontsize=8, pad=3)
+        ax.set_xlabel(f"#{i}", fontsize=7, labelpad=1)
+    for ax in list(axes.flat)[shown.size :]:
+        ax.set_axis_off()
+    more = f"; the first {shown.size} shown" if shown.size < wrong.size else ""
+    fig.suptitle(f"{title}: {wrong.size} of {n} wrong ({wrong.size / n:.2%}){more}", fontsize=11)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Confusion matrix
+# ---------------------------------------------------------------------------------------------
+
+
+def plot_confusion_matrix(
+    confusion: Any,
+    class_names: Sequence[str],
+    path: str | os.PathLike[str],
+    title: str = "Confusion matrix",
+) -> Path:
+    """Draw the confusion matrix as an image with the count written in each cell.
+
+    Rows are the true class (y axis, "true"), columns the predicted class (x axis,
+    "predicted"), as :func:`jaxnet.metrics.confusion_matrix` returns it. Colour is the count on a
+    linear scale; the title adds the accuracy and the number of samples.
+
+    Args:
+        confusion: ``(K, K)`` counts, rows = true class, columns = predicted class.
+        class_names: ``K`` names, in class-index order.
+        path: where to write the PNG.
+        title: the figure's title.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: ``confusion`` is not ``(K, K)`` finite non-negative counts, or
+            ``class_names`` does not have ``K`` entries.
+        TypeError: ``confusion`` is not numeric, or ``class_names`` is a single string.
+    """
+    c = metrics._check_confusion(confusion)
+    k = c.shape[0]
+    names = metrics._check_names(class_names, k)
+    acc = metrics.accuracy(c)
+    total = c.sum()
+
+    side = max(4.5, 0.55 * k + 2.5)
+    fig = Figure(figsize=(side + 1.0, side))
+    fig.set_layout_engine("constrained")
+    ax = fig.add_subplot()
+    vmax = float(c.max()) or 1.0
+    image = ax.imshow(c, cmap="Blues", vmin=0.0, vmax=vmax, interpolation="nearest")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="count")
+    if k <= 40:
+        fontsize = max(5.0, min(10.0, 110.0 / k))
+        for i in range(k):
+            for j in range(k):
+                v = c[i, j]
+                ax.text(
+                    j,
+                    i,
+                    metrics._count(v),
+                    ha="center",
+                    va="center",
+                    fontsize=fontsize,
+                    color="white" if v > 0.5 * vmax else "black",
+                )
+    ax.set_xticks(range(k), names, rotation=45, ha="right", rotation_mode="anchor")
+    ax.set_yticks(range(k), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    acc_text = "n/a" if math.isnan(acc) else f"{acc:.2%}"
+    ax.set_title(f"{title} (accuracy {acc_text}, {metrics._count(total)} samples)", fontsize=11)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning curves
+# ---------------------------------------------------------------------------------------------
+
+
+def _plain(value: float, _pos: int | None = None) -> str:
+    return f"{value:g}"
+
+
+_REQUIRED = ("iteration", "train_loss", "train_accuracy")
+_OPTIONAL = ("val_loss", "val_accuracy")
+
+
+def _as_float(key: str, index: int, value: Any) -> float:
+    if value is None or (isinstance(value, str) and value.strip() == ""):
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"history row {index}: {key} must be a number (or empty/None/NaN), got {value!r}"
+        ) from None
+
+
+def _history_columns(
+    history: Iterable[Mapping[str, Any]] | Mapping[str, Sequence[Any]],
+) -> dict[str, np.ndarray]:
+    """The history as float64 columns sorted by iteration; missing values are NaN."""
+    if isinstance(history, Mapping):
+        for key in _REQUIRED:
+            if key not in history:
+                raise ValueError(f"history has no {key!r} column; it needs {_REQUIRED}")
+        n = len(history["iteration"])
+        present = [key for key in (*_REQUIRED, *_OPTIONAL) if key in history]
+        columns = {key: list(history[key]) for key in present}
+        for key, values in columns.items():
+            if len(values) != n:
+                raise ValueError(
+                    f"history column {key!r} has {len(values)} entries, 'iteration' has {n}"
+                )
+        rows = [{key: columns[key][i] for key in present} for i in range(n)]
+    else:
+        rows = list(history)
+        for i, row in enumerate(rows):
+            if not isinstance(row, Mapping):
+                raise TypeError(f"history row {i} must be a mapping, got {type(row).__name__}")
+        for key in _REQUIRED:
+            if rows and all(key not in row for row in rows):
+                raise ValueError(f"history has no {key!r} entries; each row needs {_REQUIRED}")
+    if not rows:
+        raise ValueError("history is empty: there is nothing to plot")
+    cols = {
+        key: np.array([_as_float(key, i, row.get(key)) for i, row in enumerate(rows)])
+        for key in (*_REQUIRED, *_OPTIONAL)
+    }
+    bad = np.flatnonzero(~np.isfinite(cols["iteration"]))
+    if bad.size:
+        raise ValueError(f"history row {int(bad[0])} has no finite iteration")
+    order = np.argsort(cols["iteration"], kind="stable")
+    return {key: col[order] for key, col in cols.items()}
+
+
+def plot_learning_curves(
+    history: Iterable[Mapping[str, Any]] | Mapping[str, Sequence[Any]],
+    path: str | os.PathLike[str],
+    title: str = "Learning curves",
+) -> Path:
+    """Draw loss and accuracy against iteration, train and validation, in two panels.
+
+    ``history`` is canonically a list of rows, one dict per logging interval, exactly as
+    ``history.csv`` holds them, so ``list(csv.DictReader(f))`` can be passed straight in
+    (numeric strings are parsed). A dict of columns (``{"iteration": [...], ...}``) is accepted
+    too. Keys: ``iteration``, ``train_loss``, ``train_accuracy`` (the moving averages),
+    ``val_loss``, ``val_accuracy``; other keys are ignored. A validation value may be NaN,
+    ``None``, ``""`` or missing on rows where no validation ran: validation is drawn as markers
+    joined through the rows where it exists. Accuracy is plotted as given (a fraction in
+    ``[0, 1]`` from :func:`jaxnet.train.evaluate`). The loss axis is logarithmic when every loss
+    is positive, so late progress stays visible.
+
+    Args:
+        history: rows (``Iterable[Mapping]``) or columns (``Mapping[str, Sequence]``), ``T >= 1``
+            entries; unsorted iterations are sorted.
+        path: where to write the PNG.
+        title: the figure's title.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: the history is empty, lacks ``iteration``/``train_loss``/``train_accuracy``
+            entirely, a row has no finite iteration, a value is not a number, or columns differ
+            in length.
+        TypeError: a row is not a mapping.
+    """
+    cols = _history_columns(history)
+    it = cols["iteration"]
+    fig = Figure(figsize=(11.0, 4.2))
+    fig.set_layout_engine("constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    panels = (
+        (ax_loss, "train_loss", "val_loss", "loss"),
+        (ax_acc, "train_accuracy", "val_accuracy", "accuracy"),
+    )
+    for ax, train_key, val_key, name in panels:
+        train, val = cols[train_key], cols[val_key]
+        ok_train, ok_val = np.isfinite(train), np.isfinite(val)
+        ax.plot(it[ok_train], train[ok_train], color="C0", lw=1.2, label="train (moving average)")
+        if ok_val.any():
+            ax.plot(it[ok_val], val[ok_val], "o-", color="C1", ms=4, lw=1.2, label="validation")
+        else:
+            ax.plot([], [], "o-", color="C1", label="validation (none)")
+        ax.set_xlabel("iteration")
+        ylabel = name
+        if name == "loss":
+            values = np.concatenate([train[ok_train], val[ok_val]])
+            if values.size and np.all(values > 0):
+                ax.set_yscale("log")
+                # ticks at 1, 2, 5 x 10^n, labelled as plain numbers (0.05, 0.1, 0.2, ...)
+                ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+                ax.yaxis.set_major_formatter(FuncFormatter(_plain))
+                ax.yaxis.set_minor_formatter(FuncFormatter(_plain))
+                ylabel = "loss (log scale)"
+        ax.set_ylabel(ylabel)
+        ax.set_title(name.capitalize())
+        ax.grid(True, alpha=0.3, which="both")
+        ax.legend(loc="best", fontsize=9)
+    fig.suptitle(title, fontsize=12)
+    return _save(fig, path)

@@ -1,0 +1,180 @@
+"""The MNIST command end to end: outputs, presets, bad settings, and real data in CI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+from conftest import run
+
+from experiments import mnist
+
+SMALL = (
+    "--iterations",
+    "60",
+    "--batch-size",
+    "16",
+    "--val-size",
+    "50",
+    "--log-every",
+    "10",
+    "--eval-every",
+    "20",
+    "--checkpoint-every",
+    "20",
+    "--no-progress",
+)
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_smoke_writes_every_output(idx_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert mnist.run(["--idx-dir", str(idx_dir), "--out", str(out), *SMALL]) == 0
+    for name in ("kernels.png", "misclassified.png", "confusion_matrix.png", "learning_curves.png"):
+        assert (out / name).read_bytes().startswith(PNG), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["fit"]["iterations"] == 60 and config["fit"]["batch_size"] == 16
+    assert {"jax", "jaxlib", "optax", "device"} <= set(config["environment"])
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    assert [int(r["iteration"]) for r in rows] == [10, 20, 30, 40, 50, 60]
+    assert {
+        "train_loss",
+        "train_accuracy",
+        "val_loss",
+        "val_accuracy",
+        "learning_rate",
+        "elapsed_s",
+    } <= set(rows[0])
+    assert rows[1]["val_accuracy"] != "nan" and rows[0]["val_accuracy"] == "nan"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert metrics["parameter_count"] == 416 + 6416 + 7850
+    assert np.asarray(metrics["confusion_matrix"]).sum() == 100
+    assert set(metrics["per_class"]) == {str(d) for d in range(10)}
+    with np.load(out / "params.npz") as params:
+        keys = set(params.files)
+    assert any("conv1" in k and "w" in k for k in keys), keys
+    assert "416" in (out / "parameters.md").read_text()
+    assert "precision" in (out / "per_class.md").read_text().lower()
+    assert "test accuracy" in capsys.readouterr().out
+
+
+def test_learns_the_small_set(idx_dir, tmp_path):
+    out = tmp_path / "run"
+    args = [
+        "--idx-dir",
+        str(idx_dir),
+        "--out",
+        str(out),
+        "--iterations",
+        "150",
+        "--batch-size",
+        "32",
+        "--val-size",
+        "50",
+        "--no-progress",
+    ]
+    assert mnist.run(args) == 0
+    assert json.loads((out / "metrics.json").read_text())["test_accuracy"] > 0.9
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--learning-rate", "-0.1"), "learning-rate must be positive"),
+        (("--batch-size", "0"), "batch-size must be a positive integer"),
+        (("--batch-size", "5000"), "larger than the training set"),
+        (("--momentum", "1.5"), "momentum must be in"),
+        (("--iterations", "-3"), "iterations must be a positive integer"),
+    ],
+)
+def test_bad_settings_exit_2(idx_dir, tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        mnist.run(
+            ["--idx-dir", str(idx_dir), "--out", str(tmp_path / "r"), "--val-size", "50", *flags]
+        )
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert not (tmp_path / "r").exists()  # refused before any work
+
+
+def test_occupied_folder_is_refused(idx_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert mnist.run(["--idx-dir", str(idx_dir), "--out", str(out), *SMALL]) == 0
+    before = (out / "metrics.json").read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        mnist.run(["--idx-dir", str(idx_dir), "--out", str(out), *SMALL])
+    assert exit_info.value.code == 2
+    assert "holds another run" in capsys.readouterr().err
+    assert (out / "metrics.json").read_bytes() == before  # nothing lost
+    assert (
+        mnist.run(
+            ["--idx-dir", str(idx_dir), "--out", str(out), "--overwrite", "--seed", "1", *SMALL]
+        )
+        == 0
+    )
+
+
+def test_missing_data_is_one_line_and_status_1(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("JAXNET_CACHE", str(tmp_path / "cache"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert mnist.run(["--idx-dir", str(empty), "--out", str(tmp_path / "r"), *SMALL]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+
+
+def test_help_explains_every_flag():
+    result = run("experiments.mnist", "--help")
+    assert result.returncode == 0
+    for flag in (
+        "--out",
+        "--data-dir",
+        "--epochs",
+        "--iterations",
+        "--batch-size",
+        "--learning-rate",
+        "--momentum",
+        "--weight-decay",
+        "--seed",
+        "--preset",
+        "--resume",
+        "--overwrite",
+        "--checkpoint-every",
+        "--idx-dir",
+    ):
+        assert flag in result.stdout
+
+
+REAL = os.environ.get("JAXNET_DATA")
+
+
+@pytest.mark.slow
+def test_real_mnist_short_budget_above_95_percent(tmp_path):
+    if not REAL:
+        if os.environ.get("CI"):
+            pytest.fail("JAXNET_DATA is not set in CI: the real-data test cannot run")
+        pytest.skip("JAXNET_DATA is not set")
+    out = tmp_path / "run"
+    args = [
+        "--data-dir",
+        REAL,
+        "--out",
+        str(out),
+        "--iterations",
+        "600",
+        "--batch-size",
+        "64",
+        "--schedule",
+        "cosine",
+        "--no-progress",
+        "--eval-every",
+        "600",
+    ]
+    assert mnist.run(args) == 0
+    accuracy = json.loads((out / "metrics.json").read_text())["test_accuracy"]
+    assert accuracy > 0.95, accuracy

@@ -55,6 +55,8 @@ class Preset:
     schedule: str = "constant"
     warmup: int = 0
     augment: bool = False
+    crop_pad: int = 4
+    flip: bool = True
     val_size: int = 2000
     description: str = ""
 
@@ -144,7 +146,8 @@ def build_parser(exp: Experiment, prog: str, description: str) -> argparse.Argum
         "--augment",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="random crop (pad 4) and horizontal flip of training images",
+        help="random crop with zero padding (and, for CIFAR-10, a horizontal flip) of training "
+        "images, on the device",
     )
     p.add_argument(
         "--val-size",
@@ -219,6 +222,8 @@ def resolve_config(exp: Experiment, args: argparse.Namespace, n_train: int | Non
         schedule=pick(args.schedule, preset.schedule),
         warmup=min(preset.warmup, max(iterations - 1, 0)),
         augment=pick(args.augment, preset.augment),
+        crop_pad=preset.crop_pad,
+        flip=preset.flip,
         seed=args.seed,
         rules=args.rules,
         log_every=args.log_every,
@@ -444,6 +449,7 @@ def _train_and_report(exp, arch, dataset, config, run_config, split, args) -> in
         if result.train_time_s > 0
         else None,
         "device": run_config["environment"]["device"],
+        "peak_rss_mb": _peak_rss_mb(),
     }
     _write_json(out / "metrics.json", report)
     save_params(out / "params.npz", result.params)
@@ -470,9 +476,18 @@ def _train_and_report(exp, arch, dataset, config, run_config, split, args) -> in
     seed = f" (seed report: {exp.seed_accuracy:.1%})" if exp.seed_accuracy else ""
     print(
         f"{exp.name}: test accuracy {test.accuracy:.2%}{seed}, test loss {test.loss:.4f}, "
-        f"{n_params} parameters, {result.train_time_s:.0f} s training; outputs in {out}"
+        f"{n_params} parameters, {result.train_time_s:.0f} s training, peak memory "
+        f"{report['peak_rss_mb']:.0f} MiB; outputs in {out}"
     )
     return 0
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (Linux reports KiB, macOS bytes)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)
 
 
 def _num(x: float) -> float | None:

@@ -23,11 +23,15 @@ PRESETS = {
         learning_rate=0.1,
         momentum=0.9,
         weight_decay=5e-4,
-        epochs=6,
+        epochs=12,
         schedule="cosine",
         warmup=200,
+        augment=True,
+        crop_pad=2,
+        flip=False,
         val_size=2000,
-        description="batch 64, lr 0.1 with warm-up and cosine decay, 6 epochs",
+        description="batch 64, lr 0.1 with warm-up and cosine decay, random shifts of up to "
+        "2 pixels, 12 epochs",
     ),
     "seed": Preset(
         batch_size=16,

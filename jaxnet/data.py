@@ -1120,17 +1120,21 @@ def preprocess(images: jax.Array | np.ndarray, mean: jax.Array | np.ndarray) -> 
     return images.astype(jnp.float32) / 255.0 - mean
 
 
-def augment(key: jax.Array, images: jax.Array | np.ndarray, pad: int = 4) -> jax.Array:
+def augment(
+    key: jax.Array, images: jax.Array | np.ndarray, pad: int = 4, flip: bool = True
+) -> jax.Array:
     """Random crop with zero padding and random horizontal flip, per image; jit-able.
 
     Each image is zero-padded by ``pad`` pixels on every side, cropped back to ``H x W`` at an
     offset drawn uniformly from ``0 .. 2 * pad`` in each direction, then mirrored left-right with
-    probability 1/2. The same key gives the same result.
+    probability 1/2 if ``flip`` (not for digits, whose mirror images are not digits). The same
+    key gives the same result.
 
     Args:
         key: a JAX PRNG key.
         images: ``(N, H, W, C)``, uint8 or float.
         pad: padding in pixels, a Python int ``>= 0`` (static under ``jit``).
+        flip: whether to mirror half of the images left-right (static under ``jit``).
 
     Returns:
         ``(N, H, W, C)``, the dtype of ``images``.
@@ -1146,7 +1150,7 @@ def augment(key: jax.Array, images: jax.Array | np.ndarray, pad: int = 4) -> jax
     n, h, w, c = images.shape
     crop_key, flip_key = jax.random.split(key)
     offsets = jax.random.randint(crop_key, (n, 2), 0, 2 * pad + 1)
-    flips = jax.random.bernoulli(flip_key, 0.5, (n,))
+    flips = jax.random.bernoulli(flip_key, 0.5 if flip else 0.0, (n,))
     padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
 
     def one(image: jax.Array, offset: jax.Array, flip: jax.Array) -> jax.Array:

@@ -64,7 +64,10 @@ class FitConfig:
         schedule: ``"constant"`` (the seed's) or ``"cosine"`` (linear warm-up, then cosine
             decay to zero).
         warmup: warm-up iterations for ``"cosine"``.
-        augment: random crop (padding 4) and horizontal flip of each training image.
+        augment: random crop with zero padding ``crop_pad`` (and, if ``flip``, a random
+            horizontal flip) of each training image, on the device.
+        crop_pad: padding of the random crop, in pixels.
+        flip: mirror half of the augmented images left-right (not for digits).
         seed: initialisation, data order, validation split and augmentation all follow it.
         rules: ``"analytic"`` or ``"autodiff"``.
         log_every: iterations between history rows.
@@ -82,6 +85,8 @@ class FitConfig:
     schedule: str = "constant"
     warmup: int = 0
     augment: bool = False
+    crop_pad: int = 4
+    flip: bool = True
     seed: int = 0
     rules: str = "analytic"
     log_every: int = 100
@@ -116,6 +121,12 @@ class FitConfig:
             raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         if not 0 <= self.warmup < self.iterations:
             raise ValueError(f"warmup must be in [0, iterations), got {self.warmup}")
+        if (
+            isinstance(self.crop_pad, bool)
+            or not isinstance(self.crop_pad, int)
+            or self.crop_pad < 0
+        ):
+            raise ValueError(f"crop-pad must be an integer >= 0, got {self.crop_pad}")
         if not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema-decay must be in (0, 1), got {self.ema_decay}")
         if n_train is not None and self.batch_size > n_train:
@@ -210,7 +221,9 @@ def make_fit_step(arch: Architecture, config: FitConfig, mean: np.ndarray) -> Ca
         index = batches[iteration % batches.shape[0]]
         x, y = images[index], labels[index]
         if config.augment:
-            x = data_lib.augment(jax.random.fold_in(aug_key, iteration), x)
+            x = data_lib.augment(
+                jax.random.fold_in(aug_key, iteration), x, config.crop_pad, config.flip
+            )
         x = prepare_images(x, mean, jnp.float32)
         (loss, logits), grads = jax.value_and_grad(
             lambda p: loss_and_logits(arch, p, x, y, config.rules), has_aux=True

@@ -1,6 +1,6 @@
 """jaxnet: a small CNN library in JAX whose every gradient is a hand-derived backward rule."""
 
-from jaxnet import architectures, autodiff
+from jaxnet import architectures, autodiff, parallel
 from jaxnet.layers import conv2d, dense, maxpool2d, relu, softmax_cross_entropy
 from jaxnet.network import (
     Architecture,
@@ -38,6 +38,7 @@ __all__ = [
     "make_train_step",
     "maxpool2d",
     "momentum",
+    "parallel",
     "parameter_rows",
     "parameter_table",
     "relu",

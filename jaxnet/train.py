@@ -8,21 +8,27 @@
 - :func:`evaluate`: predictions, mean loss and accuracy over a set of any size, in fixed-size
   batches (the last one padded and masked), so it compiles once per batch size.
 
+Both take ``mesh=`` (a :class:`jax.sharding.Mesh` from :func:`jaxnet.parallel.make_mesh`, or a
+device count) to run data-parallel: params and optimizer state replicated, batches split along
+the mesh's ``"data"`` axis, the loss (a mean over the global batch) and its gradient reduced
+across devices by XLA.
+
 The fit loop (epochs, logging, checkpoints) builds on these and lives elsewhere.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
+from functools import cache, partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
-from jaxnet import autodiff
+from jaxnet import autodiff, parallel
 from jaxnet import layers as analytic
 from jaxnet.network import RULES, Architecture, forward
 
@@ -133,6 +139,7 @@ def make_train_step(
     optimizer: optax.GradientTransformation,
     rules: str = "analytic",
     mean: float | np.ndarray = 0.0,
+    mesh: Mesh | int | None = None,
 ) -> TrainStep:
     """Build the jitted train step: loss, gradient, optimizer update and new params in one region.
 
@@ -147,6 +154,14 @@ def make_train_step(
       update (no host sync: read them when you need them);
     - compiles once per input shape and dtype (a fixed batch size gives one compilation).
 
+    With a ``mesh`` the step is data-parallel over its ``D`` devices: the batch (``B`` a multiple
+    of ``D``, else ``ValueError``) is split ``B / D`` rows per device, params and optimizer state
+    are replicated (the first call copies them over; the results stay replicated), and XLA
+    all-reduces the loss and gradient, so the update equals the one-device update up to float
+    reduction order. NumPy batches are split on their way to the devices. On several processes,
+    pass ``jaxnet.parallel.shard_batch(local rows)`` and ``jaxnet.parallel.replicate(params)``
+    (and the optimizer state) instead: every process then runs the same step on the global batch.
+
     Args:
         arch: the network.
         optimizer: any optax ``GradientTransformation``, e.g. :func:`jaxnet.momentum` or
@@ -154,13 +169,17 @@ def make_train_step(
         rules: ``"analytic"`` or ``"autodiff"``.
         mean: subtracted from uint8 images after scaling to ``[0, 1]``: a float or a per-channel
             ``(C,)`` array (the training split's mean).
+        mesh: ``None`` for one device (the default device, as plain ``jax.jit``); a data mesh
+            from :func:`jaxnet.parallel.make_mesh`; or an int ``D``, short for ``make_mesh(D)``.
 
     Returns:
-        The jitted step function.
+        The jitted step function (with a mesh, a thin callable that checks the batch size and
+        forwards to it; ``step.mesh`` is the mesh).
 
     Raises:
-        ValueError: an unknown ``rules`` or a ``mean`` of the wrong shape.
-        TypeError: ``arch`` or ``optimizer`` of the wrong kind.
+        ValueError: an unknown ``rules``, a ``mean`` of the wrong shape, or a bad mesh or device
+            count; from the step with a mesh, a batch size that does not divide over it.
+        TypeError: ``arch``, ``optimizer`` or ``mesh`` of the wrong kind.
     """
     if not isinstance(arch, Architecture):
         raise TypeError(f"arch must be an Architecture, got {type(arch).__name__}")
@@ -181,7 +200,46 @@ def make_train_step(
         params = optax.apply_updates(params, updates)
         return params, opt_state, {"loss": loss, "accuracy": _accuracy(logits, y)}
 
-    return jax.jit(step, donate_argnums=(0, 1))
+    if mesh is None:
+        return jax.jit(step, donate_argnums=(0, 1))
+    mesh = parallel.as_mesh(mesh)
+    rep, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    jitted = jax.jit(
+        step,
+        in_shardings=(rep, rep, batch, batch),
+        out_shardings=(rep, rep, rep),
+        donate_argnums=(0, 1),
+    )
+    return _DataParallelStep(jitted, mesh)
+
+
+class _DataParallelStep:
+    """The sharded jitted step behind a batch-size check; other attributes come from the jit.
+
+    The first call replicates ``params`` and ``opt_state`` onto the mesh unless they are there
+    already: the jit keys its trace cache on each argument's sharding and commitment, so fresh
+    single-device arrays (from :func:`jaxnet.init`, ``optimizer.init``) followed by the step's own
+    replicated results would otherwise trace and compile the step twice.
+    """
+
+    def __init__(self, jitted: Callable, mesh: Mesh) -> None:
+        self._jitted = jitted
+        self._first = True
+        self.mesh = mesh
+
+    def __call__(
+        self, params: Params, opt_state: optax.OptState, x: jax.Array, y: jax.Array
+    ) -> tuple[Params, optax.OptState, Metrics]:
+        parallel.check_batch(x.shape[0], self.mesh)
+        if self._first:
+            self._first = False
+            params, opt_state = parallel.replicate((params, opt_state), self.mesh)
+        return self._jitted(params, opt_state, x, y)
+
+    def __getattr__(self, name: str) -> object:  # lower, trace, _cache_size, ...
+        if name == "_jitted":  # not yet set (copy, pickle): no recursion
+            raise AttributeError(name)
+        return getattr(self._jitted, name)
 
 
 class EvalResult(NamedTuple):
@@ -198,14 +256,28 @@ class EvalResult(NamedTuple):
     accuracy: float
 
 
-@partial(jax.jit, static_argnames=("arch", "rules"))
-def _eval_batch(arch, rules, params, x, y, valid, mean):
+def _eval_batch_impl(arch, rules, params, x, y, valid, mean):
     """Summed loss over the ``valid`` rows ``()`` and predictions ``(B,)`` of one batch."""
     x = prepare_images(x, mean, _params_dtype(params))
     per_example = jax.vmap(lambda xi, yi: loss_and_logits(arch, params, xi[None], yi[None], rules))
     losses, logits = per_example(x, y)  # (B,), (B, 1, K)
     loss_sum = jnp.sum(jnp.where(valid, losses, jnp.zeros((), losses.dtype)))
     return loss_sum, jnp.argmax(logits[:, 0], axis=-1)
+
+
+_eval_batch = jax.jit(_eval_batch_impl, static_argnums=(0, 1))
+
+
+@cache
+def _sharded_eval_batch(mesh: Mesh) -> Callable:
+    """:func:`_eval_batch` split over ``mesh``, results replicated (readable on every process)."""
+    rep, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    return jax.jit(
+        _eval_batch_impl,
+        static_argnums=(0, 1),
+        in_shardings=(rep, batch, batch, batch, rep),
+        out_shardings=(rep, rep),
+    )
 
 
 def evaluate(
@@ -216,6 +288,7 @@ def evaluate(
     batch_size: int = 500,
     mean: float | np.ndarray = 0.0,
     rules: str = "analytic",
+    mesh: Mesh | int | None = None,
 ) -> EvalResult:
     """Predictions, mean loss and accuracy of the network over a whole set.
 
@@ -223,6 +296,11 @@ def evaluate(
     padding masked out, so every set size uses the same compiled function (one compilation per
     ``batch_size``, input dtype and params dtype). Images are moved to the device one batch at a
     time, so a uint8 set stays uint8 on the host.
+
+    With a ``mesh`` of ``D`` devices each batch is split ``batch_size / D`` rows per device and
+    the params are replicated; the results are the same up to float reduction order. On several
+    processes every process passes the whole set and gets the whole result; each copies only its
+    own devices' rows.
 
     Args:
         arch: the network.
@@ -233,13 +311,16 @@ def evaluate(
         batch_size: examples per compiled batch, >= 1.
         mean: for uint8 images, a float or per-channel ``(C,)`` mean subtracted after scaling.
         rules: ``"analytic"`` or ``"autodiff"`` (the same numbers; no gradient is taken).
+        mesh: ``None`` for one device; a data mesh from :func:`jaxnet.parallel.make_mesh`, or
+            an int device count. ``batch_size`` must be a multiple of its size.
 
     Returns:
         An :class:`EvalResult`: ``predictions (N,)``, ``loss``, ``accuracy``.
 
     Raises:
         ValueError: an empty set, ``x`` and ``y`` of different lengths or wrong shapes, a
-            ``batch_size`` < 1, a bad ``mean`` or ``rules``.
+            ``batch_size`` < 1, a bad ``mean`` or ``rules``, a bad mesh, or a ``batch_size``
+            that does not divide over the mesh.
         TypeError: non-integer labels, or images neither uint8 nor floating point.
     """
     _check_rules(rules)
@@ -262,6 +343,15 @@ def evaluate(
 
     xp = np if isinstance(x, np.ndarray) else jnp
     mean_dev = jnp.asarray(mean_np, _params_dtype(params))
+    eval_batch, put = _eval_batch, lambda a: a
+    if mesh is not None:
+        mesh = parallel.as_mesh(mesh)
+        parallel.check_batch(batch_size, mesh)
+        params, mean_dev = parallel.replicate((params, mean_np.astype(mean_dev.dtype)), mesh)
+        eval_batch = _sharded_eval_batch(mesh)
+        # Committed, sharded batches whatever x is (NumPy or JAX: one trace); on several
+        # processes each puts only its own devices' rows.
+        put = partial(parallel.shard_global, mesh=mesh)
     sums, preds = [], []
     for start in range(0, n, batch_size):
         xb, yb = x[start : start + batch_size], y[start : start + batch_size]
@@ -270,7 +360,7 @@ def evaluate(
             xb = xp.concatenate([xb, xp.zeros((batch_size - k, *xb.shape[1:]), xb.dtype)])
             yb = xp.concatenate([yb, xp.zeros((batch_size - k,), yb.dtype)])
         valid = np.arange(batch_size) < k
-        loss_sum, pred = _eval_batch(arch, rules, params, xb, yb, valid, mean_dev)
+        loss_sum, pred = eval_batch(arch, rules, params, put(xb), put(yb), put(valid), mean_dev)
         sums.append(loss_sum)
         preds.append(pred)
     predictions = np.asarray(jnp.concatenate(preds))[:n].astype(np.int64)

@@ -1,0 +1,426 @@
+"""Data parallelism with JAX's own sharding: one mesh axis, batches split, parameters replicated.
+
+The whole scheme is a 1-D :class:`jax.sharding.Mesh` whose single axis is called ``"data"``:
+
+- a batch ``(B, ...)`` is split along its first axis, ``B / D`` rows to each of the ``D``
+  devices (:func:`batch_sharding`, :func:`shard_batch`);
+- parameters and optimizer state are copied whole to every device (:func:`replicated`,
+  :func:`replicate`);
+- the train step is one ``jax.jit`` with those shardings (``jaxnet.make_train_step(...,
+  mesh=...)``). The loss is the mean over the *global* batch, so XLA's partitioner computes each
+  device's partial sums and all-reduces them: the gradient is one device's gradient up to the
+  order of the float additions.
+
+Several hosts (processes) work the same way once :func:`initialize_distributed` has run on each:
+``jax.devices()`` then lists every process's devices, :func:`make_mesh` spans them all, and each
+process reads only its own rows of every global batch (:func:`local_batch_slice`) and hands them
+to :func:`shard_batch`, which assembles the global array without moving data between hosts.
+Every process runs the same program, step for step.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+AXIS = "data"
+"""The name of the mesh's one axis, along which batches are split."""
+
+Tree = TypeVar("Tree")
+
+
+def _count(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _first_per_process(n: int) -> list[jax.Device]:
+    """The first ``n / P`` devices of each of the ``P`` processes, in process order."""
+    processes = jax.process_count()
+    if n % processes:
+        raise ValueError(
+            f"{n} devices do not split evenly over {processes} processes: "
+            f"use a multiple of {processes}"
+        )
+    per_process = n // processes
+    by_process: dict[int, list[jax.Device]] = {}
+    for d in jax.devices():
+        by_process.setdefault(d.process_index, []).append(d)
+    fewest = min(len(v) for v in by_process.values())
+    if per_process > fewest:
+        raise ValueError(
+            f"{n} devices over {processes} processes needs {per_process} per process, "
+            f"but one process has only {fewest}"
+        )
+    return [d for p in sorted(by_process) for d in by_process[p][:per_process]]
+
+
+def _cpu_threads() -> int:
+    """The size of XLA's CPU client thread pools: ``$PJRT_NPROC``, ``$NPROC`` or the CPUs."""
+    for name in ("PJRT_NPROC", "NPROC"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def _warn_if_cpu_threads_short(mesh: Mesh) -> None:
+    """Warn where XLA's CPU runtime can deadlock in the step's all-reduce.
+
+    XLA's CPU client runs each device's share of a computation on one pool of
+    ``max(threads, local devices)`` threads, and launches the next computation from that pool
+    too. A launch that waits for its device's in-flight limit holds a thread. In a hung run
+    (4 virtual devices, 2 cores, pool of 4; seen with gdb) three devices' shares sat in the
+    all-reduce waiting for the fourth, the fourth thread was a launch blocked on that limit,
+    and the fourth share was queued with no thread to run it; XLA aborts after 40 s ("Expected
+    4 threads to join the rendezvous"). ``D`` shares plus up to ``D`` blocked launches need
+    ``2 D`` threads: pools of 4 to 7 hung in every run we tried, 8 in none.
+    """
+    local = [d for d in mesh.local_devices if d.platform == "cpu"]
+    if len(local) < 2:
+        return
+    n = jax.local_device_count()
+    threads = max(_cpu_threads(), n)
+    if threads < 2 * n:
+        warnings.warn(
+            f"{n} CPU devices share a pool of {threads} XLA threads: a data-parallel loop may "
+            f"deadlock in its all-reduce. Set PJRT_NPROC={2 * n} (at least twice the device "
+            "count) in the environment before JAX starts",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def make_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D mesh with the single axis ``"data"``.
+
+    Args:
+        devices: ``None`` for every device JAX sees (``jax.devices()``: on several hosts, all of
+            theirs); an int ``n`` for the first ``n`` of them (on several hosts, the first
+            ``n / process_count`` of each host's); or an explicit sequence of distinct devices.
+
+    Returns:
+        A :class:`jax.sharding.Mesh` of shape ``{"data": D}``.
+
+    Raises:
+        ValueError: ``n`` < 1 or more than ``jax.device_count()``, ``n`` not a multiple of the
+            process count, or an empty or repeating device sequence.
+        TypeError: ``devices`` of another kind.
+    """
+    if devices is None:
+        devs = jax.devices()
+    elif isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
+        n = _count("devices", devices, 1)
+        available = jax.device_count()
+        if n > available:
+            raise ValueError(
+                f"asked for {n} devices but JAX sees only {available} (jax.device_count()); "
+                "on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count=N before "
+                "importing jax to get N virtual devices"
+            )
+        devs = jax.devices()[:n] if jax.process_count() == 1 else _first_per_process(n)
+    elif isinstance(devices, Sequence) and not isinstance(devices, (str, bytes)):
+        devs = list(devices)
+        if not devs:
+            raise ValueError("devices must not be empty")
+        bad = [d for d in devs if not isinstance(d, jax.Device)]
+        if bad:
+            raise TypeError(f"devices must be jax.Device objects, got {bad[0]!r}")
+        if len(set(devs)) != len(devs):
+            raise ValueError(f"devices must be distinct, got {devs}")
+    else:
+        raise TypeError(
+            f"devices must be None, an int or a sequence of jax.Device, got {devices!r}"
+        )
+    mesh = Mesh(np.array(devs, dtype=object), (AXIS,))
+    _warn_if_cpu_threads_short(mesh)
+    return mesh
+
+
+def as_mesh(mesh: Mesh | int) -> Mesh:
+    """A data mesh from a mesh or a device count (the ``mesh=`` argument of the train step).
+
+    Args:
+        mesh: a :class:`jax.sharding.Mesh` whose only axis is ``"data"``, or a device count
+            given to :func:`make_mesh`.
+
+    Returns:
+        The mesh.
+
+    Raises:
+        ValueError: a mesh with other axes, or a bad device count.
+        TypeError: anything else.
+    """
+    if isinstance(mesh, Mesh):
+        if tuple(mesh.axis_names) != (AXIS,):
+            raise ValueError(
+                f"the mesh must have the single axis {AXIS!r}, got axes {mesh.axis_names}"
+            )
+        _warn_if_cpu_threads_short(mesh)
+        return mesh
+    if isinstance(mesh, (int, np.integer)) and not isinstance(mesh, bool):
+        return make_mesh(mesh)
+    raise TypeError(f"mesh must be a jax.sharding.Mesh, an int or None, got {mesh!r}")
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Split the first (batch) axis over the mesh's ``"data"`` axis: ``P("data")``.
+
+    Args:
+        mesh: a data mesh from :func:`make_mesh`.
+
+    Returns:
+        The sharding: an array ``(B, ...)`` gets ``B / D`` rows on each of the ``D`` devices.
+    """
+    return NamedSharding(mesh, PartitionSpec(AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """A whole copy on every device of the mesh: ``P()``.
+
+    Args:
+        mesh: a data mesh from :func:`make_mesh`.
+
+    Returns:
+        The sharding, for parameters, optimizer state and scalars of any shape.
+    """
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def check_batch(batch_size: int, mesh: Mesh) -> None:
+    """Refuse a batch size that the mesh's devices cannot share equally.
+
+    Args:
+        batch_size: rows in a global batch, >= 1.
+        mesh: a data mesh of ``D`` devices.
+
+    Raises:
+        ValueError: ``batch_size`` < 1 or not a multiple of ``D``.
+        TypeError: ``batch_size`` not an int.
+    """
+    b = _count("batch size", batch_size, 1)
+    d = mesh.size
+    if b % d:
+        raise ValueError(f"batch size {b} does not divide over {d} devices: use a multiple of {d}")
+
+
+def _local_device_count(mesh: Mesh) -> int:
+    n = len(mesh.local_devices)
+    if n == 0:
+        raise ValueError(
+            f"process {jax.process_index()} has no device in the mesh: every process must "
+            "contribute devices (make the mesh with make_mesh)"
+        )
+    return n
+
+
+def shard_batch(batch: Tree, mesh: Mesh) -> Tree:
+    """Put this process's rows of a global batch on its devices, split along ``"data"``.
+
+    On one process, ``batch`` is the whole global batch and this is ``jax.device_put`` with
+    :func:`batch_sharding`. On several, each process passes only its own rows (see
+    :func:`local_batch_slice`) and ``jax.make_array_from_process_local_data`` assembles the global
+    array, ``process_count`` times as long, without moving data between hosts. Every process
+    must call it with the same number of rows.
+
+    Args:
+        batch: an array ``(b, ...)``, or a pytree of them with the same ``b`` (e.g. ``(x, y)``);
+            NumPy or JAX. ``b`` must divide over this process's devices in the mesh.
+        mesh: a data mesh from :func:`make_mesh`.
+
+    Returns:
+        The same structure of ``jax.Array`` s, each ``(b * process_count, ...)`` and sharded
+        ``P("data")``.
+
+    Raises:
+        ValueError: a leaf with no batch axis, leaves of different lengths, or a local batch that
+            does not divide over the local devices.
+    """
+    leaves = jax.tree.leaves(batch)
+    lengths = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in leaves}
+    if None in lengths:
+        raise ValueError("every array in the batch needs a leading batch axis, got a scalar")
+    if len(lengths) > 1:
+        raise ValueError(f"the arrays of a batch must have the same length, got {sorted(lengths)}")
+    sharding = batch_sharding(mesh)
+    if jax.process_count() == 1:
+        for n in lengths:
+            check_batch(n, mesh)
+        return jax.device_put(batch, sharding)
+    local = _local_device_count(mesh)
+    for n in lengths:
+        if n % local:
+            raise ValueError(
+                f"local batch size {n} does not divide over this process's {local} devices: "
+                f"use a multiple of {local}"
+            )
+    return jax.tree.map(
+        lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), batch
+    )
+
+
+def shard_global(x: np.ndarray | jax.Array, mesh: Mesh) -> jax.Array:
+    """Split an array that every process holds whole along ``"data"``; each keeps its part.
+
+    Unlike :func:`shard_batch`, ``x`` is the *global* array on every process (as for an
+    evaluation set that each host loads in full); each process copies only its devices' rows
+    to them, with no cross-host traffic and no equality check.
+
+    Args:
+        x: ``(B, ...)``, identical on every process; ``B`` must divide over the mesh.
+        mesh: a data mesh of ``D`` devices.
+
+    Returns:
+        ``(B, ...)`` as a ``jax.Array`` sharded ``P("data")``.
+
+    Raises:
+        ValueError: ``B`` is not a multiple of ``D``.
+    """
+    check_batch(np.shape(x)[0], mesh)
+    sharding = batch_sharding(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(x, sharding)
+    return jax.make_array_from_callback(np.shape(x), sharding, lambda index: np.asarray(x[index]))
+
+
+def replicate(tree: Tree, mesh: Mesh) -> Tree:
+    """Copy a pytree of arrays whole to every device of the mesh.
+
+    On several processes every one must pass the same values (JAX checks this, with a
+    collective); arrays that are already global are resharded in place.
+
+    Args:
+        tree: a pytree of arrays (params ``{layer: {"w", "b"}}``, optimizer state), any shapes.
+        mesh: a data mesh from :func:`make_mesh`.
+
+    Returns:
+        The same pytree of ``jax.Array`` s with :func:`replicated` sharding, shapes unchanged.
+    """
+    sharding = replicated(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def put(leaf: Any) -> jax.Array:
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            return jax.device_put(leaf, sharding)
+        return jax.device_put(np.asarray(leaf), sharding)
+
+    return jax.tree.map(put, tree)
+
+
+def local_batch_slice(
+    global_batch: int, process_index: int | None = None, process_count: int | None = None
+) -> slice:
+    """The rows of a global batch that one process reads and passes to :func:`shard_batch`.
+
+    Process ``i`` of ``P`` reads rows ``[i * b, (i + 1) * b)`` with ``b = global_batch / P``, so
+    the global batch is the processes' rows in process order, the same batch a single process
+    would have used.
+
+    Args:
+        global_batch: rows in a global batch, a multiple of ``process_count``.
+        process_index: this process, in ``[0, process_count)``; default ``jax.process_index()``.
+        process_count: the number of processes; default ``jax.process_count()``.
+
+    Returns:
+        ``slice(i * b, (i + 1) * b)``: index a global batch's rows (or the offsets of a data
+        set's batch) with it.
+
+    Raises:
+        ValueError: ``global_batch`` not a multiple of ``process_count``, or an index out of range.
+        TypeError: a non-int argument.
+    """
+    count = jax.process_count() if process_count is None else process_count
+    index = jax.process_index() if process_index is None else process_index
+    count = _count("process_count", count, 1)
+    index = _count("process_index", index, 0)
+    g = _count("global_batch", global_batch, 1)
+    if index >= count:
+        raise ValueError(f"process_index must be in [0, {count}), got {index}")
+    if g % count:
+        raise ValueError(
+            f"global batch {g} does not divide over {count} processes: use a multiple of {count}"
+        )
+    b = g // count
+    return slice(index * b, (index + 1) * b)
+
+
+def _check_address(address: object) -> None:
+    if not isinstance(address, str):
+        raise TypeError(f"coordinator_address must be a 'host:port' string, got {address!r}")
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(
+            f"coordinator_address must look like 'host:port' with a port in [1, 65535], "
+            f"got {address!r}"
+        )
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    timeout_s: int = 300,
+) -> None:
+    """Join this process to a multi-process (multi-host) JAX run: ``jax.distributed.initialize``.
+
+    Call it first thing in every process, before any other JAX call, with the same
+    ``coordinator_address`` and ``num_processes`` everywhere and a distinct ``process_id``.
+    Process 0 serves as the coordinator at that address (it must be reachable from every host);
+    the call returns once all ``num_processes`` have joined. Afterwards ``jax.devices()`` lists
+    every process's devices and :func:`make_mesh` spans them.
+
+    With no arguments, JAX detects the cluster itself (Slurm, Open MPI, Cloud TPU, ...).
+
+    Args:
+        coordinator_address: ``"host:port"`` of process 0, e.g. ``"10.0.0.1:1234"``.
+        num_processes: how many processes take part, >= 1.
+        process_id: this process, in ``[0, num_processes)``.
+        timeout_s: how long to wait for every process to join. JAX aborts the whole process
+            (it is not an exception) when the coordinator cannot be reached in time.
+
+    Raises:
+        ValueError: some but not all of the three given, a malformed address, or an id out of
+            range.
+        TypeError: arguments of the wrong type.
+        RuntimeError: JAX refused, e.g. it had already been used in this process, or
+            initialisation ran twice; the message says which process and address.
+    """
+    given = [a is not None for a in (coordinator_address, num_processes, process_id)]
+    if any(given) and not all(given):
+        raise ValueError(
+            "give coordinator_address, num_processes and process_id together (or none, to let "
+            f"JAX detect the cluster), got {coordinator_address=}, {num_processes=}, "
+            f"{process_id=}"
+        )
+    if all(given):
+        _check_address(coordinator_address)
+        num_processes = _count("num_processes", num_processes, 1)
+        process_id = _count("process_id", process_id, 0)
+        if process_id >= num_processes:
+            raise ValueError(f"process_id must be in [0, {num_processes}), got {process_id}")
+    timeout_s = _count("timeout_s", timeout_s, 1)
+    try:
+        jax.distributed.initialize(
+            coordinator_address, num_processes, process_id, initialization_timeout=timeout_s
+        )
+    except RuntimeError as e:
+        where = (
+            f"process {process_id} of {num_processes} at coordinator {coordinator_address}"
+            if all(given)
+            else "auto-detected cluster"
+        )
+        raise RuntimeError(
+            f"could not initialise distributed JAX ({where}): {e} Call initialize_distributed "
+            "once, at the start of the program, before anything else touches JAX."
+        ) from e

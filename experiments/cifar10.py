@@ -35,8 +35,12 @@ PRESETS = {
             weight_decay=1e-3,
             iterations=5000,
             val_size=2000,
+            pixel_scale=1.0,
+            conv_init_gain=0.1,
+            train_limit=20000,
             description="the starter's lr 1e-3, batch 16, 5000 iterations, momentum 0.95, "
-            "weight decay 0.001",
+            "weight decay 0.001, on the first 20000 images in raw pixel values minus the mean, "
+            "kernels drawn at 0.1 times He's scale",
         ),
     },
     "modified": {

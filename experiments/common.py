@@ -44,7 +44,11 @@ CHECKPOINT_DIR = "checkpoints"
 
 @dataclass(frozen=True)
 class Preset:
-    """A named set of training settings; ``epochs`` (if set) is turned into iterations."""
+    """A named set of training settings; ``epochs`` (if set) is turned into iterations.
+
+    ``train_limit`` keeps only the first that many training images (before the validation
+    split), as the CIFAR-10 starter loads two of the five batches.
+    """
 
     batch_size: int
     learning_rate: float
@@ -57,6 +61,9 @@ class Preset:
     augment: bool = False
     crop_pad: int = 4
     flip: bool = True
+    pixel_scale: float = 1 / 255
+    conv_init_gain: float = 1.0
+    train_limit: int | None = None
     val_size: int = 2000
     description: str = ""
 
@@ -187,6 +194,13 @@ def build_parser(exp: Experiment, prog: str, description: str) -> argparse.Argum
         help="replace a run already in --out (its outputs and checkpoints)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="train data-parallel on this many devices (default: all local devices); the "
+        "batch size must be a multiple. On CPU, N virtual devices are made for N > 1",
+    )
     if exp.extra_args is not None:
         exp.extra_args(p)
     return p
@@ -224,6 +238,8 @@ def resolve_config(exp: Experiment, args: argparse.Namespace, n_train: int | Non
         augment=pick(args.augment, preset.augment),
         crop_pad=preset.crop_pad,
         flip=preset.flip,
+        pixel_scale=preset.pixel_scale,
+        conv_init_gain=preset.conv_init_gain,
         seed=args.seed,
         rules=args.rules,
         log_every=args.log_every,
@@ -260,6 +276,20 @@ def _environment() -> dict[str, str]:
     }
 
 
+def _virtual_cpu_devices(n: int) -> None:
+    """Ask XLA for ``n`` CPU devices and enough threads (``PJRT_NPROC``) for their all-reduce.
+
+    Only takes effect before jax is imported, and only for the CPU backend; a GPU or TPU
+    machine shows its real devices whatever this says.
+    """
+    if "jax" in sys.modules:
+        return
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+    os.environ.setdefault("PJRT_NPROC", str(2 * n))
+
+
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, allow_nan=True) + "\n")
@@ -288,6 +318,10 @@ def main(exp: Experiment, argv: list[str] | None, prog: str, description: str) -
         parser.error(f"--epochs must be positive, got {args.epochs}")
     if args.val_size is not None and args.val_size < 0:
         parser.error(f"--val-size must be >= 0, got {args.val_size}")
+    if args.devices is not None and args.devices < 1:
+        parser.error(f"--devices must be at least 1, got {args.devices}")
+    if args.devices is not None and args.devices > 1:
+        _virtual_cpu_devices(args.devices)
     if out.exists() and not out.is_dir():
         parser.error(f"--out {out} exists and is not a folder")
     if _occupied(out) and not (args.resume or args.overwrite):
@@ -311,9 +345,18 @@ def main(exp: Experiment, argv: list[str] | None, prog: str, description: str) -
         except ValueError as err:
             parser.error(str(err))
 
+    import jax
+
     from jaxnet import architectures
     from jaxnet.data import DataError, train_val_split
     from jaxnet.fit import FitConfig
+
+    devices = args.devices if args.devices is not None else jax.local_device_count()
+    if devices > jax.device_count():
+        parser.error(
+            f"--devices {devices}: JAX sees only {jax.device_count()} device(s) "
+            f"({jax.devices()[0].platform})"
+        )
 
     try:
         dataset = exp.load(args)
@@ -324,11 +367,18 @@ def main(exp: Experiment, argv: list[str] | None, prog: str, description: str) -
         names = {f.name for f in fields(FitConfig)}
         config = FitConfig(**{k: v for k, v in saved["fit"].items() if k in names})
         val_size, seed = int(saved["val_size"]), config.seed
+        train_limit = saved.get("train_limit")
         print(f"resuming with the settings saved in {out / 'config.json'}", file=sys.stderr)
     else:
         preset = exp.presets[args.preset]
         val_size = args.val_size if args.val_size is not None else preset.val_size
         seed = args.seed
+        train_limit = preset.train_limit
+    if train_limit is not None and train_limit < len(dataset.train_labels):
+        dataset = dataset._replace(
+            train_images=dataset.train_images[:train_limit],
+            train_labels=dataset.train_labels[:train_limit],
+        )
     n_all = len(dataset.train_labels)
     if val_size >= n_all:
         parser.error(f"--val-size {val_size} leaves no training images (the set has {n_all})")
@@ -345,6 +395,14 @@ def main(exp: Experiment, argv: list[str] | None, prog: str, description: str) -
             config.validate(len(train_y))
         except ValueError as err:
             parser.error(str(err))
+
+    for what, size in (("batch size", config.batch_size), ("eval batch", config.eval_batch_size)):
+        if size % devices:
+            parser.error(
+                f"{what} {size} does not divide over {devices} devices: use a multiple of "
+                f"{devices}, or --devices 1"
+            )
+    args.devices = devices
 
     arch = architectures.get(exp.architecture)
     if tuple(dataset.train_images.shape[1:]) != tuple(arch.input_shape):
@@ -363,6 +421,7 @@ def main(exp: Experiment, argv: list[str] | None, prog: str, description: str) -
             "architecture": exp.architecture,
             "preset": args.preset,
             "val_size": val_size,
+            "train_limit": train_limit,
             "data_dir": str(args.data_dir) if args.data_dir else None,
             "fit": asdict(config),
             "environment": environment,
@@ -391,6 +450,7 @@ def _train_and_report(exp, arch, dataset, config, run_config, split, args) -> in
     mean = channel_mean(train_x)
     data = TrainData(train_x, train_y, val_x, val_y, mean)
     manager = CheckpointManager(out / CHECKPOINT_DIR, keep=3)
+    mesh = args.devices if args.devices > 1 else None
     print(
         f"{exp.name}: {config.iterations} iterations of batch {config.batch_size} on "
         f"{len(train_y)} training images ({len(val_y)} held out for validation); "
@@ -407,6 +467,7 @@ def _train_and_report(exp, arch, dataset, config, run_config, split, args) -> in
             metadata={"run_config": run_config},
             progress=not args.no_progress,
             on_log=lambda history: history_to_csv(history, out / "history.csv"),
+            mesh=mesh,
         )
     except DivergedError as err:
         return _error(str(err), 1)
@@ -421,7 +482,14 @@ def _train_and_report(exp, arch, dataset, config, run_config, split, args) -> in
         return 130
 
     test = evaluate(
-        arch, result.params, dataset.test_images, dataset.test_labels, config.eval_batch_size, mean
+        arch,
+        result.params,
+        dataset.test_images,
+        dataset.test_labels,
+        config.eval_batch_size,
+        config.input_mean(mean),
+        mesh=mesh,
+        scale=config.pixel_scale,
     )
     k = len(dataset.class_names)
     confusion = metrics.confusion_matrix(dataset.test_labels, test.predictions, k)

@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -32,10 +33,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
 from jaxnet import data as data_lib
+from jaxnet import parallel
 from jaxnet.checkpoint import CheckpointManager
-from jaxnet.network import Architecture, init
+from jaxnet.network import Architecture, Conv, init
 from jaxnet.optim import momentum
 from jaxnet.train import evaluate, loss_and_logits, prepare_images
 
@@ -68,6 +71,10 @@ class FitConfig:
             horizontal flip) of each training image, on the device.
         crop_pad: padding of the random crop, in pixels.
         flip: mirror half of the augmented images left-right (not for digits).
+        pixel_scale: uint8 pixels are multiplied by this before the mean is subtracted: 1/255
+            gives ``[0, 1]`` (the MNIST starter), 1 raw values (the CIFAR-10 starter).
+        conv_init_gain: convolution kernels start at this times He's scale (the CIFAR-10
+            starter draws them at 0.1 times; dense layers always at He's scale).
         seed: initialisation, data order, validation split and augmentation all follow it.
         rules: ``"analytic"`` or ``"autodiff"``.
         log_every: iterations between history rows.
@@ -87,6 +94,8 @@ class FitConfig:
     augment: bool = False
     crop_pad: int = 4
     flip: bool = True
+    pixel_scale: float = 1 / 255
+    conv_init_gain: float = 1.0
     seed: int = 0
     rules: str = "analytic"
     log_every: int = 100
@@ -127,6 +136,10 @@ class FitConfig:
             or self.crop_pad < 0
         ):
             raise ValueError(f"crop-pad must be an integer >= 0, got {self.crop_pad}")
+        for name in ("pixel_scale", "conv_init_gain"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name.replace('_', '-')} must be positive, got {value}")
         if not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema-decay must be in (0, 1), got {self.ema_decay}")
         if n_train is not None and self.batch_size > n_train:
@@ -141,6 +154,10 @@ class FitConfig:
         return optax.warmup_cosine_decay_schedule(
             0.0, self.learning_rate, max(self.warmup, 1), self.iterations, 0.0
         )
+
+    def input_mean(self, mean: np.ndarray) -> np.ndarray:
+        """The training mean of ``images / 255`` in the units the network sees (float32)."""
+        return (np.asarray(mean, np.float64) * 255.0 * self.pixel_scale).astype(np.float32)
 
     def optimizer(self) -> optax.GradientTransformation:
         """The seed's momentum scheme (:func:`jaxnet.momentum`) with this run's schedule."""
@@ -197,6 +214,12 @@ class DivergedError(RuntimeError):
 def initial_state(arch: Architecture, config: FitConfig) -> TrainState:
     """A fresh :class:`TrainState` for ``arch``, seeded by ``config.seed``."""
     params = init(arch, jax.random.PRNGKey(config.seed))
+    if config.conv_init_gain != 1.0:
+        convs = {layer.name for layer in arch.layers if isinstance(layer, Conv)}
+        params = {
+            name: {**p, "w": p["w"] * config.conv_init_gain} if name in convs else p
+            for name, p in params.items()
+        }
     return TrainState(
         params=params,
         opt_state=config.optimizer().init(params),
@@ -205,13 +228,17 @@ def initial_state(arch: Architecture, config: FitConfig) -> TrainState:
     )
 
 
-def make_fit_step(arch: Architecture, config: FitConfig, mean: np.ndarray) -> Callable:
+def make_fit_step(
+    arch: Architecture, config: FitConfig, mean: np.ndarray, mesh: Mesh | None = None
+) -> Callable:
     """The jitted ``step(state, images, labels, batches, iteration) -> state``.
 
     ``batches`` is the epoch's ``(steps, batch_size)`` index array and ``iteration`` the global
     iteration (an int32 scalar): the step takes row ``iteration % steps``, gathers those images
     from the device-resident set, augments them (seeded by the iteration) if asked, scales
-    them, and applies one optimizer step. ``state`` is donated.
+    them (``x * pixel_scale - mean``, ``mean`` in scaled units), and applies one optimizer
+    step. ``state`` is donated. With a ``mesh`` the gathered batch is split over its devices
+    (everything else replicated) and XLA reduces the gradient across them.
     """
     optimizer = config.optimizer()
     aug_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x61756720)
@@ -220,11 +247,13 @@ def make_fit_step(arch: Architecture, config: FitConfig, mean: np.ndarray) -> Ca
     def step(state: TrainState, images, labels, batches, iteration):
         index = batches[iteration % batches.shape[0]]
         x, y = images[index], labels[index]
+        if mesh is not None:
+            x, y = jax.lax.with_sharding_constraint((x, y), parallel.batch_sharding(mesh))
         if config.augment:
             x = data_lib.augment(
                 jax.random.fold_in(aug_key, iteration), x, config.crop_pad, config.flip
             )
-        x = prepare_images(x, mean, jnp.float32)
+        x = prepare_images(x, mean, jnp.float32, config.pixel_scale)
         (loss, logits), grads = jax.value_and_grad(
             lambda p: loss_and_logits(arch, p, x, y, config.rules), has_aux=True
         )(state.params)
@@ -276,6 +305,7 @@ def fit(
     metadata: dict[str, Any] | None = None,
     progress: bool = True,
     on_log: Callable[[list[dict[str, float]]], None] | None = None,
+    mesh: Mesh | int | None = None,
 ) -> FitResult:
     """Train ``arch`` on ``data`` with ``config``; checkpoint, resume, guard against NaN.
 
@@ -289,6 +319,8 @@ def fit(
         metadata: saved in each checkpoint beside the state (e.g. the run's config).
         progress: show a tqdm progress bar with the moving-average loss and accuracy.
         on_log: called with the whole history each time a row is added (to write history.csv).
+        mesh: train data-parallel over this mesh (or this many devices): each batch is split
+            over the devices, the data set, params and optimizer state are replicated.
 
     Returns:
         A :class:`FitResult`. ``interrupted`` is True when Ctrl-C stopped the run early (a
@@ -321,10 +353,16 @@ def fit(
             history = list(saved["history"])
             elapsed_before = float(saved.get("train_time_s", 0.0))
 
-    mean = np.asarray(data.mean, np.float32)
-    step = make_fit_step(arch, config, mean)
-    images = jax.device_put(data.train_images)
-    labels = jax.device_put(np.asarray(data.train_labels, np.int32))
+    mean = config.input_mean(data.mean)
+    if mesh is not None:
+        mesh = parallel.as_mesh(mesh)
+        parallel.check_batch(config.batch_size, mesh)
+        parallel.check_batch(config.eval_batch_size, mesh)
+        state = parallel.replicate(state, mesh)
+    step = make_fit_step(arch, config, mean, mesh)
+    images, labels = data.train_images, np.asarray(data.train_labels, np.int32)
+    put = jax.device_put if mesh is None else partial(parallel.replicate, mesh=mesh)
+    images, labels = put(images), put(labels)
     steps_per_epoch = n // config.batch_size
     schedule = config.learning_rate_schedule()
     extra = dict(metadata or {})
@@ -362,8 +400,10 @@ def fit(
                 state.params,
                 data.val_images,
                 data.val_labels,
-                min(config.eval_batch_size, len(data.val_labels)),
+                config.eval_batch_size,
                 mean,
+                mesh=mesh,
+                scale=config.pixel_scale,
             )
             row["val_loss"], row["val_accuracy"] = result.loss, result.accuracy
         return row
@@ -383,7 +423,7 @@ def fit(
                 if iteration // steps_per_epoch != epoch:
                     epoch = iteration // steps_per_epoch
                     order = data_lib.epoch_batches(n, config.batch_size, config.seed, epoch)
-                    batches = jax.device_put(order)
+                    batches = put(order)
                 state = step(state, images, labels, batches, np.int32(iteration))
                 iteration += 1
                 log_now = iteration % config.log_every == 0 or iteration == config.iterations

@@ -67,17 +67,21 @@ def _params_dtype(params: Params) -> jnp.dtype:
     return jnp.result_type(leaves[0])
 
 
-def prepare_images(x: jax.Array, mean: jax.Array | float, dtype: jnp.dtype) -> jax.Array:
+def prepare_images(
+    x: jax.Array, mean: jax.Array | float, dtype: jnp.dtype, scale: jax.Array | float = 1 / 255
+) -> jax.Array:
     """Turn a batch of images into the network's input.
 
-    A uint8 batch is scaled to ``[0, 1]`` and centred: ``x.astype(dtype) / 255 - mean``. A
-    floating batch is taken as already prepared and returned unchanged (``mean`` is not
-    applied to it).
+    A uint8 batch is scaled and centred: ``x.astype(dtype) * scale - mean``; the default scale
+    maps pixels to ``[0, 1]`` (the MNIST starter), ``scale=1`` keeps raw pixel values (the
+    CIFAR-10 starter). A floating batch is taken as already prepared and returned unchanged
+    (neither ``scale`` nor ``mean`` is applied to it).
 
     Args:
         x: ``(N, H, W, C)``, uint8 or floating point.
         mean: a scalar or a per-channel ``(C,)`` mean, in units of the scaled image.
         dtype: the floating dtype of the result (the params' dtype) for uint8 input.
+        scale: the factor applied to uint8 pixel values before the mean is subtracted.
 
     Returns:
         ``(N, H, W, C)`` floating point.
@@ -86,7 +90,7 @@ def prepare_images(x: jax.Array, mean: jax.Array | float, dtype: jnp.dtype) -> j
         TypeError: ``x`` is an integer batch other than uint8.
     """
     if x.dtype == jnp.uint8:
-        return x.astype(dtype) / jnp.asarray(255, dtype) - jnp.asarray(mean, dtype)
+        return x.astype(dtype) * jnp.asarray(scale, dtype) - jnp.asarray(mean, dtype)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"x must be a uint8 or floating-point batch, got dtype {x.dtype}")
     return x
@@ -140,6 +144,7 @@ def make_train_step(
     rules: str = "analytic",
     mean: float | np.ndarray = 0.0,
     mesh: Mesh | int | None = None,
+    scale: float = 1 / 255,
 ) -> TrainStep:
     """Build the jitted train step: loss, gradient, optimizer update and new params in one region.
 
@@ -167,10 +172,11 @@ def make_train_step(
         optimizer: any optax ``GradientTransformation``, e.g. :func:`jaxnet.momentum` or
             ``optax.adam(1e-3)``; its state comes from ``optimizer.init(params)``.
         rules: ``"analytic"`` or ``"autodiff"``.
-        mean: subtracted from uint8 images after scaling to ``[0, 1]``: a float or a per-channel
-            ``(C,)`` array (the training split's mean).
+        mean: subtracted from uint8 images after scaling (by default to ``[0, 1]``): a float
+            or a per-channel ``(C,)`` array (the training split's mean, in scaled units).
         mesh: ``None`` for one device (the default device, as plain ``jax.jit``); a data mesh
             from :func:`jaxnet.parallel.make_mesh`; or an int ``D``, short for ``make_mesh(D)``.
+        scale: the factor applied to uint8 pixels before ``mean`` is subtracted.
 
     Returns:
         The jitted step function (with a mesh, a thin callable that checks the batch size and
@@ -192,7 +198,7 @@ def make_train_step(
 
     def step(params, opt_state, x, y):
         """One update on the batch ``x (B, H, W, C)``, ``y (B,)``; see make_train_step."""
-        x = prepare_images(x, mean_np, _params_dtype(params))
+        x = prepare_images(x, mean_np, _params_dtype(params), scale)
         (loss, logits), grads = jax.value_and_grad(
             lambda p: loss_and_logits(arch, p, x, y, rules), has_aux=True
         )(params)
@@ -256,9 +262,9 @@ class EvalResult(NamedTuple):
     accuracy: float
 
 
-def _eval_batch_impl(arch, rules, params, x, y, valid, mean):
+def _eval_batch_impl(arch, rules, params, x, y, valid, mean, scale):
     """Summed loss over the ``valid`` rows ``()`` and predictions ``(B,)`` of one batch."""
-    x = prepare_images(x, mean, _params_dtype(params))
+    x = prepare_images(x, mean, _params_dtype(params), scale)
     per_example = jax.vmap(lambda xi, yi: loss_and_logits(arch, params, xi[None], yi[None], rules))
     losses, logits = per_example(x, y)  # (B,), (B, 1, K)
     loss_sum = jnp.sum(jnp.where(valid, losses, jnp.zeros((), losses.dtype)))
@@ -275,7 +281,7 @@ def _sharded_eval_batch(mesh: Mesh) -> Callable:
     return jax.jit(
         _eval_batch_impl,
         static_argnums=(0, 1),
-        in_shardings=(rep, batch, batch, batch, rep),
+        in_shardings=(rep, batch, batch, batch, rep, rep),
         out_shardings=(rep, rep),
     )
 
@@ -289,6 +295,7 @@ def evaluate(
     mean: float | np.ndarray = 0.0,
     rules: str = "analytic",
     mesh: Mesh | int | None = None,
+    scale: float = 1 / 255,
 ) -> EvalResult:
     """Predictions, mean loss and accuracy of the network over a whole set.
 
@@ -305,7 +312,7 @@ def evaluate(
     Args:
         arch: the network.
         params: ``{layer name: {"w": ..., "b": ...}}``.
-        x: ``(N, H, W, C)`` images, uint8 (scaled to ``x / 255 - mean``) or an already
+        x: ``(N, H, W, C)`` images, uint8 (turned into ``x * scale - mean``) or an already
             prepared float batch in the params' dtype; ``N >= 1``.
         y: ``(N,)`` integer labels in ``[0, num_classes)``.
         batch_size: examples per compiled batch, >= 1.
@@ -313,6 +320,8 @@ def evaluate(
         rules: ``"analytic"`` or ``"autodiff"`` (the same numbers; no gradient is taken).
         mesh: ``None`` for one device; a data mesh from :func:`jaxnet.parallel.make_mesh`, or
             an int device count. ``batch_size`` must be a multiple of its size.
+        scale: the factor applied to uint8 pixels before ``mean`` is subtracted (1/255:
+            pixels in ``[0, 1]``; 1: raw pixel values, as the CIFAR-10 starter).
 
     Returns:
         An :class:`EvalResult`: ``predictions (N,)``, ``loss``, ``accuracy``.
@@ -343,11 +352,14 @@ def evaluate(
 
     xp = np if isinstance(x, np.ndarray) else jnp
     mean_dev = jnp.asarray(mean_np, _params_dtype(params))
+    scale_dev = jnp.asarray(scale, mean_dev.dtype)
     eval_batch, put = _eval_batch, lambda a: a
     if mesh is not None:
         mesh = parallel.as_mesh(mesh)
         parallel.check_batch(batch_size, mesh)
-        params, mean_dev = parallel.replicate((params, mean_np.astype(mean_dev.dtype)), mesh)
+        params, mean_dev, scale_dev = parallel.replicate(
+            (params, mean_np.astype(mean_dev.dtype), np.asarray(scale, mean_dev.dtype)), mesh
+        )
         eval_batch = _sharded_eval_batch(mesh)
         # Committed, sharded batches whatever x is (NumPy or JAX: one trace); on several
         # processes each puts only its own devices' rows.
@@ -360,7 +372,9 @@ def evaluate(
             xb = xp.concatenate([xb, xp.zeros((batch_size - k, *xb.shape[1:]), xb.dtype)])
             yb = xp.concatenate([yb, xp.zeros((batch_size - k,), yb.dtype)])
         valid = np.arange(batch_size) < k
-        loss_sum, pred = eval_batch(arch, rules, params, put(xb), put(yb), put(valid), mean_dev)
+        loss_sum, pred = eval_batch(
+            arch, rules, params, put(xb), put(yb), put(valid), mean_dev, scale_dev
+        )
         sums.append(loss_sum)
         preds.append(pred)
     predictions = np.asarray(jnp.concatenate(preds))[:n].astype(np.int64)

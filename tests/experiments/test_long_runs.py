@@ -218,3 +218,49 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path)
     assert meta["iteration"] < bad
     assert hashlib.sha256(kept[-1].read_bytes()).hexdigest() == digest
     assert not (out / "params.npz").exists()
+
+
+def test_two_devices_follow_one(data_dir, tmp_path):
+    """--devices 2 (virtual CPU devices) trains like one device, up to float32 rounding."""
+    runs = {}
+    for devices in ("1", "2"):
+        out = tmp_path / f"d{devices}"
+        result = run(
+            "experiments.mnist",
+            "--idx-dir",
+            str(data_dir),
+            "--out",
+            str(out),
+            "--devices",
+            devices,
+            "--iterations",
+            "40",
+            "--batch-size",
+            "16",
+            "--val-size",
+            "40",
+            "--no-progress",
+        )
+        assert result.returncode == 0, result.stderr
+        runs[devices] = params_of(out)
+    for key, value in runs["1"].items():
+        np.testing.assert_allclose(runs["2"][key], value, rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+def test_batch_that_does_not_divide_is_refused(data_dir, tmp_path):
+    result = run(
+        "experiments.mnist",
+        "--idx-dir",
+        str(data_dir),
+        "--out",
+        str(tmp_path / "r"),
+        "--devices",
+        "2",
+        "--batch-size",
+        "15",
+        "--val-size",
+        "40",
+        "--no-progress",
+    )
+    assert result.returncode == 2
+    assert "batch size 15 does not divide over 2 devices" in result.stderr

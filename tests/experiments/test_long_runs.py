@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, command, env, run
+from run_helpers import ROOT, command, env, run
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +58,7 @@ def history_without_time(out: Path) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    from conftest import make_idx_dir
+    from run_helpers import make_idx_dir
 
     return make_idx_dir(tmp_path_factory.mktemp("idx"), n_train=300, n_test=60)
 

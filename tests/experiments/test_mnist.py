@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import run
+from run_helpers import run
 
 from experiments import mnist
 

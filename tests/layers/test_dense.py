@@ -2,8 +2,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import normal, rel_err
 from jax.test_util import check_grads
+from layer_helpers import normal, rel_err
 
 from jaxnet import autodiff, dense
 

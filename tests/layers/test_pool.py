@@ -2,9 +2,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import normal
 from jax import lax
 from jax.test_util import check_grads
+from layer_helpers import normal
 
 from jaxnet import autodiff, maxpool2d
 

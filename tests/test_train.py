@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from parallel_worker import counting, data  # the same helpers drive the multi-device runs
 
 import jaxnet.train
 from jaxnet import (
@@ -32,25 +33,6 @@ def tiny(input_shape=(8, 8, 3)) -> Architecture:
         input_shape,
         num_classes=3,
     )
-
-
-def data(arch: Architecture, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` random uint8 images ``(n, H, W, C)`` and int32 labels ``(n,)``."""
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 256, (n, *arch.input_shape), dtype=np.uint8)
-    y = rng.integers(0, arch.num_classes, n).astype(np.int32)
-    return x, y
-
-
-def counting(optimizer: optax.GradientTransformation) -> tuple[optax.GradientTransformation, list]:
-    """``optimizer`` whose ``update`` records each call: inside a jit, one call per trace."""
-    calls = []
-
-    def update(grads, state, params=None):
-        calls.append(1)
-        return optimizer.update(grads, state, params)
-
-    return optax.GradientTransformation(optimizer.init, update), calls
 
 
 jit_forward = jax.jit(forward, static_argnums=(0, 3))

@@ -7,6 +7,15 @@ Layout: activations NHWC ``(N, H, W, C_in)``, kernels HWIO ``(KH, KW, C_in, C_ou
 
 where ``xp`` is ``x`` zero-padded by ``(ph, pw)`` on each side. Output size per dimension:
 ``Ho = floor((H + 2 ph - KH) / sh) + 1``.
+
+Speed (CPU). XLA (jax 0.10) runs a convolution on its YNNPACK kernels only when
+``max(C_in, C_out) > 16`` (its feature axes), else on its generic Eigen kernel. Two places
+pad with zeros, which adds nothing to the results, to get there where that was measured to
+pay: the forward pass of a one-channel input (``C_out`` to 17; 3-4x faster, for the autodiff
+twin as well), and ``dL/dw`` at batch <= 16 (see :func:`_conv2d_bwd`). Padding the other
+forward passes too was faster for the analytic rules but slowed the autodiff twin's derived
+backward by up to 1.5x (odd-channel convolutions), so it was left out. Figures and
+everything else tried: ``experiments/benchmark.py``.
 """
 
 from __future__ import annotations
@@ -50,9 +59,14 @@ def _check_conv(x, w, b, padding: tuple[int, int], stride: tuple[int, int]) -> N
 
 
 def _conv(x, w, padding, stride):
-    return lax.conv_general_dilated(
+    """The forward correlation; a one-channel input gets ``C_out`` padded to 17 (YNNPACK)."""
+    c_out = w.shape[3]
+    if w.shape[2] == 1 and c_out <= 16:
+        w = jnp.pad(w, ((0, 0), (0, 0), (0, 0), (0, 17 - c_out)))
+    y = lax.conv_general_dilated(
         x, w, window_strides=stride, padding=[(p, p) for p in padding], dimension_numbers=_NHWC
     )
+    return y[..., :c_out] if y.shape[3] != c_out else y
 
 
 def conv2d_forward(
@@ -81,6 +95,7 @@ def conv2d_forward(
     """
     padding = pair("padding", padding, 0)
     stride = pair("stride", stride, 1)
+    x, w, b = jnp.asarray(x), jnp.asarray(w), jnp.asarray(b)  # as custom_vjp does with NumPy
     _check_conv(x, w, b, padding, stride)
     return _conv(x, w, padding, stride) + b
 
@@ -143,14 +158,24 @@ def _conv2d_bwd(padding, stride, residuals, g):
         lhs_dilation=stride,
         dimension_numbers=_NHWC,
     )
+    # XLA runs this correlation on YNNPACK only if max(N, C_out) > 16 (N is its feature
+    # axis). Below that, zero images pad a batch of 16 to 20 (the fastest there), and zero
+    # channels pad a smaller batch's C_out to 17; neither adds anything to dw.
+    n, c_out = g.shape[0], g.shape[3]
+    x_dw, g_dw = x, g
+    if max(n, c_out) <= 16 and n == 16:
+        x_dw = jnp.pad(x, [(0, 20 - n)] + [(0, 0)] * 3)
+        g_dw = jnp.pad(g, [(0, 20 - n)] + [(0, 0)] * 3)
+    elif max(n, c_out) <= 16:
+        g_dw = jnp.pad(g, [(0, 0)] * 3 + [(0, 17 - c_out)])
     dw = lax.conv_general_dilated(
-        x,
-        g,
+        x_dw,
+        g_dw,
         window_strides=(1, 1),
         padding=[(padding[d], padding[d] - rest[d]) for d in range(2)],
         rhs_dilation=stride,
         dimension_numbers=("CHWN", "IHWO", "HWNC"),
-    )
+    )[..., :c_out]
     db = jnp.sum(g, axis=(0, 1, 2))
     return dx, dw, db
 

@@ -32,6 +32,7 @@ def dense_forward(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
         ValueError: ``x`` has rank 0, or its flattened size, ``w`` or ``b`` disagree.
         TypeError: an argument is not floating point, or the dtypes differ.
     """
+    x, w, b = jnp.asarray(x), jnp.asarray(w), jnp.asarray(b)  # as custom_vjp does with NumPy
     for name, a in (("x", x), ("w", w), ("b", b)):
         check_float(name, a)
     check_same_dtype(x=x, w=w, b=b)

@@ -28,6 +28,7 @@ def _picked(log_p: jax.Array, labels: jax.Array) -> jax.Array:
 
 def _loss_and_log_softmax(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Check the arguments; return the mean loss and the ``(N, K)`` log-softmax it came from."""
+    logits, labels = jnp.asarray(logits), jnp.asarray(labels)  # as custom_vjp does with NumPy
     check_float("logits", logits)
     check_int("labels", labels)
     check_rank("logits", logits, 2, "(N, K)")

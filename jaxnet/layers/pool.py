@@ -4,6 +4,12 @@ Ties: the gradient of a window goes to its *first* maximum in row-major order wi
 (top row first, left to right), as the seed's MATLAB code and PyTorch do. After a ReLU many
 windows hold several zeros, so this choice matters; it is the same in the forward pass (the
 autodiff twin routes ties the same way) and in the custom rule.
+
+Speed: when the windows tile the input (``window == stride``, the seed's 2x2/2), the windows
+are read from one reshape to ``(N, Ho, kh, Wo, kw, C)`` and the backward rule is a single
+broadcast compare-and-select back into that shape: no strided slices, no ``lax.pad`` per
+window offset. The residual is the int32 index of each window's first maximum. Other windows
+keep the general path (strided views, one ``lax.pad`` per offset).
 """
 
 from __future__ import annotations
@@ -27,14 +33,22 @@ def _check_pool(x, window: tuple[int, int], stride: tuple[int, int]) -> tuple[in
 
 
 def _window_slices(x, window, stride, out):
-    """The ``KH * KW`` strided views ``x[:, u::sh, v::sw]`` (each ``(N, Ho, Wo, C)``), row-major."""
+    """The ``KH * KW`` strided views ``x[:, u::sh, v::sw]`` (each ``(N, Ho, Wo, C)``), row-major.
+
+    Tiling windows (``window == stride``) are cut from one reshape of ``x`` (rows and columns
+    past the last whole window dropped); others are strided slices.
+    """
     n, _, _, c = x.shape
+    (kh, kw), (sh, sw) = window, stride
+    if window == stride:
+        tiles = x[:, : out[0] * kh, : out[1] * kw, :].reshape(n, out[0], kh, out[1], kw, c)
+        return [tiles[:, :, u, :, v, :] for u in range(kh) for v in range(kw)]
     views = []
-    for u in range(window[0]):
-        for v in range(window[1]):
+    for u in range(kh):
+        for v in range(kw):
             start = (0, u, v, 0)
-            limit = (n, u + (out[0] - 1) * stride[0] + 1, v + (out[1] - 1) * stride[1] + 1, c)
-            views.append(lax.slice(x, start, limit, (1, stride[0], stride[1], 1)))
+            limit = (n, u + (out[0] - 1) * sh + 1, v + (out[1] - 1) * sw + 1, c)
+            views.append(lax.slice(x, start, limit, (1, sh, sw, 1)))
     return views
 
 
@@ -44,6 +58,7 @@ def _max_and_argmax(x, window, stride):
     A later element replaces the running maximum only when strictly greater, so the first of
     equal maxima wins.
     """
+    x = jnp.asarray(x)  # as custom_vjp does with NumPy input
     out = _check_pool(x, window, stride)
     views = _window_slices(x, window, stride, out)
     best = views[0]
@@ -106,22 +121,38 @@ def _maxpool2d_bwd(window, stride, residuals, g):
     """Backward rule of max pooling: route each window's ``dL/dy`` to its first maximum.
 
     ``dL/dx[n, i*sh + u, j*sw + v, c] += g[n, i, j, c]`` where ``(u, v)`` is the position of the
-    window's first maximum, 0 elsewhere. Each window offset ``k = u * kw + v`` contributes
-    ``g`` masked by ``index == k``, spread back to the input grid by ``lax.pad`` (``s - 1``
-    zeros between entries, offset ``(u, v)``); overlapping windows (stride < window) add up.
+    window's first maximum, 0 elsewhere.
+
+    - Tiling windows (``window == stride``): every input element lies in at most one window,
+      so ``dL/dx`` viewed as ``(N, Ho, kh, Wo, kw, C)`` is ``g`` broadcast over ``(kh, kw)``
+      where ``index == u * kw + v`` and 0 elsewhere; rows and columns past the last window
+      get 0.
+    - Otherwise each window offset ``k = u * kw + v`` contributes ``g`` masked by
+      ``index == k``, spread back to the input grid by ``lax.pad`` (``s - 1`` zeros between
+      entries, offset ``(u, v)``); overlapping windows (stride < window) add up.
     """
     index, x_shape = residuals
-    _, h, w, _ = x_shape
+    n, h, w, c = x_shape
+    (kh, kw), (sh, sw) = window, stride
     out = g.shape[1:3]
     zero = jnp.zeros((), g.dtype)
+    if window == stride:
+        shape = (1, 1, kh, 1, kw, 1)
+        offset = lax.broadcasted_iota(jnp.int32, shape, 2) * kw
+        offset = offset + lax.broadcasted_iota(jnp.int32, shape, 4)
+        hit = index[:, :, None, :, None, :] == offset
+        dx = jnp.where(hit, g[:, :, None, :, None, :], zero)
+        dx = dx.reshape(n, out[0] * kh, out[1] * kw, c)
+        config = ((0, 0, 0), (0, h - out[0] * kh, 0), (0, w - out[1] * kw, 0), (0, 0, 0))
+        return (lax.pad(dx, zero, config),)
     dx = jnp.zeros(x_shape, g.dtype)
-    for u in range(window[0]):
-        for v in range(window[1]):
-            picked = jnp.where(index == u * window[1] + v, g, zero)
+    for u in range(kh):
+        for v in range(kw):
+            picked = jnp.where(index == u * kw + v, g, zero)
             config = (
                 (0, 0, 0),
-                (u, h - u - (out[0] - 1) * stride[0] - 1, stride[0] - 1),
-                (v, w - v - (out[1] - 1) * stride[1] - 1, stride[1] - 1),
+                (u, h - u - (out[0] - 1) * sh - 1, sh - 1),
+                (v, w - v - (out[1] - 1) * sw - 1, sw - 1),
                 (0, 0, 0),
             )
             dx = dx + lax.pad(picked, zero, config)

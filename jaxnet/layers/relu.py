@@ -20,6 +20,7 @@ def relu_forward(x: jax.Array) -> jax.Array:
     Raises:
         TypeError: ``x`` is not floating point.
     """
+    x = jnp.asarray(x)  # as custom_vjp does with NumPy input
     check_float("x", x)
     return jnp.maximum(x, jnp.zeros((), x.dtype))
 

@@ -27,6 +27,9 @@ CONFIGS = [
     (2, 9, 9, 6, 7, 3, 3, 2, 2),
     (1, 16, 10, 1, 8, 5, 3, 3, 0),
     (3, 8, 8, 8, 4, 1, 1, 1, 2),
+    # batch 16 and 8 with few channels: dL/dw pads the batch or the channels (a speed path)
+    (16, 14, 14, 16, 16, 5, 5, 1, 2),
+    (8, 9, 7, 3, 4, 3, 3, 2, 1),
 ]
 IDS = [f"n{c[0]}-{c[1]}x{c[2]}x{c[3]}-k{c[5]}x{c[6]}x{c[4]}-s{c[7]}-p{c[8]}" for c in CONFIGS]
 

@@ -57,3 +57,32 @@ def run(module: str, *args: str, timeout: float = 300) -> subprocess.CompletedPr
     return subprocess.run(
         command(module, *args), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout
     )
+
+
+CIFAR_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+
+
+def make_cifar_dir(root: Path, per_batch: int = 40) -> Path:
+    """A small CIFAR-10 binary version (5 train batches and a test batch) under ``root``."""
+    folder = root / "cifar10" / "cifar-10-batches-bin"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    names = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
+    for name in names:
+        images = rng.integers(0, 256, (per_batch, 3, 32, 32), dtype=np.uint8)  # planar R, G, B
+        labels = rng.integers(0, 10, per_batch, dtype=np.uint8)
+        records = np.concatenate([labels[:, None], images.reshape(per_batch, 3072)], axis=1)
+        (folder / name).write_bytes(records.tobytes())
+    (folder / "batches.meta.txt").write_text("\n".join(CIFAR_CLASSES) + "\n\n")
+    return root

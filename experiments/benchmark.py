@@ -133,6 +133,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +141,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnet import architectures
+from jaxnet import architectures, parallel
 from jaxnet.network import Architecture, Conv, Dense, MaxPool, init
 from jaxnet.optim import momentum
 from jaxnet.train import make_train_step
@@ -255,7 +256,9 @@ def _batches(arch: Architecture, batch: int, seed: int) -> tuple[np.ndarray, np.
     return x.astype(np.float32), y
 
 
-def jax_runner(arch: Architecture, batch: int, rules: str, seed: int = 0) -> tuple[Runner, float]:
+def jax_runner(
+    arch: Architecture, batch: int, rules: str, seed: int = 0, devices: int = 1
+) -> tuple[Runner, float]:
     """A runner for ``jaxnet.make_train_step(arch, momentum(...), rules)`` and its first call.
 
     Args:
@@ -263,6 +266,8 @@ def jax_runner(arch: Architecture, batch: int, rules: str, seed: int = 0) -> tup
         batch: images per step.
         rules: ``"analytic"`` or ``"autodiff"``.
         seed: initial weights and data.
+        devices: more than 1: data-parallel over that many devices (each batch split over
+            them, :mod:`jaxnet.parallel`).
 
     Returns:
         ``(run, first_call_s)``: ``run(k)`` takes ``k`` steps on float32 batches already on
@@ -270,12 +275,14 @@ def jax_runner(arch: Architecture, batch: int, rules: str, seed: int = 0) -> tup
         step, compilation included.
     """
     optimizer = momentum(LEARNING_RATE, MOMENTUM, WEIGHT_DECAY)
-    step = make_train_step(arch, optimizer, rules=rules)
+    mesh = parallel.make_mesh(devices) if devices > 1 else None
+    step = make_train_step(arch, optimizer, rules=rules, mesh=mesh)
     params = init(arch, jax.random.PRNGKey(seed))
     opt_state = optimizer.init(params)
     xs, ys = _batches(arch, batch, seed)
-    xs_dev = [jax.device_put(x) for x in xs]
-    ys_dev = [jax.device_put(y) for y in ys]
+    put = jax.device_put if mesh is None else partial(parallel.shard_batch, mesh=mesh)
+    xs_dev = [put(x) for x in xs]
+    ys_dev = [put(y) for y in ys]
     state = {"params": params, "opt_state": opt_state, "i": 0}
 
     def run(k: int) -> None:
@@ -482,6 +489,7 @@ def bench_group(
     settings: Settings,
     torch: Any | None,
     threads: int,
+    devices: int = 1,
 ) -> dict[str, Any]:
     """Time the three methods (and the matrix product) on one network and batch size.
 
@@ -491,6 +499,8 @@ def bench_group(
         settings: rounds and seconds per window.
         torch: the ``torch`` module, or ``None`` to leave PyTorch out.
         threads: PyTorch's thread count.
+        devices: more than 1 adds the method ``"analytic xN"``: the analytic rules
+            data-parallel over N devices (where N divides ``batch``), and its ratio to one device.
 
     Returns:
         The group's JSON record: ``net``, ``batch``, ``flops_per_step``, ``methods`` (per
@@ -502,6 +512,11 @@ def bench_group(
     first: dict[str, float] = {}
     for rules in ("analytic", "autodiff"):
         runners[rules], first[rules] = jax_runner(arch, batch, rules)
+    parallel_name = f"analytic x{devices}"
+    if devices > 1 and batch % devices == 0:
+        runners[parallel_name], first[parallel_name] = jax_runner(
+            arch, batch, "analytic", devices=devices
+        )
     if torch is not None:
         runners["torch"], first["torch"] = torch_runner(torch, arch, batch, threads)
     runners.update(matmul_runners(torch, threads))
@@ -509,7 +524,7 @@ def bench_group(
 
     flops = step_flops(arch, batch)
     methods = {}
-    for name in (m for m in METHODS if m in timed):
+    for name in (m for m in (*METHODS, parallel_name) if m in timed):
         calls, seconds = timed[name]
         step_s = statistics.median(seconds)
         methods[name] = {
@@ -528,6 +543,10 @@ def bench_group(
     ratios = {"analytic/autodiff": median_ratio(timed["analytic"][1], timed["autodiff"][1])}
     if "torch" in timed:
         ratios["analytic/torch"] = median_ratio(timed["analytic"][1], timed["torch"][1])
+    if parallel_name in timed:
+        ratios[f"{parallel_name}/analytic"] = median_ratio(
+            timed[parallel_name][1], timed["analytic"][1]
+        )
     return {
         "net": arch.name,
         "batch": batch,
@@ -633,6 +652,7 @@ def run_benchmark(
     epoch: bool = True,
     quick: bool = False,
     log: Callable[[str], None] = print,
+    devices: int = 1,
 ) -> dict[str, Any]:
     """Run the whole benchmark and return its JSON record.
 
@@ -644,6 +664,7 @@ def run_benchmark(
         epoch: include the full-epoch check.
         quick: a small data set for the epoch check.
         log: called with one line of progress per group.
+        devices: more than 1 adds a data-parallel row per group (see :func:`bench_group`).
 
     Returns:
         ``{"meta": ..., "ceiling_gflops": ..., "groups": [...], "epoch": ... or None}``; see
@@ -659,6 +680,7 @@ def run_benchmark(
         "cpu": cpu_model(),
         "threads": threads,
         "device": str(jax.devices()[0]),
+        "device_count": jax.device_count(),
         "load_average_start": load_average(),
         "windows": settings.windows,
         "window_s": settings.window_s,
@@ -669,7 +691,7 @@ def run_benchmark(
     for net in nets:
         for batch in batches:
             log(f"timing {net} at batch {batch} ...")
-            groups.append(bench_group(net, batch, settings, torch, threads))
+            groups.append(bench_group(net, batch, settings, torch, threads, devices))
     ceiling = max(
         statistics.median([g["matmul_gflops"][lib] for g in groups])
         for lib in groups[0]["matmul_gflops"]
@@ -727,6 +749,15 @@ def format_table(result: dict[str, Any]) -> str:
             f"| {gf('analytic')} / {gf('autodiff')} / {gf('torch')} "
             f"| {m['analytic']['compile_s']:.1f} / {m['autodiff']['compile_s']:.1f} |"
         )
+    for g in result["groups"]:
+        for name, ratio in g["ratios"].items():
+            if name.startswith("analytic x"):
+                lines.append("")
+                record = g["methods"][name.split("/")[0]]
+                lines.append(
+                    f"data-parallel, {g['net']} at batch {g['batch']}: {name.split('/')[0]} "
+                    f"devices {record['images_per_s']:.0f} img/s, {ratio:.2f}x one device"
+                )
     epoch = result.get("epoch")
     if epoch:
         lines.append("")
@@ -767,7 +798,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window-s", type=float, default=None, help="seconds per window")
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     parser.add_argument("--no-epoch", action="store_true", help="skip the full-epoch check")
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        help="also time the analytic rules data-parallel over N devices (on CPU: N virtual "
+        "devices, made before JAX starts)",
+    )
     args = parser.parse_args(argv)
+    if args.devices < 1:
+        parser.error(f"--devices must be >= 1, got {args.devices}")
+    parallel.request_cpu_devices(args.devices)
+    if jax.device_count() < args.devices:
+        parser.error(f"--devices {args.devices}: JAX sees only {jax.device_count()} device(s)")
 
     base = QUICK if args.quick else FULL
     settings = Settings(
@@ -791,6 +834,7 @@ def main(argv: list[str] | None = None) -> int:
         epoch=not args.no_epoch,
         quick=args.quick,
         log=lambda line: print(line, file=sys.stderr, flush=True),
+        devices=args.devices,
     )
     print(format_table(result), end="")
     args.json.write_text(json.dumps(result, indent=1) + "\n")

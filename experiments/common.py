@@ -276,20 +276,6 @@ def _environment() -> dict[str, str]:
     }
 
 
-def _virtual_cpu_devices(n: int) -> None:
-    """Ask XLA for ``n`` CPU devices and enough threads (``PJRT_NPROC``) for their all-reduce.
-
-    Only takes effect before jax is imported, and only for the CPU backend; a GPU or TPU
-    machine shows its real devices whatever this says.
-    """
-    if "jax" in sys.modules:
-        return
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
-    os.environ.setdefault("PJRT_NPROC", str(2 * n))
-
-
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, allow_nan=True) + "\n")
@@ -321,7 +307,9 @@ def main(exp: Experiment, argv: list[str] | None, prog: str, description: str) -
     if args.devices is not None and args.devices < 1:
         parser.error(f"--devices must be at least 1, got {args.devices}")
     if args.devices is not None and args.devices > 1:
-        _virtual_cpu_devices(args.devices)
+        from jaxnet.parallel import request_cpu_devices
+
+        request_cpu_devices(args.devices)  # before JAX starts its backend
     if out.exists() and not out.is_dir():
         parser.error(f"--out {out} exists and is not a folder")
     if _occupied(out) and not (args.resume or args.overwrite):

@@ -100,6 +100,26 @@ def _warn_if_cpu_threads_short(mesh: Mesh) -> None:
         )
 
 
+def request_cpu_devices(n: int) -> None:
+    """Ask XLA's CPU backend for ``n`` virtual devices and enough threads for their all-reduce.
+
+    Sets ``XLA_FLAGS=--xla_force_host_platform_device_count=n`` (unless a count is set
+    already) and ``PJRT_NPROC=2n`` (unless set): with fewer than ``2n`` threads the all-reduce
+    of ``n`` virtual devices can deadlock. Takes effect only if JAX has not started its backend
+    yet (no device was asked for), and only on CPU: a GPU or TPU shows its real devices.
+
+    Args:
+        n: the number of devices wanted, >= 1 (1 changes nothing).
+    """
+    n = _count("n", n, 1)
+    if n == 1:
+        return
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+    os.environ.setdefault("PJRT_NPROC", str(2 * n))
+
+
 def make_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
     """A 1-D mesh with the single axis ``"data"``.
 

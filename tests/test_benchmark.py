@@ -104,3 +104,48 @@ def test_bad_flags_exit_with_status_2():
     with pytest.raises(SystemExit) as error:
         benchmark.main(["--batches", "0"])
     assert error.value.code == 2
+
+
+def test_data_parallel_row_on_two_virtual_devices(tmp_path):
+    """--devices 2 adds the analytic rules on 2 virtual CPU devices, made before JAX starts."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    env.pop("XLA_FLAGS", None)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.benchmark",
+            "--quick",
+            "--no-torch",
+            "--no-epoch",
+            "--nets",
+            "mnist",
+            "--batches",
+            "8",
+            "--windows",
+            "1",
+            "--devices",
+            "2",
+            "--json",
+            str(out),
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    record = json.loads(out.read_text())
+    assert record["meta"]["device_count"] == 2
+    (group,) = record["groups"]
+    assert group["methods"]["analytic x2"]["images_per_s"] > 0
+    assert "analytic x2/analytic" in group["ratios"]
+    assert "data-parallel, mnist at batch 8" in result.stdout

@@ -17,26 +17,30 @@ from experiments.common import Experiment, Preset, main
 PRESETS = {
     "baseline": {
         "best": Preset(
-            batch_size=64,
-            learning_rate=0.05,
-            momentum=0.9,
-            weight_decay=5e-4,
+            fit={
+                "batch_size": 64,
+                "learning_rate": 0.05,
+                "momentum": 0.9,
+                "weight_decay": 5e-4,
+                "schedule": "cosine",
+                "warmup": 200,
+                "augment": True,
+            },
             epochs=10,
-            schedule="cosine",
-            warmup=200,
-            augment=True,
             val_size=2000,
             description="batch 64, lr 0.05 with warm-up and cosine decay, augmentation, 10 epochs",
         ),
         "seed": Preset(
-            batch_size=16,
-            learning_rate=1e-3,
-            momentum=0.95,
-            weight_decay=1e-3,
+            fit={
+                "batch_size": 16,
+                "learning_rate": 1e-3,
+                "momentum": 0.95,
+                "weight_decay": 1e-3,
+                "pixel_scale": 1.0,
+                "conv_init_gain": 0.1,
+            },
             iterations=5000,
             val_size=2000,
-            pixel_scale=1.0,
-            conv_init_gain=0.1,
             train_limit=20000,
             description="the starter's lr 1e-3, batch 16, 5000 iterations, momentum 0.95, "
             "weight decay 0.001, on the first 20000 images in raw pixel values minus the mean, "
@@ -45,22 +49,26 @@ PRESETS = {
     },
     "modified": {
         "best": Preset(
-            batch_size=64,
-            learning_rate=0.05,
-            momentum=0.9,
-            weight_decay=5e-4,
+            fit={
+                "batch_size": 64,
+                "learning_rate": 0.05,
+                "momentum": 0.9,
+                "weight_decay": 5e-4,
+                "schedule": "cosine",
+                "warmup": 300,
+                "augment": True,
+            },
             epochs=15,
-            schedule="cosine",
-            warmup=300,
-            augment=True,
             val_size=2000,
             description="batch 64, lr 0.05 with warm-up and cosine decay, augmentation, 15 epochs",
         ),
         "seed": Preset(
-            batch_size=32,
-            learning_rate=1e-2,
-            momentum=0.95,
-            weight_decay=1e-3,
+            fit={
+                "batch_size": 32,
+                "learning_rate": 1e-2,
+                "momentum": 0.95,
+                "weight_decay": 1e-3,
+            },
             iterations=6000,
             val_size=2000,
             description="the report's lr 1e-2, batch 32, 6000 iterations, momentum 0.95, "

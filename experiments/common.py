@@ -44,25 +44,23 @@ CHECKPOINT_DIR = "checkpoints"
 
 @dataclass(frozen=True)
 class Preset:
-    """A named set of training settings; ``epochs`` (if set) is turned into iterations.
+    """A named set of training settings.
 
-    ``train_limit`` keeps only the first that many training images (before the validation
-    split), as the CIFAR-10 starter loads two of the five batches.
+    Attributes:
+        fit: :class:`jaxnet.fit.FitConfig` fields (``batch_size``, ``learning_rate``,
+            ``momentum``, ``weight_decay``, ``schedule``, ``warmup``, ``augment``, ...); the
+            flags override them, and the run's seed, rules and intervals come from the flags.
+        iterations: optimizer steps, or
+        epochs: passes over the training split, turned into iterations.
+        train_limit: keep only the first that many training images (before the validation
+            split), as the CIFAR-10 starter loads two of the five batches.
+        val_size: training images held out for validation.
+        description: one line for ``--help``.
     """
 
-    batch_size: int
-    learning_rate: float
-    momentum: float
-    weight_decay: float
+    fit: dict[str, Any]
     iterations: int | None = None
     epochs: float | None = None
-    schedule: str = "constant"
-    warmup: int = 0
-    augment: bool = False
-    crop_pad: int = 4
-    flip: bool = True
-    pixel_scale: float = 1 / 255
-    conv_init_gain: float = 1.0
     train_limit: int | None = None
     val_size: int = 2000
     description: str = ""
@@ -215,7 +213,15 @@ def resolve_config(exp: Experiment, args: argparse.Namespace, n_train: int | Non
     from jaxnet.fit import FitConfig
 
     preset = exp.presets[args.preset]
-    batch_size = args.batch_size if args.batch_size is not None else preset.batch_size
+    flags = {
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "momentum": args.momentum,
+        "weight_decay": args.weight_decay,
+        "schedule": args.schedule,
+        "augment": args.augment,
+    }
+    settings = {**preset.fit, **{k: v for k, v in flags.items() if v is not None}}
     if args.iterations is not None:
         iterations = args.iterations
     else:
@@ -223,23 +229,13 @@ def resolve_config(exp: Experiment, args: argparse.Namespace, n_train: int | Non
         if epochs is not None:
             if n_train is None:
                 raise ValueError("--epochs needs the training set size")
-            iterations = max(1, round(epochs * (n_train // max(batch_size, 1))))
+            iterations = max(1, round(epochs * (n_train // max(settings["batch_size"], 1))))
         else:
             iterations = preset.iterations
-    pick = lambda flag, default: default if flag is None else flag  # noqa: E731
+    settings["warmup"] = min(settings.get("warmup", 0), max(iterations - 1, 0))
     return FitConfig(
+        **settings,
         iterations=iterations,
-        batch_size=batch_size,
-        learning_rate=pick(args.learning_rate, preset.learning_rate),
-        momentum=pick(args.momentum, preset.momentum),
-        weight_decay=pick(args.weight_decay, preset.weight_decay),
-        schedule=pick(args.schedule, preset.schedule),
-        warmup=min(preset.warmup, max(iterations - 1, 0)),
-        augment=pick(args.augment, preset.augment),
-        crop_pad=preset.crop_pad,
-        flip=preset.flip,
-        pixel_scale=preset.pixel_scale,
-        conv_init_gain=preset.conv_init_gain,
         seed=args.seed,
         rules=args.rules,
         log_every=args.log_every,

@@ -19,25 +19,29 @@ from experiments.common import Experiment, Preset, main
 
 PRESETS = {
     "best": Preset(
-        batch_size=64,
-        learning_rate=0.1,
-        momentum=0.9,
-        weight_decay=5e-4,
+        fit={
+            "batch_size": 64,
+            "learning_rate": 0.1,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "schedule": "cosine",
+            "warmup": 200,
+            "augment": True,
+            "crop_pad": 2,
+            "flip": False,
+        },
         epochs=12,
-        schedule="cosine",
-        warmup=200,
-        augment=True,
-        crop_pad=2,
-        flip=False,
         val_size=2000,
         description="batch 64, lr 0.1 with warm-up and cosine decay, random shifts of up to "
         "2 pixels, 12 epochs",
     ),
     "seed": Preset(
-        batch_size=16,
-        learning_rate=0.1,
-        momentum=0.9,
-        weight_decay=0.005,
+        fit={
+            "batch_size": 16,
+            "learning_rate": 0.1,
+            "momentum": 0.9,
+            "weight_decay": 0.005,
+        },
         iterations=3000,
         val_size=2000,
         description="the starter's lr 0.1, batch 16, 3000 iterations, momentum 0.9, "

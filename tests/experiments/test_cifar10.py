@@ -58,3 +58,19 @@ def test_unknown_architecture_exits_2(tmp_path, capsys):
         cifar10.run(["--arch", "resnet", "--out", str(tmp_path / "r")])
     assert exit_info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_every_preset_builds_a_valid_config():
+    import argparse
+
+    from experiments import mnist
+    from experiments.common import build_parser, resolve_config
+
+    experiments = [mnist.EXPERIMENT] + [cifar10.experiment(a) for a in cifar10.PRESETS]
+    for exp in experiments:
+        for name in exp.presets:
+            args = build_parser(exp, "prog", "").parse_args(["--preset", name])
+            assert isinstance(args, argparse.Namespace)
+            config = resolve_config(exp, args, n_train=48000)
+            config.validate(48000)
+            assert config.iterations >= 1000, (exp.name, name)

@@ -72,6 +72,19 @@ def reference(data_dir, tmp_path_factory) -> Path:
     return out
 
 
+def resume(data_dir: Path, out: Path) -> subprocess.CompletedProcess:
+    """``python -m experiments.mnist --resume`` on the run in ``out``."""
+    return run(
+        "experiments.mnist",
+        "--idx-dir",
+        str(data_dir),
+        "--out",
+        str(out),
+        "--resume",
+        "--no-progress",
+    )
+
+
 def start(data_dir: Path, out: Path, *extra: str) -> subprocess.Popen:
     args = command(
         "experiments.mnist", "--idx-dir", str(data_dir), "--out", str(out), *FLAGS, *extra
@@ -100,15 +113,7 @@ def test_sigkill_then_resume_is_bit_identical(data_dir, reference, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "params.npz").exists()  # it really died mid-run
-    result = run(
-        "experiments.mnist",
-        "--idx-dir",
-        str(data_dir),
-        "--out",
-        str(out),
-        "--resume",
-        "--no-progress",
-    )
+    result = resume(data_dir, out)
     assert result.returncode == 0, result.stderr
     assert_bit_identical(out, reference)
     assert history_without_time(out) == history_without_time(reference)
@@ -122,15 +127,7 @@ def test_sigkill_before_any_checkpoint_then_resume(data_dir, reference, tmp_path
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    result = run(
-        "experiments.mnist",
-        "--idx-dir",
-        str(data_dir),
-        "--out",
-        str(out),
-        "--resume",
-        "--no-progress",
-    )
+    result = resume(data_dir, out)
     assert result.returncode == 0, result.stderr
     assert_bit_identical(out, reference)
 
@@ -144,15 +141,7 @@ def test_ctrl_c_saves_and_says_how_to_resume(data_dir, reference, tmp_path):
     assert proc.returncode == 130, err
     assert f"--out {out} --resume" in err
     assert "Traceback" not in err
-    result = run(
-        "experiments.mnist",
-        "--idx-dir",
-        str(data_dir),
-        "--out",
-        str(out),
-        "--resume",
-        "--no-progress",
-    )
+    result = resume(data_dir, out)
     assert result.returncode == 0, result.stderr
     assert_bit_identical(out, reference)
 

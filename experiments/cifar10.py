@@ -14,22 +14,29 @@ import sys
 
 from experiments.common import Experiment, Preset, main
 
+
+def _our_schedule(epochs: int, warmup: int) -> Preset:
+    """Our schedule for either network: warm-up then cosine decay, crops and flips."""
+    return Preset(
+        fit={
+            "batch_size": 64,
+            "learning_rate": 0.05,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "schedule": "cosine",
+            "warmup": warmup,
+            "augment": True,
+        },
+        epochs=epochs,
+        val_size=2000,
+        description=f"batch 64, lr 0.05 with warm-up and cosine decay, augmentation, {epochs} "
+        "epochs",
+    )
+
+
 PRESETS = {
     "baseline": {
-        "best": Preset(
-            fit={
-                "batch_size": 64,
-                "learning_rate": 0.05,
-                "momentum": 0.9,
-                "weight_decay": 5e-4,
-                "schedule": "cosine",
-                "warmup": 200,
-                "augment": True,
-            },
-            epochs=10,
-            val_size=2000,
-            description="batch 64, lr 0.05 with warm-up and cosine decay, augmentation, 10 epochs",
-        ),
+        "best": _our_schedule(epochs=10, warmup=200),
         "seed": Preset(
             fit={
                 "batch_size": 16,
@@ -48,20 +55,7 @@ PRESETS = {
         ),
     },
     "modified": {
-        "best": Preset(
-            fit={
-                "batch_size": 64,
-                "learning_rate": 0.05,
-                "momentum": 0.9,
-                "weight_decay": 5e-4,
-                "schedule": "cosine",
-                "warmup": 300,
-                "augment": True,
-            },
-            epochs=15,
-            val_size=2000,
-            description="batch 64, lr 0.05 with warm-up and cosine decay, augmentation, 15 epochs",
-        ),
+        "best": _our_schedule(epochs=15, warmup=300),
         "seed": Preset(
             fit={
                 "batch_size": 32,

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import Mesh
+from parallel_worker import data  # the same data the multi-device worker trains on
 
 from jaxnet import Architecture, Conv, Dense, MaxPool, ReLU, evaluate, init, momentum, parallel
 from jaxnet.train import make_train_step
@@ -35,13 +36,6 @@ def tiny() -> Architecture:
         (8, 8, 1),
         num_classes=3,
     )
-
-
-def data(arch: Architecture, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 256, (n, *arch.input_shape), dtype=np.uint8)
-    y = rng.integers(0, arch.num_classes, n).astype(np.int32)
-    return x, y
 
 
 # --- the helpers, on this process's devices -----------------------------------------------------

@@ -67,22 +67,19 @@ def data_dir(tmp_path_factory) -> Path:
 def reference(data_dir, tmp_path_factory) -> Path:
     """An uninterrupted run, seed 0."""
     out = tmp_path_factory.mktemp("ref") / "run"
-    result = run("experiments.mnist", "--idx-dir", str(data_dir), "--out", str(out), *FLAGS)
+    result = mnist(data_dir, out, *FLAGS)
     assert result.returncode == 0, result.stderr
     return out
 
 
+def mnist(data_dir: Path, out: Path, *flags: str) -> subprocess.CompletedProcess:
+    """``python -m experiments.mnist`` on the small idx set, writing to ``out``."""
+    return run("experiments.mnist", "--idx-dir", str(data_dir), "--out", str(out), *flags)
+
+
 def resume(data_dir: Path, out: Path) -> subprocess.CompletedProcess:
     """``python -m experiments.mnist --resume`` on the run in ``out``."""
-    return run(
-        "experiments.mnist",
-        "--idx-dir",
-        str(data_dir),
-        "--out",
-        str(out),
-        "--resume",
-        "--no-progress",
-    )
+    return mnist(data_dir, out, "--resume", "--no-progress")
 
 
 def start(data_dir: Path, out: Path, *extra: str) -> subprocess.Popen:
@@ -149,12 +146,9 @@ def test_ctrl_c_saves_and_says_how_to_resume(data_dir, reference, tmp_path):
 def test_same_seed_same_run_other_seed_differs(data_dir, reference, tmp_path):
     again, other = tmp_path / "again", tmp_path / "other"
     for out, seed in ((again, "0"), (other, "1")):
-        result = run(
-            "experiments.mnist",
-            "--idx-dir",
-            str(data_dir),
-            "--out",
-            str(out),
+        result = mnist(
+            data_dir,
+            out,
             "--seed",
             seed,
             *FLAGS,
@@ -175,12 +169,9 @@ def test_same_seed_same_run_other_seed_differs(data_dir, reference, tmp_path):
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
     out = tmp_path / "run"
-    result = run(
-        "experiments.mnist",
-        "--idx-dir",
-        str(data_dir),
-        "--out",
-        str(out),
+    result = mnist(
+        data_dir,
+        out,
         "--iterations",
         "50",
         "--batch-size",
@@ -214,12 +205,9 @@ def test_two_devices_follow_one(data_dir, tmp_path):
     runs = {}
     for devices in ("1", "2"):
         out = tmp_path / f"d{devices}"
-        result = run(
-            "experiments.mnist",
-            "--idx-dir",
-            str(data_dir),
-            "--out",
-            str(out),
+        result = mnist(
+            data_dir,
+            out,
             "--devices",
             devices,
             "--iterations",
@@ -237,12 +225,9 @@ def test_two_devices_follow_one(data_dir, tmp_path):
 
 
 def test_batch_that_does_not_divide_is_refused(data_dir, tmp_path):
-    result = run(
-        "experiments.mnist",
-        "--idx-dir",
-        str(data_dir),
-        "--out",
-        str(tmp_path / "r"),
+    result = mnist(
+        data_dir,
+        tmp_path / "r",
         "--devices",
         "2",
         "--batch-size",

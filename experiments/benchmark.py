@@ -27,7 +27,11 @@ What one run measures, all in one process:
 - Full MNIST epochs through ``jaxnet.fit.fit(..., progress=False)`` (batch 64, the default
   experiment's settings, random uint8 images of MNIST's shape) against the number of steps
   times the step time of the same jitted fit step in a tight loop, timed right before and
-  after: the fit loop adds no host work per step (target: within 10%).
+  after: the fit loop adds no host work per step (target: within 10%). Then the same epochs
+  with ``fit(..., steps_per_call=8)``: eight steps unrolled in one compiled program, one launch
+  per eight steps.
+- Unless ``--system-malloc``, the run first calls :func:`jaxnet.allocator.reuse_freed_memory`
+  (as the experiment commands do), so no method pays for page faults on its temporary buffers.
 
 A Markdown table goes to the terminal and everything, the raw windows included, to
 ``--json`` (default ``benchmark.json``). The machine's load average is recorded with them:
@@ -141,7 +145,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnet import architectures, parallel
+from jaxnet import allocator, architectures, parallel
 from jaxnet.network import Architecture, Conv, Dense, MaxPool, init
 from jaxnet.optim import momentum
 from jaxnet.train import make_train_step
@@ -155,6 +159,7 @@ WEIGHT_DECAY = 5e-4
 MATMUL_N = 1024
 DATA_BATCHES = 4  # distinct batches each method cycles through
 EPOCH_IMAGES = {False: 58000, True: 4096}  # MNIST's 60000 less a 2000-image validation split
+STEPS_PER_CALL = 8  # the epoch check's second fit run: steps per compiled call
 
 
 @dataclass(frozen=True)
@@ -557,7 +562,9 @@ def bench_group(
     }
 
 
-def bench_epoch(quick: bool = False, batch: int = 64, epochs: int = 2) -> dict[str, Any]:
+def bench_epoch(
+    quick: bool = False, batch: int = 64, epochs: int = 2, steps_per_call: int = STEPS_PER_CALL
+) -> dict[str, Any]:
     """Full MNIST epochs through :func:`jaxnet.fit.fit` against steps x step time.
 
     The settings are the default MNIST experiment's (batch 64, cosine schedule, random shifts
@@ -566,16 +573,20 @@ def bench_epoch(quick: bool = False, batch: int = 64, epochs: int = 2) -> dict[s
     ``epochs + 1`` epochs, logging once per epoch, and the last ``epochs`` are timed from its
     history (the first one holds the compilation). The step time comes from the same jitted
     fit step that ``fit`` builds, called in a tight loop for one epoch's worth of steps right
-    before and right after the ``fit`` call (so both see the same load).
+    before and right after the ``fit`` calls (so all see the same load). ``fit`` runs twice:
+    one step per call, then ``steps_per_call`` steps per compiled call.
 
     Args:
         quick: a small data set.
         batch: images per step.
         epochs: timed epochs, >= 1.
+        steps_per_call: the second ``fit`` run's steps per call (``fit(steps_per_call=)``).
 
     Returns:
         ``epoch_s`` (mean of the timed epochs, each in ``epochs_s``), ``steps``, ``step_ms``,
-        ``steps_x_step_s`` and ``ratio`` (epoch time over steps x step time).
+        ``steps_x_step_s`` and ``ratio`` (epoch time over steps x step time), and ``several``:
+        the same for ``steps_per_call`` steps per call, with ``speedup`` (one step per call's
+        epoch time over this one's).
     """
     from jaxnet import data as data_lib
     from jaxnet.fit import FitConfig, TrainData, fit, initial_state, make_fit_step
@@ -618,17 +629,21 @@ def bench_epoch(quick: bool = False, batch: int = 64, epochs: int = 2) -> dict[s
         holder.update(state=state, i=i)
         return time.perf_counter() - start
 
+    def fit_epochs(k: int) -> list[float]:
+        no_images = np.zeros((0, *arch.input_shape), np.uint8)
+        data = TrainData(images, labels, no_images, np.zeros(0, np.int32), mean)
+        history = fit(arch, data, config, progress=False, steps_per_call=k).history
+        elapsed = {round(row["iteration"]): row["elapsed_s"] for row in history}
+        marks = [elapsed[e * steps] for e in range(1, epochs + 2)]
+        return [b - a for a, b in itertools.pairwise(marks)]
+
     tight_loop(1)  # compile
     before = tight_loop(steps)
-    no_images = np.zeros((0, *arch.input_shape), np.uint8)
-    data = TrainData(images, labels, no_images, np.zeros(0, np.int32), mean)
-    history = fit(arch, data, config, progress=False).history
+    epochs_s = fit_epochs(1)
+    several_s = fit_epochs(steps_per_call)
     after = tight_loop(steps)
 
-    elapsed = {round(row["iteration"]): row["elapsed_s"] for row in history}
-    marks = [elapsed[e * steps] for e in range(1, epochs + 2)]
-    epochs_s = [b - a for a, b in itertools.pairwise(marks)]
-    epoch_s = statistics.mean(epochs_s)
+    epoch_s, several_epoch_s = statistics.mean(epochs_s), statistics.mean(several_s)
     step_s = (before + after) / (2 * steps)
     return {
         "net": arch.name,
@@ -641,6 +656,13 @@ def bench_epoch(quick: bool = False, batch: int = 64, epochs: int = 2) -> dict[s
         "steps_x_step_s": steps * step_s,
         "tight_loop_s": [before, after],
         "ratio": epoch_s / (steps * step_s),
+        "several": {
+            "steps_per_call": steps_per_call,
+            "epoch_s": several_epoch_s,
+            "epochs_s": several_s,
+            "ratio": several_epoch_s / (steps * step_s),
+            "speedup": epoch_s / several_epoch_s,
+        },
     }
 
 
@@ -653,6 +675,7 @@ def run_benchmark(
     quick: bool = False,
     log: Callable[[str], None] = print,
     devices: int = 1,
+    reuse_freed_memory: bool = False,
 ) -> dict[str, Any]:
     """Run the whole benchmark and return its JSON record.
 
@@ -665,6 +688,8 @@ def run_benchmark(
         quick: a small data set for the epoch check.
         log: called with one line of progress per group.
         devices: more than 1 adds a data-parallel row per group (see :func:`bench_group`).
+        reuse_freed_memory: recorded in the metadata: whether the caller made glibc keep
+            freed memory (:func:`jaxnet.allocator.reuse_freed_memory`).
 
     Returns:
         ``{"meta": ..., "ceiling_gflops": ..., "groups": [...], "epoch": ... or None}``; see
@@ -681,6 +706,7 @@ def run_benchmark(
         "threads": threads,
         "device": str(jax.devices()[0]),
         "device_count": jax.device_count(),
+        "reuse_freed_memory": reuse_freed_memory,
         "load_average_start": load_average(),
         "windows": settings.windows,
         "window_s": settings.window_s,
@@ -713,7 +739,8 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"CPU: {meta['cpu']}, {meta['threads']} threads (XLA and PyTorch); jax {meta['jax']}, "
         f"torch {meta['torch'] or 'not installed'}; load average {_fmt(meta['load_average_start'])}"
-        f" -> {_fmt(meta['load_average_end'])}",
+        f" -> {_fmt(meta['load_average_end'])}; malloc: "
+        + ("freed memory kept for reuse" if meta.get("reuse_freed_memory") else "glibc defaults"),
     ]
     matmul = ", ".join(
         f"{lib} {statistics.median(g['matmul_gflops'][lib] for g in result['groups']):.0f}"
@@ -768,6 +795,12 @@ def format_table(result: dict[str, Any]) -> str:
             f"{epoch['steps_x_step_s']:.2f} s ({epoch['step_ms']:.2f} ms/step); ratio "
             f"{epoch['ratio']:.3f} (target <= 1.10)"
         )
+        several = epoch["several"]
+        lines.append(
+            f"the same with {several['steps_per_call']} steps per compiled call "
+            f"(fit(steps_per_call={several['steps_per_call']})): {several['epoch_s']:.2f} s, "
+            f"{several['speedup']:.2f}x one step per call"
+        )
     load = meta["load_average_start"]
     if load is not None and load > meta["threads"]:
         lines.append("")
@@ -799,6 +832,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     parser.add_argument("--no-epoch", action="store_true", help="skip the full-epoch check")
     parser.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="leave glibc's malloc as it is (by default the run calls "
+        "jaxnet.allocator.reuse_freed_memory(), for every method alike)",
+    )
+    parser.add_argument(
         "--devices",
         type=int,
         default=1,
@@ -809,6 +848,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.devices < 1:
         parser.error(f"--devices must be >= 1, got {args.devices}")
     parallel.request_cpu_devices(args.devices)
+    reuse = False if args.system_malloc else allocator.reuse_freed_memory()
     if jax.device_count() < args.devices:
         parser.error(f"--devices {args.devices}: JAX sees only {jax.device_count()} device(s)")
 
@@ -835,6 +875,7 @@ def main(argv: list[str] | None = None) -> int:
         quick=args.quick,
         log=lambda line: print(line, file=sys.stderr, flush=True),
         devices=args.devices,
+        reuse_freed_memory=reuse,
     )
     print(format_table(result), end="")
     args.json.write_text(json.dumps(result, indent=1) + "\n")

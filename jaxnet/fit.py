@@ -229,22 +229,36 @@ def initial_state(arch: Architecture, config: FitConfig) -> TrainState:
 
 
 def make_fit_step(
-    arch: Architecture, config: FitConfig, mean: np.ndarray, mesh: Mesh | None = None
+    arch: Architecture,
+    config: FitConfig,
+    mean: np.ndarray,
+    mesh: Mesh | None = None,
+    steps: int = 1,
 ) -> Callable:
     """The jitted ``step(state, images, labels, batches, iteration) -> state``.
 
-    ``batches`` is the epoch's ``(steps, batch_size)`` index array and ``iteration`` the global
-    iteration (an int32 scalar): the step takes row ``iteration % steps``, gathers those images
-    from the device-resident set, augments them (seeded by the iteration) if asked, scales
-    them (``x * pixel_scale - mean``, ``mean`` in scaled units), and applies one optimizer
-    step. ``state`` is donated. With a ``mesh`` the gathered batch is split over its devices
-    (everything else replicated) and XLA reduces the gradient across them.
+    ``batches`` is the epoch's ``(steps_per_epoch, batch_size)`` index array and ``iteration``
+    the global iteration (an int32 scalar): the step takes row ``iteration % steps_per_epoch``,
+    gathers those images from the device-resident set, augments them (seeded by the
+    iteration) if asked, scales them (``x * pixel_scale - mean``, ``mean`` in scaled units),
+    and applies one optimizer step. ``state`` is donated. With a ``mesh`` the gathered batch
+    is split over its devices (everything else replicated) and XLA reduces the gradient
+    across them.
+
+    With ``steps = K > 1`` one call takes the ``K`` iterations ``iteration, ...,
+    iteration + K - 1`` (the caller keeps them inside one epoch): the same step, unrolled
+    ``K`` times in one compiled program, so the host launches one program per ``K`` steps.
+    The result equals ``K`` single calls up to float rounding (XLA may fuse across the steps).
+    The loop is unrolled because XLA's CPU backend runs a rolled loop's body about 10x slower
+    (measured: MNIST, batch 16-256, ``lax.scan`` with ``unroll=1``).
     """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
     optimizer = config.optimizer()
     aug_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x61756720)
     decay = config.ema_decay
 
-    def step(state: TrainState, images, labels, batches, iteration):
+    def one(state: TrainState, images, labels, batches, iteration):
         index = batches[iteration % batches.shape[0]]
         x, y = images[index], labels[index]
         if mesh is not None:
@@ -265,7 +279,29 @@ def make_fit_step(
         bad = jnp.where((state.bad_iteration < 0) & ~finite, iteration, state.bad_iteration)
         return TrainState(params, opt_state, ema, bad.astype(jnp.int32))
 
-    return jax.jit(step, donate_argnums=(0,))
+    if steps == 1:
+        return jax.jit(one, donate_argnums=(0,))
+
+    def several(state: TrainState, images, labels, batches, iteration):
+        def body(state, offset):
+            return one(state, images, labels, batches, iteration + offset), None
+
+        offsets = jnp.arange(steps, dtype=jnp.int32)
+        return jax.lax.scan(body, state, offsets, unroll=steps)[0]
+
+    return jax.jit(several, donate_argnums=(0,))
+
+
+def _call_length(iteration: int, steps_per_call: int, boundaries: tuple[int, ...]) -> int:
+    """Iterations for the next call: ``steps_per_call`` if that crosses no boundary, else 1.
+
+    ``boundaries`` are the next iterations at which the loop must stop (the epoch's end, the
+    next history row, the next checkpoint, the end of the run). The choice depends only on
+    ``iteration``, so a resumed run splits its iterations into calls exactly as before.
+    """
+    if steps_per_call > 1 and min(boundaries) - iteration >= steps_per_call:
+        return steps_per_call
+    return 1
 
 
 def _debiased(ema: np.ndarray, iterations_done: int, decay: float) -> np.ndarray:
@@ -306,6 +342,7 @@ def fit(
     progress: bool = True,
     on_log: Callable[[list[dict[str, float]]], None] | None = None,
     mesh: Mesh | int | None = None,
+    steps_per_call: int = 1,
 ) -> FitResult:
     """Train ``arch`` on ``data`` with ``config``; checkpoint, resume, guard against NaN.
 
@@ -321,6 +358,12 @@ def fit(
         on_log: called with the whole history each time a row is added (to write history.csv).
         mesh: train data-parallel over this mesh (or this many devices): each batch is split
             over the devices, the data set, params and optimizer state are replicated.
+        steps_per_call: optimizer steps per compiled call (see :func:`make_fit_step`): 1, or
+            ``K`` to launch one program per ``K`` steps wherever no epoch end, history row or
+            checkpoint falls inside them (single steps fill the rest). The same training up to
+            float rounding. On a 2-core CPU an MNIST epoch at batch 64 ran 1.03-1.13x as fast
+            with 8 steps per call (``experiments.benchmark``); compiling takes ``K`` times as
+            long.
 
     Returns:
         A :class:`FitResult`. ``interrupted`` is True when Ctrl-C stopped the run early (a
@@ -334,6 +377,12 @@ def fit(
 
     n = data.train_images.shape[0]
     config.validate(n)
+    if (
+        isinstance(steps_per_call, bool)
+        or not isinstance(steps_per_call, int)
+        or steps_per_call < 1
+    ):
+        raise ValueError(f"steps-per-call must be a positive integer, got {steps_per_call!r}")
     state = initial_state(arch, config)
     history: list[dict[str, float]] = []
     start = 0
@@ -360,6 +409,9 @@ def fit(
         parallel.check_batch(config.eval_batch_size, mesh)
         state = parallel.replicate(state, mesh)
     step = make_fit_step(arch, config, mean, mesh)
+    several = (
+        make_fit_step(arch, config, mean, mesh, steps_per_call) if steps_per_call > 1 else None
+    )
     images, labels = data.train_images, np.asarray(data.train_labels, np.int32)
     put = jax.device_put if mesh is None else partial(parallel.replicate, mesh=mesh)
     images, labels = put(images), put(labels)
@@ -424,8 +476,16 @@ def fit(
                     epoch = iteration // steps_per_epoch
                     order = data_lib.epoch_batches(n, config.batch_size, config.seed, epoch)
                     batches = put(order)
-                state = step(state, images, labels, batches, np.int32(iteration))
-                iteration += 1
+                boundaries = (
+                    (epoch + 1) * steps_per_epoch,
+                    (iteration // config.log_every + 1) * config.log_every,
+                    (iteration // config.checkpoint_every + 1) * config.checkpoint_every,
+                    config.iterations,
+                )
+                k = _call_length(iteration, steps_per_call, boundaries)
+                run = step if k == 1 else several
+                state = run(state, images, labels, batches, np.int32(iteration))
+                iteration += k
                 log_now = iteration % config.log_every == 0 or iteration == config.iterations
                 ckpt_now = iteration % config.checkpoint_every == 0
                 if log_now or ckpt_now or stop.requested:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 
 import jax
 import numpy as np
@@ -70,6 +71,7 @@ def test_command_writes_json_and_table(tmp_path, capsys):
     path = tmp_path / "bench.json"
     argv = ["--quick", "--nets", "mnist", "--batches", "2", "--json", str(path)]
     argv += ["--windows", "1", "--window-s", "0.001", "--no-epoch"]
+    argv.append("--system-malloc")  # in-process: leave this test session's malloc alone
     if benchmark.import_torch() is None:
         argv.append("--no-torch")
     assert benchmark.main(argv) == 0
@@ -79,6 +81,7 @@ def test_command_writes_json_and_table(tmp_path, capsys):
     assert set(result) == {"meta", "ceiling_gflops", "groups", "epoch"}
     assert result["epoch"] is None
     assert result["meta"]["threads"] >= 1 and result["ceiling_gflops"] > 0
+    assert result["meta"]["reuse_freed_memory"] is False and "glibc defaults" in out
     (group,) = result["groups"]
     assert {"analytic", "autodiff"} <= set(group["methods"])
     for record in group["methods"].values():
@@ -95,6 +98,9 @@ def test_epoch_check_reports_epoch_and_step_times(monkeypatch):
     assert record["ratio"] == pytest.approx(
         record["epoch_s"] / (record["steps"] * record["step_ms"] / 1e3)
     )
+    several = record["several"]
+    assert several["steps_per_call"] == benchmark.STEPS_PER_CALL and len(several["epochs_s"]) == 2
+    assert several["speedup"] == pytest.approx(record["epoch_s"] / several["epoch_s"])
 
 
 def test_bad_flags_exit_with_status_2():
@@ -145,6 +151,8 @@ def test_data_parallel_row_on_two_virtual_devices(tmp_path):
     assert result.returncode == 0, result.stderr
     record = json.loads(out.read_text())
     assert record["meta"]["device_count"] == 2
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert record["meta"]["reuse_freed_memory"] is True
     (group,) = record["groups"]
     assert group["methods"]["analytic x2"]["images_per_s"] > 0
     assert "analytic x2/analytic" in group["ratios"]

@@ -30,14 +30,15 @@ SMALL = (
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def test_smoke_writes_every_output(idx_dir, tmp_path, capsys):
+def test_smoke_writes_every_output(idx_dir, tmp_path, capsys, malloc_calls):
     out = tmp_path / "run"
     assert mnist.run(["--idx-dir", str(idx_dir), "--out", str(out), *SMALL]) == 0
+    assert malloc_calls == [True]
     for name in ("kernels.png", "misclassified.png", "confusion_matrix.png", "learning_curves.png"):
         assert (out / name).read_bytes().startswith(PNG), name
     config = json.loads((out / "config.json").read_text())
     assert config["fit"]["iterations"] == 60 and config["fit"]["batch_size"] == 16
-    assert {"jax", "jaxlib", "optax", "device"} <= set(config["environment"])
+    assert {"jax", "jaxlib", "optax", "device", "malloc"} <= set(config["environment"])
     rows = list(csv.DictReader((out / "history.csv").open()))
     assert [int(r["iteration"]) for r in rows] == [10, 20, 30, 40, 50, 60]
     assert {
@@ -62,7 +63,7 @@ def test_smoke_writes_every_output(idx_dir, tmp_path, capsys):
     assert "test accuracy" in capsys.readouterr().out
 
 
-def test_learns_the_small_set(idx_dir, tmp_path):
+def test_learns_the_small_set(idx_dir, tmp_path, malloc_calls):
     out = tmp_path / "run"
     args = [
         "--idx-dir",
@@ -79,8 +80,13 @@ def test_learns_the_small_set(idx_dir, tmp_path):
         "--no-augment",  # the class is a bar's row: shifts would blur it
         "--schedule",
         "constant",
+        "--steps-per-call",
+        "8",  # 18 calls of 8 steps and 6 single ones (a history row at 100)
+        "--system-malloc",
     ]
     assert mnist.run(args) == 0
+    assert malloc_calls == []
+    assert "malloc" not in json.loads((out / "config.json").read_text())["environment"]
     assert json.loads((out / "metrics.json").read_text())["test_accuracy"] > 0.9
 
 
@@ -92,6 +98,7 @@ def test_learns_the_small_set(idx_dir, tmp_path):
         (("--batch-size", "5000"), "larger than the training set"),
         (("--momentum", "1.5"), "momentum must be in"),
         (("--iterations", "-3"), "iterations must be a positive integer"),
+        (("--steps-per-call", "0"), "steps-per-call must be at least 1"),
     ],
 )
 def test_bad_settings_exit_2(idx_dir, tmp_path, capsys, flags, message):

@@ -1,0 +1,149 @@
+"""The fit loop called directly: settings, several steps per call, resume, divergence.
+
+The commands built on it (``python -m experiments.mnist`` and friends, killed, resumed,
+interrupted) are tested as subprocesses in ``tests/experiments/test_long_runs.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from parallel_worker import tiny
+
+from jaxnet.checkpoint import CheckpointManager
+from jaxnet.fit import (
+    DivergedError,
+    FitConfig,
+    TrainData,
+    _call_length,
+    fit,
+    initial_state,
+    make_fit_step,
+)
+
+
+def small_data(n: int = 96, val: int = 16) -> TrainData:
+    """Learnable 8x8 one-channel images of 3 classes: a bright row whose place is the class."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, n + val).astype(np.int32)
+    images = rng.integers(0, 60, (n + val, 8, 8, 1), dtype=np.uint8)
+    for i, c in enumerate(labels):
+        images[i, 1 + 2 * int(c), :, 0] = 255
+    mean = np.array([images[:n].mean() / 255.0], np.float32)
+    return TrainData(images[:n], labels[:n], images[n:], labels[n:], mean)
+
+
+CONFIG = FitConfig(
+    iterations=30,
+    batch_size=8,
+    learning_rate=0.2,
+    weight_decay=1e-3,
+    schedule="cosine",
+    warmup=3,
+    augment=True,
+    crop_pad=1,
+    flip=False,
+    log_every=10,
+    eval_every=10,
+    checkpoint_every=10,
+)
+
+
+def leaves(tree) -> list[np.ndarray]:
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_fit_learns_and_logs_every_row():
+    result = fit(tiny(), small_data(), CONFIG, progress=False)
+    assert [row["iteration"] for row in result.history] == [10, 20, 30]
+    assert [row["epoch"] for row in result.history] == [10 / 12, 20 / 12, 30 / 12]
+    assert result.history[-1]["val_accuracy"] > 0.9
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert not result.interrupted
+
+
+@pytest.mark.parametrize("steps_per_call", [4, 7])
+def test_several_steps_per_call_train_the_same(steps_per_call):
+    # 12 steps per epoch and a row every 10: calls of 4 or 7 must stop at both boundaries.
+    one = fit(tiny(), small_data(), CONFIG, progress=False)
+    several = fit(tiny(), small_data(), CONFIG, progress=False, steps_per_call=steps_per_call)
+    for a, b in zip(leaves(one.params), leaves(several.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert [r["iteration"] for r in several.history] == [r["iteration"] for r in one.history]
+    for a, b in zip(one.history, several.history, strict=True):
+        assert b["val_accuracy"] == pytest.approx(a["val_accuracy"], abs=1 / 16 + 1e-9)
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+
+
+def test_a_call_of_several_steps_is_that_many_single_steps():
+    arch, data = tiny(), small_data()
+    mean = CONFIG.input_mean(data.mean)
+    single, triple = make_fit_step(arch, CONFIG, mean), make_fit_step(arch, CONFIG, mean, steps=3)
+    images, labels = jax.device_put(data.train_images), jax.device_put(data.train_labels)
+    batches = jax.device_put(np.arange(96, dtype=np.int32).reshape(12, 8))
+    a = initial_state(arch, CONFIG)
+    for i in range(5, 8):
+        a = single(a, images, labels, batches, np.int32(i))
+    b = triple(initial_state(arch, CONFIG), images, labels, batches, np.int32(5))
+    for x, y in zip(leaves(a), leaves(b), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("iteration", "steps", "boundaries", "expected"),
+    [
+        (0, 1, (12, 10, 10, 30), 1),
+        (0, 4, (12, 10, 10, 30), 4),
+        (8, 4, (12, 10, 10, 30), 1),  # a history row at 10
+        (6, 4, (12, 10, 10, 30), 4),  # exactly up to the row
+        (28, 4, (36, 30, 30, 30), 1),  # the end of the run
+    ],
+)
+def test_call_length_never_crosses_a_boundary(iteration, steps, boundaries, expected):
+    assert _call_length(iteration, steps, boundaries) == expected
+
+
+def test_resume_with_several_steps_per_call_is_bit_identical(tmp_path):
+    arch, data = tiny(), small_data()
+    manager = CheckpointManager(tmp_path / "run")
+    full = fit(arch, data, CONFIG, manager, progress=False, steps_per_call=4)
+    # As if the run had been killed after its checkpoint at iteration 20: resume from there.
+    manager.path_for(30).unlink()
+    assert manager.checkpoints()[-1][0] == 20
+    resumed = fit(arch, data, CONFIG, manager, resume=True, progress=False, steps_per_call=4)
+    for a, b in zip(leaves(full.params), leaves(resumed.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in full.history]
+
+
+def test_divergence_names_the_iteration():
+    config = dataclasses.replace(CONFIG, learning_rate=1e30, schedule="constant", warmup=0)
+    with pytest.raises(DivergedError, match=r"NaN or infinite at iteration \d+: lower"):
+        fit(tiny(), small_data(), config, progress=False, steps_per_call=4)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"iterations": 0}, "iterations must be a positive integer"),
+        ({"batch_size": 200}, "batch-size 200 is larger than the training set"),
+        ({"learning_rate": float("nan")}, "learning-rate must be positive"),
+        ({"momentum": 1.0}, r"momentum must be in \[0, 1\)"),
+        ({"schedule": "step"}, "schedule must be 'constant' or 'cosine'"),
+        ({"warmup": 30}, r"warmup must be in \[0, iterations\)"),
+        ({"crop_pad": -1}, "crop-pad must be an integer >= 0"),
+        ({"pixel_scale": 0.0}, "pixel-scale must be positive"),
+    ],
+)
+def test_bad_settings_are_refused_before_any_step(change, match):
+    with pytest.raises(ValueError, match=match):
+        fit(tiny(), small_data(), dataclasses.replace(CONFIG, **change), progress=False)
+
+
+@pytest.mark.parametrize("steps_per_call", [0, 2.5, True])
+def test_bad_steps_per_call(steps_per_call):
+    with pytest.raises(ValueError, match="steps-per-call must be a positive integer"):
+        fit(tiny(), small_data(), CONFIG, progress=False, steps_per_call=steps_per_call)

@@ -25,30 +25,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from data_files import (
+    BIN_NAMES,
+    CIFAR_CLASSES,
+    MNIST_STEMS,
+    cifar_batches,
+    idx_bytes,
+    write_cifar_bin,
+    write_idx_dir,
+)
 
 from jaxnet import data
 from jaxnet.data import DataError, FileSpec
 
 REAL_DATA = os.environ.get("JAXNET_DATA")  # read before the autouse fixture clears it
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
-CIFAR_CLASSES = (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-)
-MNIST_STEMS = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
 
 
 # ------------------------------------------------------------------------------------------
@@ -74,12 +65,6 @@ def isolated(tmp_path, monkeypatch):
     return tmp_path
 
 
-def idx_bytes(array: np.ndarray, magic: int | None = None) -> bytes:
-    """An idx file: big-endian magic 0x0000080<ndim>, the dims, then the uint8 data."""
-    magic = 0x800 + array.ndim if magic is None else magic
-    return struct.pack(f">{1 + array.ndim}I", magic, *array.shape) + array.tobytes()
-
-
 def mnist_arrays(n_train: int = 30, n_test: int = 12, size: int = 28, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     return {
@@ -88,17 +73,6 @@ def mnist_arrays(n_train: int = 30, n_test: int = 12, size: int = 28, seed: int 
         "test_images": rng.integers(0, 256, (n_test, size, size), dtype=np.uint8),
         "test_labels": rng.integers(0, 10, n_test, dtype=np.uint8),
     }
-
-
-def write_idx_dir(folder: Path, arrays: dict, gz: bool = True) -> dict[str, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for part, stem in MNIST_STEMS.items():
-        raw = idx_bytes(arrays[part])
-        path = folder / (stem + ".gz" if gz else stem)
-        path.write_bytes(gzip.compress(raw, mtime=0) if gz else raw)
-        paths[part] = path
-    return paths
 
 
 def spec_of(path: Path) -> FileSpec:
@@ -113,35 +87,7 @@ def patch_checksums(monkeypatch, folder: Path, prefix: str) -> None:
             monkeypatch.setitem(data.CHECKSUMS, f"{prefix}/{rel}", spec_of(path))
 
 
-def cifar_batches(n: int = 8, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Six batches (5 train, 1 test) of n NHWC uint8 images and their labels."""
-    rng = np.random.default_rng(seed)
-    return [
-        (
-            rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
-            rng.integers(0, 10, n, dtype=np.uint8),
-        )
-        for _ in range(6)
-    ]
-
-
-def cifar_record_bytes(images: np.ndarray, labels: np.ndarray) -> bytes:
-    planar = images.transpose(0, 3, 1, 2).reshape(len(images), 3072)
-    return np.concatenate([labels[:, None].astype(np.uint8), planar], axis=1).tobytes()
-
-
-BIN_NAMES = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
 PY_NAMES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-
-
-def write_cifar_bin(folder: Path, batches) -> Path:
-    out = folder / "cifar-10-batches-bin"
-    out.mkdir(parents=True, exist_ok=True)
-    for name, (images, labels) in zip(BIN_NAMES, batches, strict=True):
-        (out / name).write_bytes(cifar_record_bytes(images, labels))
-    (out / "batches.meta.txt").write_text("\n".join(CIFAR_CLASSES) + "\n\n")
-    (out / "readme.html").write_text("<meta http-equiv='refresh' content='0; url=...'>\n")
-    return out
 
 
 def py2_pickle(obj) -> bytes:

@@ -30,8 +30,8 @@ What one run measures, all in one process:
   after: the fit loop adds no host work per step (target: within 10%). Then the same epochs
   with ``fit(..., steps_per_call=8)``: eight steps unrolled in one compiled program, one launch
   per eight steps.
-- Unless ``--system-malloc``, the run first calls :func:`jaxnet.allocator.reuse_freed_memory`
-  (as the experiment commands do), so no method pays for page faults on its temporary buffers.
+- With ``--reuse-freed-memory`` the run first calls :func:`jaxnet.allocator.reuse_freed_memory`,
+  for every method alike: no method then pays for page faults on its temporary buffers.
 
 A Markdown table goes to the terminal and everything, the raw windows included, to
 ``--json`` (default ``benchmark.json``). The machine's load average is recorded with them:
@@ -832,10 +832,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     parser.add_argument("--no-epoch", action="store_true", help="skip the full-epoch check")
     parser.add_argument(
-        "--system-malloc",
+        "--reuse-freed-memory",
         action="store_true",
-        help="leave glibc's malloc as it is (by default the run calls "
-        "jaxnet.allocator.reuse_freed_memory(), for every method alike)",
+        help="make glibc keep freed memory for reuse (jaxnet.allocator.reuse_freed_memory()) "
+        "before timing, for every method alike",
     )
     parser.add_argument(
         "--devices",
@@ -848,7 +848,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.devices < 1:
         parser.error(f"--devices must be >= 1, got {args.devices}")
     parallel.request_cpu_devices(args.devices)
-    reuse = False if args.system_malloc else allocator.reuse_freed_memory()
+    reuse = allocator.reuse_freed_memory() if args.reuse_freed_memory else False
     if jax.device_count() < args.devices:
         parser.error(f"--devices {args.devices}: JAX sees only {jax.device_count()} device(s)")
 

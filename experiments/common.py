@@ -207,10 +207,10 @@ def build_parser(exp: Experiment, prog: str, description: str) -> argparse.Argum
         "training up to float rounding, a K times longer compilation)",
     )
     p.add_argument(
-        "--system-malloc",
+        "--reuse-freed-memory",
         action="store_true",
-        help="leave glibc's malloc as it is (by default freed memory is kept for reuse: "
-        "jaxnet.allocator.reuse_freed_memory(), faster large-batch steps on CPU)",
+        help="make glibc keep freed memory for reuse (jaxnet.allocator.reuse_freed_memory()): "
+        "large-batch CPU steps 1.2-1.5x faster, peak memory 100-250 MiB higher",
     )
     if exp.extra_args is not None:
         exp.extra_args(p)
@@ -418,7 +418,7 @@ def main(exp: Experiment, argv: list[str] | None, prog: str, description: str) -
         )
 
     environment = _environment()
-    if not args.system_malloc and allocator.reuse_freed_memory():
+    if args.reuse_freed_memory and allocator.reuse_freed_memory():
         environment["malloc"] = "glibc, freed memory kept for reuse"
     if saved is not None:
         run_config = {**saved, "environment": environment}

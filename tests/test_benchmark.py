@@ -71,7 +71,6 @@ def test_command_writes_json_and_table(tmp_path, capsys):
     path = tmp_path / "bench.json"
     argv = ["--quick", "--nets", "mnist", "--batches", "2", "--json", str(path)]
     argv += ["--windows", "1", "--window-s", "0.001", "--no-epoch"]
-    argv.append("--system-malloc")  # in-process: leave this test session's malloc alone
     if benchmark.import_torch() is None:
         argv.append("--no-torch")
     assert benchmark.main(argv) == 0
@@ -139,6 +138,7 @@ def test_data_parallel_row_on_two_virtual_devices(tmp_path):
             "1",
             "--devices",
             "2",
+            "--reuse-freed-memory",  # a fresh process: the real call
             "--json",
             str(out),
         ],

@@ -32,7 +32,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def test_smoke_writes_every_output(idx_dir, tmp_path, capsys, malloc_calls):
     out = tmp_path / "run"
-    assert mnist.run(["--idx-dir", str(idx_dir), "--out", str(out), *SMALL]) == 0
+    argv = ["--idx-dir", str(idx_dir), "--out", str(out), *SMALL, "--reuse-freed-memory"]
+    assert mnist.run(argv) == 0
     assert malloc_calls == [True]
     for name in ("kernels.png", "misclassified.png", "confusion_matrix.png", "learning_curves.png"):
         assert (out / name).read_bytes().startswith(PNG), name
@@ -82,7 +83,6 @@ def test_learns_the_small_set(idx_dir, tmp_path, malloc_calls):
         "constant",
         "--steps-per-call",
         "8",  # 18 calls of 8 steps and 6 single ones (a history row at 100)
-        "--system-malloc",
     ]
     assert mnist.run(args) == 0
     assert malloc_calls == []

@@ -14,7 +14,8 @@ What one run measures, all in one process:
   when ``torch`` imports (the optional extra ``pip install .[torch]``): the same
   architecture, the same initial weights, ``channels_last``, the same update written out as
   ``m = mu*m + (1-mu)*g; w -= lr*(m + wd*w)``. PyTorch gets as many threads as XLA uses (the
-  CPUs this process may run on).
+  CPUs this process may run on), and the device that matches JAX's (its CPU, or CUDA when JAX
+  runs on a GPU; none on a TPU).
 - How: each method is warmed up (its first call, compilation included, is reported apart as
   ``compile_s``), then timed in windows of about ``--window-s`` seconds each (a whole number
   of steps, ending with a device sync); the windows of all methods are interleaved, round by
@@ -77,6 +78,25 @@ Kept (quiet, one process, interleaved, against the committed code):
   analytic rules at batch 16, 64, 256, and the twin 1.23x, 1.12x, 1.19x the committed twin
   (conv1's forward and the pooling forward are shared); modified CIFAR-10 analytic
   1.02-1.05x, twin 0.95-1.03x.
+
+Around the step, offered as options because each is a trade (same machine, later session):
+
+- Freed host memory kept for reuse (``--reuse-freed-memory``, :mod:`jaxnet.allocator`): XLA
+  mallocs each step's temporary block; above 32 MiB glibc maps it afresh every step and every
+  page faults in again. MNIST batch 256: 9000-12000 page faults per step -> about 1000, 54 ->
+  43 ms per step; in three alternating benchmark runs the analytic rules went from 22-23% to
+  32-37% of the matmul ceiling and autodiff from 17-21% to 26-31% (PyTorch gains too: 4446 ->
+  6210 img/s in one pair of runs). CIFAR-10 modified, batch 256: 14000 -> 1600 faults, 229 ->
+  195 ms. Batch 16 and 64: a few hundred faults either way, no difference beyond noise. Cost:
+  a fragmented heap, the MNIST command's peak memory 625 -> 859 MiB. Hence opt-in.
+- Several steps per compiled call (``fit(..., steps_per_call=K)``, ``--steps-per-call``): a
+  rolled ``lax.scan`` over the fit step ran at 0.10-0.13x one step per call (XLA's CPU backend
+  runs a loop body about 10x slower); unrolled, ``K = 8``, MNIST batch 16, 64, 256: 1.20,
+  1.07, 1.30-1.50x with glibc's defaults (most of it the page faults above, paid once per call
+  instead of per step) and 1.05, 1.09, 1.05x with freed memory kept; a whole fit epoch at
+  batch 64: 1.03-1.13x (two runs). Compilation takes ``K`` times as long, and the result
+  differs from single steps by float rounding (1e-9 after 8 steps), so ``K = 1`` stays the
+  default.
 
 Tried and not kept:
 
@@ -213,6 +233,26 @@ def import_torch() -> Any | None:
     return torch
 
 
+def torch_device(torch: Any) -> str | None:
+    """The PyTorch device that matches JAX's default backend: ``"cpu"``, ``"cuda"`` or ``None``.
+
+    ``None`` (JAX on a TPU, or on a GPU that PyTorch cannot use) leaves PyTorch out rather than
+    comparing different hardware.
+    """
+    backend = jax.default_backend()
+    if backend == "cpu":
+        return "cpu"
+    if backend == "gpu" and torch.cuda.is_available():
+        return "cuda"
+    return None
+
+
+def torch_sync(torch: Any, device: str) -> None:
+    """Wait until PyTorch's queued work on ``device`` is done (CUDA runs asynchronously)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
 # ---------------------------------------------------------------------------------------------
 # Work per step
 # ---------------------------------------------------------------------------------------------
@@ -303,7 +343,9 @@ def jax_runner(
     return run, time.perf_counter() - start
 
 
-def torch_model(torch: Any, arch: Architecture, seed: int = 0) -> tuple[Callable, list]:
+def torch_model(
+    torch: Any, arch: Architecture, seed: int = 0, device: str = "cpu"
+) -> tuple[Callable, list]:
     """The network in PyTorch with jaxnet's initial weights: ``(loss_fn, params)``.
 
     Kernels go from HWIO to OIHW in ``channels_last`` memory; a dense layer flattens its input
@@ -313,6 +355,7 @@ def torch_model(torch: Any, arch: Architecture, seed: int = 0) -> tuple[Callable
         torch: the ``torch`` module.
         arch: the network.
         seed: jaxnet's initialisation seed.
+        device: where the tensors live (``"cpu"`` or ``"cuda"``).
 
     Returns:
         ``loss_fn(x, y) -> (loss, logits)`` for ``x`` of shape ``(N, C, H, W)`` and the
@@ -327,11 +370,11 @@ def torch_model(torch: Any, arch: Architecture, seed: int = 0) -> tuple[Callable
         w = np.asarray(params[layer.name]["w"])
         b = np.asarray(params[layer.name]["b"])
         if isinstance(layer, Conv):
-            tw = torch.from_numpy(w.transpose(3, 2, 0, 1).copy())
+            tw = torch.from_numpy(w.transpose(3, 2, 0, 1).copy()).to(device)
             tw = tw.contiguous(memory_format=torch.channels_last)
         else:
-            tw = torch.from_numpy(w.copy())
-        tb = torch.from_numpy(b.copy())
+            tw = torch.from_numpy(w.copy()).to(device)
+        tb = torch.from_numpy(b.copy()).to(device)
         tw.requires_grad_(True)
         tb.requires_grad_(True)
         weights[layer.name] = (tw, tb)
@@ -358,7 +401,7 @@ def torch_model(torch: Any, arch: Architecture, seed: int = 0) -> tuple[Callable
 
 
 def torch_runner(
-    torch: Any, arch: Architecture, batch: int, threads: int, seed: int = 0
+    torch: Any, arch: Architecture, batch: int, threads: int, seed: int = 0, device: str = "cpu"
 ) -> tuple[Runner, float]:
     """A runner for one PyTorch eager train step with the seed's momentum update.
 
@@ -371,21 +414,22 @@ def torch_runner(
         batch: images per step.
         threads: ``torch.set_num_threads`` (XLA's thread count).
         seed: initial weights and data.
+        device: ``"cpu"`` or ``"cuda"`` (:func:`torch_device`).
 
     Returns:
         ``(run, first_call_s)`` as :func:`jax_runner`.
     """
     torch.set_num_threads(threads)
-    loss_fn, params = torch_model(torch, arch, seed)
+    loss_fn, params = torch_model(torch, arch, seed, device)
     moments = [torch.zeros_like(p) for p in params]
     xs, ys = _batches(arch, batch, seed)
     xs_t = [
-        torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).contiguous(
-            memory_format=torch.channels_last
-        )
+        torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+        .to(device)
+        .contiguous(memory_format=torch.channels_last)
         for x in xs
     ]
-    ys_t = [torch.from_numpy(y.astype(np.int64)) for y in ys]
+    ys_t = [torch.from_numpy(y.astype(np.int64)).to(device) for y in ys]
     state = {"i": 0}
 
     def one(x: Any, y: Any) -> None:
@@ -403,6 +447,7 @@ def torch_runner(
         for _ in range(k):
             one(xs_t[i % DATA_BATCHES], ys_t[i % DATA_BATCHES])
             i += 1
+        torch_sync(torch, device)
         state["i"] = i
 
     start = time.perf_counter()
@@ -410,7 +455,7 @@ def torch_runner(
     return run, time.perf_counter() - start
 
 
-def matmul_runners(torch: Any | None, threads: int) -> dict[str, Runner]:
+def matmul_runners(torch: Any | None, threads: int, device: str = "cpu") -> dict[str, Runner]:
     """Runners for one float32 ``MATMUL_N``-cubed product in XLA (and PyTorch if given)."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((MATMUL_N, MATMUL_N)).astype(np.float32)
@@ -428,11 +473,12 @@ def matmul_runners(torch: Any | None, threads: int) -> dict[str, Runner]:
     runners = {"matmul_xla": run_xla}
     if torch is not None:
         torch.set_num_threads(threads)
-        a_t, b_t = torch.from_numpy(a), torch.from_numpy(b)
+        a_t, b_t = torch.from_numpy(a).to(device), torch.from_numpy(b).to(device)
 
         def run_torch(k: int) -> None:
             for _ in range(k):
                 torch.mm(a_t, b_t)
+            torch_sync(torch, device)
 
         run_torch(1)
         runners["matmul_torch"] = run_torch
@@ -495,6 +541,7 @@ def bench_group(
     torch: Any | None,
     threads: int,
     devices: int = 1,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Time the three methods (and the matrix product) on one network and batch size.
 
@@ -506,6 +553,7 @@ def bench_group(
         threads: PyTorch's thread count.
         devices: more than 1 adds the method ``"analytic xN"``: the analytic rules
             data-parallel over N devices (where N divides ``batch``), and its ratio to one device.
+        device: PyTorch's device (:func:`torch_device`).
 
     Returns:
         The group's JSON record: ``net``, ``batch``, ``flops_per_step``, ``methods`` (per
@@ -523,8 +571,8 @@ def bench_group(
             arch, batch, "analytic", devices=devices
         )
     if torch is not None:
-        runners["torch"], first["torch"] = torch_runner(torch, arch, batch, threads)
-    runners.update(matmul_runners(torch, threads))
+        runners["torch"], first["torch"] = torch_runner(torch, arch, batch, threads, device=device)
+    runners.update(matmul_runners(torch, threads, device))
     timed = interleaved(runners, settings)
 
     flops = step_flops(arch, batch)
@@ -697,10 +745,15 @@ def run_benchmark(
         ``fraction_of_ceiling``.
     """
     torch = import_torch() if use_torch else None
+    device = None if torch is None else torch_device(torch)
+    if torch is not None and device is None:
+        log(f"PyTorch has no device to match JAX's {jax.default_backend()}: left out")
+        torch = None
     threads = cpu_threads()
     meta = {
         "jax": jax.__version__,
         "torch": None if torch is None else torch.__version__,
+        "torch_device": device if torch is not None else None,
         "python": platform.python_version(),
         "cpu": cpu_model(),
         "threads": threads,
@@ -717,7 +770,9 @@ def run_benchmark(
     for net in nets:
         for batch in batches:
             log(f"timing {net} at batch {batch} ...")
-            groups.append(bench_group(net, batch, settings, torch, threads, devices))
+            groups.append(
+                bench_group(net, batch, settings, torch, threads, devices, device or "cpu")
+            )
     ceiling = max(
         statistics.median([g["matmul_gflops"][lib] for g in groups])
         for lib in groups[0]["matmul_gflops"]

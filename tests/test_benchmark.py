@@ -157,3 +157,15 @@ def test_data_parallel_row_on_two_virtual_devices(tmp_path):
     assert group["methods"]["analytic x2"]["images_per_s"] > 0
     assert "analytic x2/analytic" in group["ratios"]
     assert "data-parallel, mnist at batch 8" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("backend", "cuda", "expected"),
+    [("cpu", False, "cpu"), ("gpu", True, "cuda"), ("gpu", False, None), ("tpu", True, None)],
+)
+def test_pytorch_runs_on_the_device_that_matches_jax(monkeypatch, backend, cuda, expected):
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    fake_torch = SimpleNamespace(cuda=SimpleNamespace(is_available=lambda: cuda))
+    assert benchmark.torch_device(fake_torch) == expected

@@ -10,7 +10,8 @@ the flag (and ``PJRT_NPROC=2N``, see :mod:`jaxnet.parallel`) set and checks what
 
 ``equivalence`` (4 devices): the same seeded runs on one device and data-parallel (the MNIST
 network in float32 for 20 steps on 4 devices, a smaller one with the same layers in float64 for
-200 steps on 4, a tiny one for 10 steps on an explicit pair of devices), trace counts, shardings,
+200 steps on 4, a tiny one for 10 steps on an explicit pair of devices, and ``fit`` with 4 steps
+per call on 4 devices), trace counts, shardings,
 donation, the errors for a batch that does not divide, and evaluation with and without a mesh.
 ``multihost`` (one of several processes, each with its own devices): joins the processes with
 :func:`jaxnet.parallel.initialize_distributed`, trains data-parallel on a mesh over all of them,
@@ -32,6 +33,7 @@ import optax
 
 from jaxnet import Architecture, Conv, Dense, MaxPool, ReLU, architectures, init, momentum, parallel
 from jaxnet import train as jtrain
+from jaxnet.fit import FitConfig, TrainData, fit
 from jaxnet.train import evaluate, make_train_step
 
 
@@ -169,6 +171,17 @@ def _equivalence_runs(saved, arch, x, y) -> None:
     save_run(saved, "tiny_one", train(small, 10, 4, xs, ys))
     two = parallel.make_mesh(jax.devices()[2:])  # an explicit subset of the devices
     save_run(saved, "tiny_two", train(small, 10, 4, xs, ys, mesh=two))
+
+    # fit itself: 4 steps per call on the 4 devices against 1 per call on one device.
+    config = FitConfig(
+        iterations=12, batch_size=8, learning_rate=0.05, log_every=3, checkpoint_every=100
+    )
+    xf, yf = data(small, 32, seed=3)
+    fit_data = TrainData(xf, yf, xf[:0], yf[:0], np.array([0.5], np.float32))
+    for name, kwargs in (("fit_one", {}), ("fit_four", {"mesh": 4, "steps_per_call": 4})):
+        result = fit(small, fit_data, config, progress=False, **kwargs)
+        losses = np.array([row["train_loss"] for row in result.history])
+        save_run(saved, name, (losses, result.params, {}))
 
     step = make_train_step(arch, momentum(0.01), mesh=4)
     params = init(arch, jax.random.key(0))

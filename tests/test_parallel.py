@@ -258,6 +258,7 @@ def test_four_devices_train_and_evaluate_as_one(tmp_path):
     assert_runs_close(saved, "f32_one", "f32_four", rtol=1e-5, atol=1e-6)
     assert_runs_close(saved, "f64_one", "f64_four", rtol=1e-9, atol=1e-12)
     assert_runs_close(saved, "tiny_one", "tiny_two", rtol=1e-5, atol=1e-6)  # a 2-device subset
+    assert_runs_close(saved, "fit_one", "fit_four", rtol=1e-5, atol=1e-6)  # 4 steps per call
     losses = saved["f64_four:losses"]
     assert losses.dtype == np.float64 and losses.shape == (200,)
     assert losses[-8:].mean() < 0.8 * losses[:8].mean()  # it went somewhere

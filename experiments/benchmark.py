@@ -94,9 +94,9 @@ Around the step, offered as options because each is a trade (same machine, later
   runs a loop body about 10x slower); unrolled, ``K = 8``, MNIST batch 16, 64, 256: 1.20,
   1.07, 1.30-1.50x with glibc's defaults (most of it the page faults above, paid once per call
   instead of per step) and 1.05, 1.09, 1.05x with freed memory kept; a whole fit epoch at
-  batch 64: 1.03-1.13x (two runs). Compilation takes ``K`` times as long, and the result
-  differs from single steps by float rounding (1e-9 after 8 steps), so ``K = 1`` stays the
-  default.
+  batch 64: 1.04-1.20x (four runs; 1.03 and 1.13x in two more with freed memory kept).
+  Compilation takes ``K`` times as long, and the result differs from single steps by float
+  rounding (1e-9 after 8 steps), so ``K = 1`` stays the default.
 
 Tried and not kept:
 
@@ -753,7 +753,7 @@ def run_benchmark(
     meta = {
         "jax": jax.__version__,
         "torch": None if torch is None else torch.__version__,
-        "torch_device": device if torch is not None else None,
+        "torch_device": device,
         "python": platform.python_version(),
         "cpu": cpu_model(),
         "threads": threads,

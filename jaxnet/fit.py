@@ -54,6 +54,12 @@ HISTORY_FIELDS = (
 )
 
 
+def _check_positive_int(name: str, value: object) -> None:
+    """ValueError naming ``name`` unless ``value`` is an int >= 1 (a bool is not)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value}")
+
+
 @dataclass(frozen=True)
 class FitConfig:
     """Every setting of a training run (saved in ``config.json`` and in each checkpoint).
@@ -115,11 +121,7 @@ class FitConfig:
             "eval_batch_size",
         )
         for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(
-                    f"{name.replace('_', '-')} must be a positive integer, got {value}"
-                )
+            _check_positive_int(name.replace("_", "-"), getattr(self, name))
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise ValueError(f"learning-rate must be positive, got {self.learning_rate}")
         if not 0.0 <= self.momentum < 1.0:
@@ -252,8 +254,7 @@ def make_fit_step(
     The loop is unrolled because XLA's CPU backend runs a rolled loop's body about 10x slower
     (measured: MNIST, batch 16-256, ``lax.scan`` with ``unroll=1``).
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    _check_positive_int("steps", steps)
     optimizer = config.optimizer()
     aug_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x61756720)
     decay = config.ema_decay
@@ -361,9 +362,9 @@ def fit(
         steps_per_call: optimizer steps per compiled call (see :func:`make_fit_step`): 1, or
             ``K`` to launch one program per ``K`` steps wherever no epoch end, history row or
             checkpoint falls inside them (single steps fill the rest). The same training up to
-            float rounding. On a 2-core CPU an MNIST epoch at batch 64 ran 1.03-1.13x as fast
-            with 8 steps per call (``experiments.benchmark``); compiling takes ``K`` times as
-            long.
+            float rounding. On a 2-core CPU an MNIST epoch at batch 64 ran 1.04-1.20x as fast
+            with 8 steps per call (four runs of ``experiments.benchmark``); compiling takes
+            ``K`` times as long.
 
     Returns:
         A :class:`FitResult`. ``interrupted`` is True when Ctrl-C stopped the run early (a
@@ -377,12 +378,7 @@ def fit(
 
     n = data.train_images.shape[0]
     config.validate(n)
-    if (
-        isinstance(steps_per_call, bool)
-        or not isinstance(steps_per_call, int)
-        or steps_per_call < 1
-    ):
-        raise ValueError(f"steps-per-call must be a positive integer, got {steps_per_call!r}")
+    _check_positive_int("steps-per-call", steps_per_call)
     state = initial_state(arch, config)
     history: list[dict[str, float]] = []
     start = 0
@@ -476,13 +472,15 @@ def fit(
                     epoch = iteration // steps_per_epoch
                     order = data_lib.epoch_batches(n, config.batch_size, config.seed, epoch)
                     batches = put(order)
-                boundaries = (
-                    (epoch + 1) * steps_per_epoch,
-                    (iteration // config.log_every + 1) * config.log_every,
-                    (iteration // config.checkpoint_every + 1) * config.checkpoint_every,
-                    config.iterations,
-                )
-                k = _call_length(iteration, steps_per_call, boundaries)
+                k = 1
+                if several is not None:  # one step per call needs no look ahead
+                    boundaries = (
+                        (epoch + 1) * steps_per_epoch,
+                        (iteration // config.log_every + 1) * config.log_every,
+                        (iteration // config.checkpoint_every + 1) * config.checkpoint_every,
+                        config.iterations,
+                    )
+                    k = _call_length(iteration, steps_per_call, boundaries)
                 run = step if k == 1 else several
                 state = run(state, images, labels, batches, np.int32(iteration))
                 iteration += k

@@ -1,0 +1,80 @@
+"""The one atomic writer: a file appears whole or not at all.
+
+Every file jaxnet writes (checkpoints, parameters, figures, tables, JSON, CSV, the data cache)
+goes through :func:`atomic_write`: the bytes go to a hidden temporary file in the destination
+folder, which is flushed and ``fsync``-ed, then renamed over the destination with
+``os.replace`` (atomic on POSIX and Windows), and the folder is ``fsync``-ed so the rename
+survives a power cut. If anything fails on the way, the temporary file is removed and the old
+destination, if any, is left untouched: an interrupted run never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["atomic_write", "write_json", "write_text"]
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a rename inside it) to disk; a no-op where unsupported."""
+    if os.name != "posix":  # pragma: no cover - Windows cannot open a folder
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; when the block ends without error, it is ``path``.
+
+    The folder is created if needed. The temporary file, ``.<name>.<hex>.tmp``, is created
+    exclusively with mode ``0o666`` less the umask (as ``open`` would create ``path``).
+
+    Args:
+        path: the destination.
+        mode: ``"wb"`` (binary) or ``"w"`` (text, UTF-8).
+
+    Yields:
+        The open temporary file.
+
+    Raises:
+        ValueError: ``mode`` is neither ``"wb"`` nor ``"w"``.
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(dest.parent)
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (UTF-8); returns ``path`` as a :class:`Path`."""
+    with atomic_write(path, "w") as f:
+        f.write(text)
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Write ``obj`` as indented JSON (NaN allowed, as Python's ``json`` writes it), atomically."""
+    return write_text(path, json.dumps(obj, indent=2, allow_nan=True) + "\n")

@@ -22,11 +22,12 @@ from jaxnet.checkpoint import (
     CheckpointMismatchError,
     CorruptCheckpointError,
     load_pytree,
-    read_header,
+    read_metadata,
     save_params,
     save_pytree,
 )
 
+ANY_TREE = {"w": np.ones(1)}
 SEED_MOMENTUM = optax.chain(
     optax.ema(0.9, debias=False), optax.add_decayed_weights(1e-3), optax.scale(-0.1)
 )
@@ -101,16 +102,16 @@ def test_round_trip_with_template_is_bit_identical(tmp_path, optimizer):
     assert_identical(got, want)
 
 
-def test_round_trip_without_template_plain_containers_and_dtypes(tmp_path):
+def test_round_trip_plain_containers_and_dtypes(tmp_path):
     tree = {
         "f32": np.arange(6, dtype=np.float32).reshape(2, 3),
         "f64": np.array([np.pi, -0.0, np.inf, np.nan]),
         "f16": np.array([1.5], dtype=np.float16),
-        "bf16": jnp.array([1.0, -2.5], dtype=jnp.bfloat16),
         "c64": np.array([1 + 2j], dtype=np.complex64),
         "i32": np.int32(-7),
         "i64": np.array(2**40),
         "u8": np.arange(3, dtype=np.uint8),
+        "key": np.asarray(jax.random.PRNGKey(7)),  # a raw uint32 key is a plain array
         "flag": np.array(True),
         "bools": np.array([True, False]),
         "empty": np.zeros((0, 3), np.float32),
@@ -119,9 +120,9 @@ def test_round_trip_without_template_plain_containers_and_dtypes(tmp_path):
         "none": None,
     }
     save_pytree(tmp_path / "t.npz", tree)
-    loaded, meta = load_pytree(tmp_path / "t.npz")
+    like = jax.tree.map(np.zeros_like, tree)
+    loaded, meta = load_pytree(tmp_path / "t.npz", like=like)
     assert meta == {}
-    assert list(loaded) == list(tree)  # dict order kept
     assert isinstance(loaded["seq"], list) and isinstance(loaded["seq"][1], tuple)
     assert loaded["nothing"] == () and loaded["none"] is None and loaded["seq"][1][1] is None
     assert_identical(loaded, tree)
@@ -138,40 +139,6 @@ def test_float64_template_under_x64(tmp_path):
         assert_identical(loaded, tree)
 
 
-def test_namedtuple_states_without_template_come_back_as_dicts(tmp_path):
-    state = trained_state(SEED_MOMENTUM)
-    save_pytree(tmp_path / "s.npz", state)
-    loaded, _ = load_pytree(tmp_path / "s.npz")
-    ema = loaded["opt_state"][0]
-    assert set(ema) == {"count", "ema"}
-    np.testing.assert_array_equal(ema["ema"]["fc"]["w"], state["opt_state"][0].ema["fc"]["w"])
-    assert loaded["opt_state"][1] == {}  # EmptyState()
-
-
-def test_prng_keys_typed_and_raw(tmp_path):
-    tree = {
-        "typed": jax.random.key(42),
-        "batch": jax.random.split(jax.random.key(1, impl="rbg"), 3),
-        "raw": jax.random.PRNGKey(7),  # a uint32 array
-    }
-    save_pytree(tmp_path / "k.npz", tree)
-    for like in (None, tree):
-        loaded, _ = load_pytree(tmp_path / "k.npz", like=like)
-        for name in ("typed", "batch"):
-            assert loaded[name].dtype == tree[name].dtype
-            np.testing.assert_array_equal(
-                jax.random.key_data(loaded[name]), jax.random.key_data(tree[name])
-            )
-        assert loaded["raw"].dtype == np.uint32
-        np.testing.assert_array_equal(loaded["raw"], tree["raw"])
-    # numpy alone sees the key data.
-    assert np.load(tmp_path / "k.npz")["['typed']"].dtype == np.uint32
-    # Same shape, other implementation: refused.
-    other = {**tree, "typed": jax.random.key(42, impl="unsafe_rbg")}
-    with pytest.raises(CheckpointMismatchError, match=r"\['typed'\]"):
-        load_pytree(tmp_path / "k.npz", like=other)
-
-
 def test_numpy_alone_reads_arrays_by_pytree_path_and_the_header(tmp_path):
     state = trained_state(SEED_MOMENTUM)
     meta = {"history": [{"it": 1, "loss": np.float32(2.5)}], "data_order": {"epoch": 0}}
@@ -183,11 +150,47 @@ def test_numpy_alone_reads_arrays_by_pytree_path_and_the_header(tmp_path):
             z["['opt_state'][0].ema['fc']['w']"], state["opt_state"][0].ema["fc"]["w"]
         )
         header = json.loads(z[checkpoint.METADATA_KEY].tobytes())
+        w = z["['params']['conv1']['w']"]
+    assert header["format"] == checkpoint.FORMAT_NAME
     assert header["version"] == checkpoint.FORMAT_VERSION
     assert header["metadata"] == {"history": [{"it": 1, "loss": 2.5}], "data_order": {"epoch": 0}}
-    w = {r["key"]: r for r in header["leaves"]}["['params']['conv1']['w']"]
-    assert w["shape"] == [5, 5, 1, 16] and w["dtype"] == "float32"
-    assert read_header(tmp_path / "s.npz") == header
+    assert w.shape == (5, 5, 1, 16) and w.dtype == np.float32
+    assert read_metadata(tmp_path / "s.npz") == header["metadata"]
+
+
+def write_version_1(path: Path, tree, metadata: dict) -> None:
+    """A file as the first format wrote it: a leaves table and a tree structure in the header."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    arrays = {jax.tree_util.keystr(p): np.asarray(x) for p, x in flat}
+    leaves = [{"key": k, "shape": list(a.shape), "dtype": str(a.dtype)} for k, a in arrays.items()]
+    header = {
+        "format": "jaxnet.checkpoint",
+        "version": 1,
+        "leaves": leaves,
+        "structure": {"t": "dict", "keys": [], "children": []},
+        "treedef": str(jax.tree.structure(tree)),
+        "jax_version": jax.__version__,
+        "numpy_version": np.__version__,
+        "metadata": metadata,
+    }
+    header_bytes = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    np.savez(path, **arrays, __metadata__=header_bytes)
+
+
+def test_version_1_files_still_load(tmp_path):
+    params = make_params()
+    write_version_1(tmp_path / "params.npz", params, {"iteration": 7})
+    loaded, meta = load_pytree(tmp_path / "params.npz", like=make_params(seed=1))
+    assert_identical(loaded, params)
+    assert meta == {"iteration": 7}
+
+
+def test_newer_format_version_is_refused(tmp_path):
+    path = tmp_path / "new.npz"
+    header = {"format": checkpoint.FORMAT_NAME, "version": checkpoint.FORMAT_VERSION + 1}
+    np.savez(path, w=np.ones(1), __metadata__=np.frombuffer(json.dumps(header).encode(), np.uint8))
+    with pytest.raises(CheckpointError, match=f"{re.escape(str(path))}.*upgrade jaxnet"):
+        load_pytree(path, like={"w": np.ones(1)})
 
 
 def test_save_params_is_numpy_readable(tmp_path):
@@ -195,13 +198,18 @@ def test_save_params_is_numpy_readable(tmp_path):
     save_params(tmp_path / "params.npz", params)
     with np.load(tmp_path / "params.npz") as z:
         np.testing.assert_array_equal(z["['conv1']['w']"], params["conv1"]["w"])
-    loaded, _ = load_pytree(tmp_path / "params.npz")
+    loaded, _ = load_pytree(tmp_path / "params.npz", like=make_params(seed=1))
     assert_identical(loaded, params)
 
 
-def test_save_refuses_non_numeric_leaves_and_non_json_metadata(tmp_path):
+@pytest.mark.parametrize(
+    "leaf",
+    [np.array(["x"]), jnp.ones(2, jnp.bfloat16), jax.random.key(0)],
+    ids=["str", "bfloat16", "typed_key"],
+)
+def test_save_refuses_non_numeric_leaves_and_non_json_metadata(tmp_path, leaf):
     with pytest.raises(TypeError, match=r"\['name'\]"):
-        save_pytree(tmp_path / "a.npz", {"name": np.array(["x"])})
+        save_pytree(tmp_path / "a.npz", {"name": leaf})
     with pytest.raises(TypeError, match="metadata"):
         save_pytree(tmp_path / "a.npz", {"w": np.ones(1)}, {"f": object()})
     assert not list(tmp_path.iterdir())
@@ -256,9 +264,9 @@ def test_truncated_file_is_refused_naming_it(tmp_path, keep_fraction):
     data = path.read_bytes()
     cut = len(data) - 1 if keep_fraction == "minus_one" else int(len(data) * keep_fraction)
     path.write_bytes(data[:cut])
-    for like in (None, fresh_like(SEED_MOMENTUM)):
+    for load in (functools.partial(load_pytree, like=fresh_like(SEED_MOMENTUM)), read_metadata):
         with pytest.raises(CorruptCheckpointError, match="truncated or corrupt") as info:
-            load_pytree(path, like=like)
+            load(path)
         assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
@@ -268,7 +276,7 @@ def test_garbage_and_flipped_bytes_are_refused(tmp_path):
     with pytest.raises(
         CorruptCheckpointError, match=f"{re.escape(str(garbage))}.*truncated or corrupt"
     ):
-        load_pytree(garbage)
+        load_pytree(garbage, like=ANY_TREE)
 
     path = real_checkpoint(tmp_path)
     data = bytearray(path.read_bytes())
@@ -277,16 +285,16 @@ def test_garbage_and_flipped_bytes_are_refused(tmp_path):
     data[info.header_offset + 200] ^= 0xFF  # inside the array's bytes
     path.write_bytes(bytes(data))
     with pytest.raises(CorruptCheckpointError, match=r"\['params'\]\['fc'\]\['w'\].*CRC"):
-        load_pytree(path)
+        load_pytree(path, like=fresh_like(SEED_MOMENTUM))
 
 
 def test_npz_without_header_and_missing_file(tmp_path):
     plain = tmp_path / "plain.npz"
     np.savez(plain, w=np.ones(3))
     with pytest.raises(CorruptCheckpointError, match="no __metadata__ entry"):
-        load_pytree(plain)
+        load_pytree(plain, like={"w": np.ones(3)})
     with pytest.raises(FileNotFoundError, match=r"nope\.npz"):
-        load_pytree(tmp_path / "nope.npz")
+        load_pytree(tmp_path / "nope.npz", like=ANY_TREE)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -295,7 +303,7 @@ def test_npz_without_header_and_missing_file(tmp_path):
 
 def test_manager_keeps_the_newest_n(tmp_path):
     manager = CheckpointManager(tmp_path / "run", keep=2)
-    assert manager.latest() is None and manager.restore() is None
+    assert manager.latest() is None and manager.restore(like=ANY_TREE) is None
     for step in (10, 20, 30, 40):
         manager.save(step, {"w": np.full(2, step, np.float32)}, {"iteration": step})
     names = sorted(p.name for p in (tmp_path / "run").iterdir())
@@ -323,7 +331,7 @@ def test_manager_falls_back_past_a_corrupt_newest(tmp_path):
     for _, path in manager.checkpoints():
         path.write_bytes(b"garbage")
     with pytest.warns(UserWarning), pytest.raises(CheckpointError, match="no readable checkpoint"):
-        manager.restore()
+        manager.restore(like={"w": np.zeros(2, np.float32)})
 
 
 def test_manager_does_not_fall_back_on_an_architecture_mismatch(tmp_path):
@@ -374,7 +382,8 @@ def test_crash_while_writing_arrays_leaves_previous_checkpoint_intact(tmp_path, 
         manager.save(2, {"a": np.zeros(3), "b": np.zeros(3)})
     monkeypatch.undo()
     assert _only_complete_checkpoints(tmp_path) == ["ckpt_00000001.npz"]
-    np.testing.assert_array_equal(load_pytree(tmp_path / "ckpt_00000001.npz")[0]["a"], np.ones(3))
+    loaded, _ = load_pytree(tmp_path / "ckpt_00000001.npz", like={"a": np.ones(3), "b": np.ones(3)})
+    np.testing.assert_array_equal(loaded["a"], np.ones(3))
 
 
 def test_leftover_temp_files_are_ignored_and_cleaned(tmp_path):

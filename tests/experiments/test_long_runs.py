@@ -191,9 +191,9 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path)
     kept = sorted((out / "checkpoints").glob("ckpt_*.npz"))
     assert kept, "the last good checkpoint must be kept"
     digest = hashlib.sha256(kept[-1].read_bytes()).hexdigest()
-    from jaxnet.checkpoint import load_pytree
+    from jaxnet.checkpoint import read_metadata
 
-    _, meta = load_pytree(kept[-1])
+    meta = read_metadata(kept[-1])
     bad = int(err[-1].split("iteration ")[1].split(":")[0])
     assert meta["iteration"] < bad
     assert hashlib.sha256(kept[-1].read_bytes()).hexdigest() == digest

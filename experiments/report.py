@@ -16,6 +16,8 @@ import os
 import sys
 from pathlib import Path
 
+from jaxnet.io import write_text
+
 # The seed report's figures (Lund FMAN45, assignment 3): test accuracy per experiment.
 SEED_ACCURACY = {"mnist": 0.972, "cifar10_baseline": 0.48, "cifar10_modified": 0.58}
 SEED_NOTES = {
@@ -129,10 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    write_text(out, text)
     print(f"wrote {out} ({len(runs)} runs)")
     return 0
 

@@ -12,16 +12,14 @@ returns ``path`` as a :class:`~pathlib.Path`:
 
 No pyplot: each figure is a :class:`matplotlib.figure.Figure` given its own Agg canvas, so nothing
 touches matplotlib's global state or needs a display, and figures are freed when they go out of
-scope. Writes are atomic: the PNG goes to a temporary file in the same folder, is flushed to disk,
-then ``os.replace``-d onto ``path``, so an interrupted run leaves the old file or none, never half
-a PNG.
+scope. Writes go through :func:`jaxnet.io.atomic_write`: an interrupted run leaves the old file or
+none, never half a PNG.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator
 
 from jaxnet import metrics
+from jaxnet.io import atomic_write
 
 __all__ = [
     "plot_confusion_matrix",
@@ -44,21 +43,11 @@ DPI = 120
 
 
 def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    """Write ``fig`` as PNG to ``path`` atomically (temp file in the same folder, then replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``fig`` as PNG to ``path`` atomically (:func:`jaxnet.io.atomic_write`)."""
     FigureCanvasAgg(fig)  # an Agg canvas of its own: no pyplot, no global backend switch
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:  # "x": never clobber; created with the umask's permissions
-            fig.savefig(f, format="png", dpi=DPI)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=DPI)
+    return Path(path)
 
 
 def _grid(n: int) -> tuple[int, int]:

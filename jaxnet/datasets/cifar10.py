@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import tarfile
@@ -124,10 +125,7 @@ def _find_or_fetch(places: list[Path], verify: bool, download: bool) -> Path:
 
 
 def _read_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        raw = np.fromfile(path, dtype=np.uint8)
-    except OSError as err:
-        raise files.cannot_read(path, err) from None
+    raw = np.frombuffer(files.read(path), dtype=np.uint8)
     if raw.size == 0 or raw.size % _RECORD:
         raise DataError(
             f"{path}: truncated: {raw.size} bytes is not a whole number of {_RECORD}-byte "
@@ -139,8 +137,8 @@ def _read_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _read_meta_txt(path: Path) -> list[str]:
     try:
-        text = path.read_bytes().decode("utf-8")
-    except (OSError, UnicodeDecodeError) as err:
+        text = files.read(path).decode("utf-8")
+    except UnicodeDecodeError as err:
         raise DataError(f"{path}: cannot read it as text ({files.reason(err)})") from None
     return [line.strip() for line in text.splitlines() if line.strip()]
 
@@ -171,11 +169,9 @@ class _Unpickler(pickle.Unpickler):
 
 def _unpickle(path: Path, needed: tuple[str, ...]) -> dict[str, Any]:
     """A pickled dict with (bytes or str) keys ``needed``, the keys as str."""
+    raw = files.read(path)
     try:
-        with open(path, "rb") as f:
-            obj = _Unpickler(f, encoding="bytes").load()
-    except OSError as err:
-        raise files.cannot_read(path, err) from None
+        obj = _Unpickler(io.BytesIO(raw), encoding="bytes").load()
     except _Refused as err:
         raise DataError(
             f"{path}: refused: the pickle asks for {err}, which no CIFAR-10 batch contains "

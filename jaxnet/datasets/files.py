@@ -1,10 +1,10 @@
 """A data set's files: where they are, checking them once, fetching them, the decoded cache.
 
-Every data set lives in a sub-folder named after it (``<root>/mnist/``, ``<root>/cifar10/``) of
-the data root (:func:`data_root`): ``--data-dir``, else ``$JAXNET_DATA``, else the per-user cache
-(:func:`cache_dir`). Nothing is ever written next to the data: the md5 memo, the decoded arrays
-and, when the root is read-only, the downloads go to the cache. Every write there goes through
-:func:`jaxnet.io.atomic_write`; downloads go through pooch (temporary file, md5, then rename).
+Each data set lives in a sub-folder named after it (``<root>/mnist/``, ``<root>/cifar10/``) of the
+data root (:func:`data_root`). Nothing is ever written next to the data: the md5 memo, the
+decoded arrays and, when the root is read-only, the downloads go to the cache folder, each write
+through :func:`jaxnet.io.atomic_write`; pooch downloads to a temporary file, checks its md5,
+then renames it.
 """
 
 from __future__ import annotations
@@ -24,12 +24,8 @@ import pooch
 
 from jaxnet.io import atomic_write
 
-ENV_DATA = "JAXNET_DATA"
-"""Environment variable naming the data root (the folder that holds ``mnist/``, ``cifar10/``)."""
-
-ENV_CACHE = "JAXNET_CACHE"
-"""Environment variable naming the writable cache folder (md5 memo, decoded arrays)."""
-
+ENV_DATA = "JAXNET_DATA"  # names the data root, the folder holding mnist/, cifar10/
+ENV_CACHE = "JAXNET_CACHE"  # names the writable cache folder
 _DECODE_VERSION = 1  # bump when the decoded-array layout changes: old cache entries are ignored
 
 
@@ -52,11 +48,8 @@ class Dataset(NamedTuple):
 
 
 class DataError(Exception):
-    """A data file is missing, truncated, malformed or fails its checksum.
-
-    The message is one line naming the file and what is wrong with it, fit to print as it is
-    (the experiment commands print it with no traceback).
-    """
+    """A data file is missing, truncated, malformed or fails its checksum: one line naming the
+    file and the problem, fit to print as it is (the commands print it with no traceback)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))
@@ -71,13 +64,12 @@ class FileSpec(NamedTuple):
 
 def cache_dir() -> Path:
     """The writable per-user cache folder: ``$JAXNET_CACHE``, else ``pooch.os_cache("jaxnet")``."""
-    env = os.environ.get(ENV_CACHE)
-    return Path(env or pooch.os_cache("jaxnet")).expanduser().absolute()
+    return Path(os.environ.get(ENV_CACHE) or pooch.os_cache("jaxnet")).expanduser().absolute()
 
 
 def data_root(data_dir: str | os.PathLike | None = None) -> Path:
     """The folder holding one sub-folder per data set: ``data_dir``, else ``$JAXNET_DATA``, else
-    :func:`cache_dir`. The folder may not exist yet."""
+    :func:`cache_dir` (it may not exist yet)."""
     if data_dir is None:
         env = os.environ.get(ENV_DATA)
         return Path(env).expanduser().absolute() if env else cache_dir()
@@ -110,8 +102,16 @@ def reason(err: BaseException, limit: int = 240) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def cannot_read(path: Path, err: OSError) -> DataError:
+def unreadable(path: Path, err: OSError) -> DataError:
     return DataError(f"{path}: cannot read it ({err.strerror or err})")
+
+
+def read(path: Path) -> bytes:
+    """The file's bytes; a :class:`DataError` naming it if it cannot be read."""
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise unreadable(path, err) from None
 
 
 def check_labels(labels: np.ndarray, path: Path, num_classes: int) -> None:
@@ -126,7 +126,7 @@ def check_labels(labels: np.ndarray, path: Path, num_classes: int) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Checked once, remembered; decoded once, kept
+# Checked once and remembered; decoded once and kept
 
 
 def file_md5(path: str | os.PathLike) -> str:
@@ -134,67 +134,60 @@ def file_md5(path: str | os.PathLike) -> str:
     return pooch.file_hash(str(path), alg="md5")
 
 
-def _stat(path: Path) -> os.stat_result:
+def _cache_write(path: Path, write: Callable) -> None:
+    """``write(f)`` into ``path`` atomically; a failure is a warning (the cache is optional)."""
     try:
-        return path.stat()
+        with atomic_write(path) as f:
+            write(f)
     except OSError as err:
-        raise cannot_read(path, err) from None
+        warnings.warn(
+            f"jaxnet.datasets: could not write the cache file {path} ({err}); continuing "
+            "without it",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
-def _warn_cache(path: Path, err: OSError) -> None:
-    warnings.warn(
-        f"jaxnet.datasets: could not write the cache file {path} ({err}); continuing without it",
-        RuntimeWarning,
-        stacklevel=3,
-    )
+def _stamp(path: Path) -> tuple[str, str, int]:
+    """What a remembered result is keyed by: the absolute path, that with the size and mtime,
+    and the size."""
+    try:
+        st = path.stat()
+    except OSError as err:
+        raise unreadable(path, err) from None
+    src = str(path.absolute())
+    return src, f"{src}|{st.st_size}|{st.st_mtime_ns}", st.st_size
 
 
 def _read_memo(memo_path: Path) -> dict:
-    try:
+    with contextlib.suppress(OSError, ValueError):
         memo = json.loads(memo_path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return memo if isinstance(memo, dict) else {}
-
-
-def _remembered_md5(path: Path, st: os.stat_result) -> str:
-    """The file's md5, from ``<cache>/checksums.json`` while its size and mtime are unchanged."""
-    memo_path, key = cache_dir() / "checksums.json", str(path.absolute())
-    stamp = [st.st_size, st.st_mtime_ns]
-    entry = _read_memo(memo_path).get(key)
-    if (
-        isinstance(entry, dict)
-        and entry.get("stamp") == stamp
-        and isinstance(entry.get("md5"), str)
-    ):
-        return entry["md5"]
-    md5 = file_md5(path)
-    memo = _read_memo(memo_path)  # read again: another process may have added entries meanwhile
-    memo[key] = {"stamp": stamp, "md5": md5}
-    try:
-        with atomic_write(memo_path, "w") as f:
-            json.dump(memo, f, indent=1, sort_keys=True)
-    except OSError as err:
-        _warn_cache(memo_path, err)
-    return md5
+        return memo if isinstance(memo, dict) else {}
+    return {}
 
 
 def verify_file(path: str | os.PathLike, spec: FileSpec) -> None:
-    """Check a file's size and md5 against the published ones; the md5 is computed once per
+    """Check a file's size and md5 against the published ones. The md5 is computed once per
     (absolute path, size, mtime) and remembered in ``<cache>/checksums.json``.
 
     Raises:
         DataError: the file is missing, has the wrong size, or its md5 differs.
     """
     path = Path(path)
-    st = _stat(path)
+    src, key, size = _stamp(path)
     fix = "delete it to download it again, or pass verify=False to skip the check"
-    if spec.size is not None and st.st_size != spec.size:
+    if spec.size is not None and size != spec.size:
         raise DataError(
-            f"{path}: wrong size: {st.st_size} bytes, the official file has {spec.size} "
+            f"{path}: wrong size: {size} bytes, the official file has {spec.size} "
             f"(truncated or not the official file); {fix}"
         )
-    md5 = _remembered_md5(path, st)
+    memo_path = cache_dir() / "checksums.json"
+    md5 = _read_memo(memo_path).get(key)
+    if not isinstance(md5, str):
+        md5 = file_md5(path)
+        memo = {k: v for k, v in _read_memo(memo_path).items() if not k.startswith(src + "|")}
+        text = json.dumps({**memo, key: md5}, indent=1)  # read again: others may have added
+        _cache_write(memo_path, lambda f: f.write(text.encode()))
     if md5 != spec.md5:
         raise DataError(
             f"{path}: checksum mismatch: md5 {md5}, the official file has {spec.md5} "
@@ -203,24 +196,18 @@ def verify_file(path: str | os.PathLike, spec: FileSpec) -> None:
 
 
 def cached_array(path: Path, decode: Callable[[], np.ndarray]) -> np.ndarray:
-    """``decode()``, kept as ``<cache>/decoded/*.npy`` keyed by ``path``'s absolute path, size and
-    mtime; a stale or damaged entry is decoded again and replaced."""
-    st, src = _stat(path), str(path.absolute())
+    """``decode()``, kept in ``<cache>/decoded/`` keyed by ``path``'s absolute path, size and
+    mtime; a stale entry is replaced, a damaged one decoded again."""
+    src, key, _ = _stamp(path)
     who = hashlib.sha1(src.encode()).hexdigest()[:12]
-    state = f"{_DECODE_VERSION}|{src}|{st.st_size}|{st.st_mtime_ns}"
-    key = hashlib.sha1(state.encode()).hexdigest()[:12]
-    cached = cache_dir() / "decoded" / f"{who}-{key}-{path.name}.npy"
+    what = hashlib.sha1(f"{_DECODE_VERSION}|{key}".encode()).hexdigest()[:12]
+    cached = cache_dir() / "decoded" / f"{who}-{what}-{path.name}.npy"
     with contextlib.suppress(OSError, ValueError, EOFError):
         return np.load(cached, allow_pickle=False)
     array = decode()
-    try:
-        with atomic_write(cached) as f:
-            np.save(f, array, allow_pickle=False)
-        for old in cached.parent.glob(f"{who}-*.npy"):
-            if old != cached:
-                old.unlink(missing_ok=True)
-    except OSError as err:
-        _warn_cache(cached, err)
+    for old in cached.parent.glob(f"{who}-*.npy"):
+        old.unlink(missing_ok=True)
+    _cache_write(cached, lambda f: np.save(f, array, allow_pickle=False))
     return array
 
 
@@ -229,12 +216,7 @@ def cached_array(path: Path, decode: Callable[[], np.ndarray]) -> np.ndarray:
 
 
 def download(url: str, dest: Path, md5: str) -> None:
-    """Fetch ``url`` into ``dest`` with pooch: progress bar, md5 check, rename when complete.
-
-    Raises:
-        Exception: what the transfer raised (``requests`` errors, ``ValueError`` for a hash
-            mismatch); :func:`fetch` turns it into a line of its message.
-    """
+    """Fetch ``url`` into ``dest`` with pooch: progress bar, md5 check, rename when complete."""
     downloader = pooch.HTTPDownloader(progressbar=True, timeout=(15, 60))
     pooch.retrieve(url, f"md5:{md5}", fname=dest.name, path=dest.parent, downloader=downloader)
 
@@ -256,10 +238,8 @@ def _download_reason(err: BaseException) -> str:
 def fetch(
     names: Sequence[str], mirrors: Sequence[str], specs: Mapping[str, FileSpec], dest: Path
 ) -> tuple[list[str], list[str]]:
-    """Download each of ``names`` into ``dest``, trying ``mirrors`` (base URLs) in turn.
-
-    A mirror that cannot be reached is not asked again, so with no network each mirror costs one
-    connection attempt, not one per file.
+    """Download each of ``names`` into ``dest``, trying ``mirrors`` (base URLs) in turn. A
+    mirror that cannot be reached is not asked again: offline, each costs one attempt.
 
     Returns:
         The names that could not be fetched, and one ``"<url>: <why>"`` per failed attempt.
@@ -291,7 +271,7 @@ def missing_error(
     download: bool,
     dest: Path | None,
 ) -> DataError:
-    """The one-line error for files neither found nor fetched: which, where, why, what to do."""
+    """The error for files neither found nor fetched: which, where, why and what to do."""
     if not download:
         why = "downloads are off (download=False)"
     elif dest is None:

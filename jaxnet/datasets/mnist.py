@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import struct
@@ -74,11 +75,7 @@ def _parse_idx(path: Path, kind: str) -> np.ndarray:
     Returns:
         uint8 ``(N, rows, cols, 1)`` for images, int32 ``(N,)`` for labels.
     """
-    try:
-        buf = path.read_bytes()
-    except OSError as err:
-        raise files.cannot_read(path, err) from None
-    buf = _gunzip(buf, path) if path.suffix == ".gz" else buf
+    buf = _gunzip(files.read(path), path) if path.suffix == ".gz" else files.read(path)
     ndim = _IDX_KINDS[kind][1]
     header = 4 + 4 * ndim
     if len(buf) < header:
@@ -108,9 +105,8 @@ def _parse_idx(path: Path, kind: str) -> np.ndarray:
 
 def _read_idx(path: Path, kind: str) -> np.ndarray:
     """One idx file; a gzip file is decoded once and then read from the decoded-array cache."""
-    if path.suffix != ".gz":
-        return _parse_idx(path, kind)
-    return files.cached_array(path, lambda: _parse_idx(path, kind))
+    decode = functools.partial(_parse_idx, path, kind)
+    return files.cached_array(path, decode) if path.suffix == ".gz" else decode()
 
 
 def _find(folder: Path) -> tuple[dict[str, Path], list[str]]:

@@ -70,10 +70,8 @@ def cache_dir() -> Path:
 def data_root(data_dir: str | os.PathLike | None = None) -> Path:
     """The folder holding one sub-folder per data set: ``data_dir``, else ``$JAXNET_DATA``, else
     :func:`cache_dir` (it may not exist yet)."""
-    if data_dir is None:
-        env = os.environ.get(ENV_DATA)
-        return Path(env).expanduser().absolute() if env else cache_dir()
-    return Path(data_dir).expanduser().absolute()
+    root = os.environ.get(ENV_DATA) if data_dir is None else data_dir
+    return Path(root).expanduser().absolute() if root else cache_dir()
 
 
 def locations(data_dir: str | os.PathLike | None, name: str) -> list[Path]:

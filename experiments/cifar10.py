@@ -74,9 +74,9 @@ SEED_ACCURACY = {"baseline": 0.48, "modified": 0.58}
 
 
 def _load(args: argparse.Namespace):
-    from jaxnet import data
+    from jaxnet import datasets
 
-    return data.load_cifar10(args.data_dir, verify=not args.no_verify)
+    return datasets.load_cifar10(args.data_dir, verify=not args.no_verify)
 
 
 def _extra_args(parser: argparse.ArgumentParser) -> None:

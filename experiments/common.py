@@ -74,7 +74,7 @@ class Experiment:
         name: default run folder name (``runs/<name>``) and title.
         architecture: the ``jaxnet.architectures`` name.
         presets: ``{"best": ..., "seed": ...}``; ``best`` is the default.
-        load: ``(args) -> jaxnet.data.Dataset``, may raise ``jaxnet.data.DataError``.
+        load: ``(args) -> jaxnet.datasets.Dataset``, may raise ``jaxnet.datasets.DataError``.
         module: the command, for messages (``experiments.mnist``).
         extra_args: adds the experiment's own flags to the parser.
         seed_accuracy: the seed report's test accuracy, for the summary line.
@@ -347,7 +347,8 @@ def main(exp: Experiment, argv: list[str] | None, prog: str, description: str) -
     import jax
 
     from jaxnet import allocator, architectures
-    from jaxnet.data import DataError, train_val_split
+    from jaxnet.data import train_val_split
+    from jaxnet.datasets import DataError
     from jaxnet.fit import FitConfig
 
     devices = args.devices if args.devices is not None else jax.local_device_count()

@@ -51,11 +51,11 @@ PRESETS = {
 
 
 def _load(args: argparse.Namespace):
-    from jaxnet import data
+    from jaxnet import datasets
 
     if args.idx_dir is not None:
-        return data.load_idx_dir(args.idx_dir)
-    return data.load_mnist(args.data_dir, verify=not args.no_verify)
+        return datasets.load_idx_dir(args.idx_dir)
+    return datasets.load_mnist(args.data_dir, verify=not args.no_verify)
 
 
 def _extra_args(parser: argparse.ArgumentParser) -> None:

@@ -1,6 +1,6 @@
 """Small data sets in the real file formats (MNIST idx, CIFAR-10 binary), written by tests.
 
-Used by ``tests/test_data.py`` (the loaders, bad files, downloads) and by the experiment
+Used by ``tests/datasets/`` (the loaders, bad files, downloads) and by the experiment
 tests' ``run_helpers`` (whole commands on small data sets).
 """
 

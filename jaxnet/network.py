@@ -151,15 +151,10 @@ class Layer(abc.ABC):
     def flops(self, output_shape: tuple[int, ...]) -> int:
         """Floating-point operations of the weight product for one sample, forward pass.
 
-        Each of the ``prod(output_shape)`` outputs sums ``fan_in`` products: ``2 * prod(output)
-        * fan_in`` (``2 Ho Wo KH KW C_in C_out`` for a convolution, ``2 n_in n_out`` for a dense
-        layer). Biases are not counted; a layer without weights gives 0.
-
-        Args:
-            output_shape: the layer's per-sample output shape (``Architecture.output_shapes``).
-
-        Returns:
-            The count.
+        Each output value sums ``fan_in`` products: ``2 * prod(output_shape) * fan_in``, i.e.
+        ``2 Ho Wo KH KW C_in C_out`` for a convolution, ``2 n_in n_out`` for a dense layer, 0
+        without weights; biases are not counted. ``output_shape`` is the layer's per-sample
+        output (from ``Architecture.output_shapes``).
         """
         return 2 * math.prod(output_shape) * self.fan_in
 
@@ -228,7 +223,6 @@ class Conv(Layer):
 
     @property
     def fan_in(self) -> int:
-        """``kh * kw * c_in``."""
         return self.kh * self.kw * self.c_in
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -272,15 +266,12 @@ class ReLU(Layer):
     name: str | None = None
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        """The input shape."""
         return input_shape
 
     def describe(self) -> str:
-        """``ReLU``."""
         return "ReLU"
 
     def apply(self, params: Params | None, x: jax.Array, ops: ModuleType) -> jax.Array:
-        """``ops.relu(x)``."""
         return ops.relu(x)
 
 
@@ -315,7 +306,6 @@ class MaxPool(Layer):
         return ((h - kh) // sh + 1, (w - kw) // sw + 1, c)
 
     def describe(self) -> str:
-        """``max pool 2x2, stride 2``."""
         return f"max pool {self.window[0]}x{self.window[1]}, stride {_pair_str(self.stride)}"
 
     def apply(self, params: Params | None, x: jax.Array, ops: ModuleType) -> jax.Array:
@@ -353,7 +343,6 @@ class Dense(Layer):
 
     @property
     def fan_in(self) -> int:
-        """``n_in``."""
         return self.n_in
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -367,11 +356,9 @@ class Dense(Layer):
         return (self.n_out,)
 
     def describe(self) -> str:
-        """``dense 784 -> 10``."""
         return f"dense {self.n_in} -> {self.n_out}"
 
     def apply(self, params: Params | None, x: jax.Array, ops: ModuleType) -> jax.Array:
-        """``ops.dense(x, w, b)``."""
         return ops.dense(x, params["w"], params["b"])
 
 

@@ -10,6 +10,11 @@ be a static argument of ``jax.jit``. The arrays live apart from it, in a params 
 keyed by layer name, one entry per layer with parameters (ReLU and pooling have none), so
 ``jax.tree.map`` over params, gradients and optimizer state always lines up.
 
+Each spec owns what is particular to its kind (:class:`Layer`): its parameter shapes, its output
+shape (and the check that its input fits), its line in the parameter table, its work in FLOPs
+and how it is applied, through the layer functions :func:`layer_ops` picks (the analytic rules
+or autodiff). Everything here loops over the layers and asks them.
+
 The architecture is checked when it is built: channels chain from layer to layer, every output
 is at least 1x1, a dense layer's ``n_in`` equals the flattened size of what reaches it, and the
 network ends in ``num_classes`` logits. A mistake is a one-line ``ValueError`` naming the layer.
@@ -17,6 +22,7 @@ network ends in ``num_classes`` logits. A mistake is a one-line ``ValueError`` n
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 from collections import Counter
@@ -24,47 +30,162 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from types import ModuleType
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from jaxnet import autodiff
 from jaxnet import layers as analytic
+from jaxnet._validate import int_at_least, int_pair
 
-RULES = ("analytic", "autodiff")
+Params = Mapping[str, jax.Array]
+"""One layer's parameters, ``{"w": ..., "b": ...}``."""
+
+# ---------------------------------------------------------------------------------------------
+# Which layer functions: the analytic rules or autodiff
+# ---------------------------------------------------------------------------------------------
+
+_OPS = {"analytic": analytic, "autodiff": autodiff}
+RULES = tuple(_OPS)
+"""The accepted values of every ``rules`` argument."""
+
+
+def layer_ops(rules: str) -> ModuleType:
+    """The layer functions a network runs with: :mod:`jaxnet.layers` or :mod:`jaxnet.autodiff`.
+
+    Both modules hold ``conv2d``, ``dense``, ``maxpool2d``, ``relu`` and
+    ``softmax_cross_entropy`` with the same forward passes; they differ only in how the gradient
+    is found.
+
+    Args:
+        rules: ``"analytic"`` (each layer's hand-derived ``custom_vjp`` rule) or ``"autodiff"``
+            (JAX differentiates the forward passes itself).
+
+    Returns:
+        The module.
+
+    Raises:
+        ValueError: any other ``rules``.
+    """
+    if rules not in _OPS:
+        raise ValueError(f"rules must be one of {RULES}, got {rules!r}")
+    return _OPS[rules]
+
 
 # ---------------------------------------------------------------------------------------------
 # Layer specs
 # ---------------------------------------------------------------------------------------------
 
 
-def _positive_int(owner: str, name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{owner}: {name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{owner}: {name} must be >= {minimum}, got {value}")
-    return value
+def _shape_str(shape: tuple[int, ...]) -> str:
+    return "x".join(str(s) for s in shape)
 
 
-def _int_pair(owner: str, name: str, value: object, minimum: int) -> tuple[int, int]:
-    items = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-    if len(items) != 2:
-        raise ValueError(f"{owner}: {name} must be an int or a pair of ints, got {value!r}")
-    return tuple(_positive_int(owner, name, v, minimum) for v in items)
+def _pair_str(pair: tuple[int, int]) -> str:
+    return str(pair[0]) if pair[0] == pair[1] else f"{pair[0]}x{pair[1]}"
 
 
-def _owner(kind: str, name: str | None) -> str:
-    return f"{kind} {name!r}" if name else kind
+class Layer(abc.ABC):
+    """What every layer spec knows about its own kind; the specs are the subclasses below.
 
+    A subclass is a frozen dataclass of Python ints (and its ``name``), declares which of them
+    are ints (``_ints``) and which are ints-or-pairs (``_pairs``, stored as pairs), each with
+    its minimum, and implements :meth:`output_shape`, :meth:`describe` and :meth:`apply`; a
+    layer with weights also :meth:`param_shapes`, :attr:`fan_in` and :meth:`param_arithmetic`.
 
-def _check_name(kind: str, name: object) -> None:
-    if name is not None and (not isinstance(name, str) or not name):
-        raise TypeError(f"{kind}: name must be a non-empty str or None, got {name!r}")
+    Attributes:
+        kind: the kind in one word (``"conv"``), the prefix of default names (``conv1``).
+        name: the layer's key in the params dict, or ``None`` until :class:`Architecture`
+            names it.
+    """
+
+    kind: ClassVar[str]
+    _ints: ClassVar[dict[str, int]] = {}
+    _pairs: ClassVar[dict[str, int]] = {}
+    name: str | None
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        if self.name is not None and (not isinstance(self.name, str) or not self.name):
+            raise TypeError(f"{owner}: name must be a non-empty str or None, got {self.name!r}")
+        if self.name:
+            owner = f"{owner} {self.name!r}"
+        for attr, minimum in self._ints.items():
+            value = int_at_least(f"{owner}: {attr}", getattr(self, attr), minimum)
+            object.__setattr__(self, attr, value)
+        for attr, minimum in self._pairs.items():
+            value = int_pair(f"{owner}: {attr}", getattr(self, attr), minimum)
+            object.__setattr__(self, attr, value)
+
+    def _where(self) -> str:
+        """How an error message names the layer: ``layer 'conv1' (Conv)``."""
+        return f"layer {self.name!r} ({type(self).__name__})"
+
+    def _image(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
+        """``shape`` as ``(H, W, C)``; ValueError if it is a flat vector."""
+        if len(shape) != 3:
+            raise ValueError(
+                f"{self._where()} needs an image input (H, W, C), got a flat vector of shape "
+                f"{shape} (place it before the dense layers)"
+            )
+        return shape
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shapes of the layer's parameters by name; ``{}`` for a layer without any."""
+        return {}
+
+    def param_count(self) -> int:
+        """The number of trainable scalars, the sum of the sizes of :meth:`param_shapes`."""
+        return sum(math.prod(shape) for shape in self.param_shapes().values())
+
+    def param_arithmetic(self) -> str:
+        """How :meth:`param_count` is reached, as the report writes it (``"0"`` here)."""
+        return "0"
+
+    @property
+    def fan_in(self) -> int:
+        """The number of weighted inputs each output value sums (0 for a layer without weights)."""
+        return 0
+
+    def flops(self, output_shape: tuple[int, ...]) -> int:
+        """Floating-point operations of the weight product for one sample, forward pass.
+
+        Each output value sums ``fan_in`` products: ``2 * prod(output_shape) * fan_in``, i.e.
+        ``2 Ho Wo KH KW C_in C_out`` for a convolution, ``2 n_in n_out`` for a dense layer, 0
+        without weights; biases are not counted. ``output_shape`` is the layer's per-sample
+        output (from ``Architecture.output_shapes``).
+        """
+        return 2 * math.prod(output_shape) * self.fan_in
+
+    @abc.abstractmethod
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The per-sample output shape for the per-sample ``input_shape``.
+
+        Raises:
+            ValueError: an input the layer cannot take, in one line naming the layer.
+        """
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """The layer in words, as the parameter table writes it (``conv 5x5x1x16, pad 2``)."""
+
+    @abc.abstractmethod
+    def apply(self, params: Params | None, x: jax.Array, ops: ModuleType) -> jax.Array:
+        """Run the layer on a batch.
+
+        Args:
+            params: the layer's ``{"w": ..., "b": ...}``, or ``None`` for a layer without any.
+            x: the batch, ``(N, *input_shape)``.
+            ops: the layer functions, from :func:`layer_ops`.
+
+        Returns:
+            ``(N, *output_shape)``.
+        """
 
 
 @dataclass(frozen=True)
-class Conv:
+class Conv(Layer):
     """A 2-D convolution layer (:func:`jaxnet.conv2d`): kernel ``(kh, kw, c_in, c_out)``, HWIO.
 
     Maps ``(H, W, c_in)`` to ``(Ho, Wo, c_out)`` with ``Ho = (H + 2 ph - kh) // sh + 1``.
@@ -79,6 +200,10 @@ class Conv:
             ``conv1``, ``conv2``, ... in order.
     """
 
+    kind: ClassVar[str] = "conv"
+    _ints: ClassVar[dict[str, int]] = {"kh": 1, "kw": 1, "c_in": 1, "c_out": 1}
+    _pairs: ClassVar[dict[str, int]] = {"padding": 0, "stride": 1}
+
     kh: int
     kw: int
     c_in: int
@@ -87,31 +212,71 @@ class Conv:
     stride: int | tuple[int, int] = 1
     name: str | None = None
 
-    def __post_init__(self) -> None:
-        _check_name("Conv", self.name)
-        owner = _owner("Conv", self.name)
-        for attr in ("kh", "kw", "c_in", "c_out"):
-            _positive_int(owner, attr, getattr(self, attr))
-        object.__setattr__(self, "padding", _int_pair(owner, "padding", self.padding, 0))
-        object.__setattr__(self, "stride", _int_pair(owner, "stride", self.stride, 1))
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """``{"w": (kh, kw, c_in, c_out), "b": (c_out,)}``."""
+        return {"w": (self.kh, self.kw, self.c_in, self.c_out), "b": (self.c_out,)}
+
+    def param_arithmetic(self) -> str:
+        """``kh*kw*c_in*c_out + c_out = total``, e.g. ``5*5*1*16 + 16 = 416``."""
+        w = f"{self.kh}*{self.kw}*{self.c_in}*{self.c_out}"
+        return f"{w} + {self.c_out} = {self.param_count()}"
+
+    @property
+    def fan_in(self) -> int:
+        return self.kh * self.kw * self.c_in
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """``(H, W, c_in) -> (Ho, Wo, c_out)``; ValueError for other channels or no output."""
+        h, w, c = self._image(input_shape)
+        if self.c_in != c:
+            raise ValueError(
+                f"{self._where()}: c_in = {self.c_in} but its input {_shape_str(input_shape)} "
+                f"has {c} channels"
+            )
+        (ph, pw), (sh, sw) = self.padding, self.stride
+        if h + 2 * ph < self.kh or w + 2 * pw < self.kw:
+            raise ValueError(
+                f"{self._where()}: kernel {self.kh}x{self.kw} with padding {self.padding} leaves "
+                f"no output on input {_shape_str(input_shape)}"
+            )
+        return ((h + 2 * ph - self.kh) // sh + 1, (w + 2 * pw - self.kw) // sw + 1, self.c_out)
+
+    def describe(self) -> str:
+        """``conv 5x5x1x16, pad 2`` (and ``, stride 2`` when it is not 1)."""
+        text = f"conv {self.kh}x{self.kw}x{self.c_in}x{self.c_out}, pad {_pair_str(self.padding)}"
+        if self.stride != (1, 1):
+            text += f", stride {_pair_str(self.stride)}"
+        return text
+
+    def apply(self, params: Params | None, x: jax.Array, ops: ModuleType) -> jax.Array:
+        """``ops.conv2d(x, w, b)`` with this layer's padding and stride."""
+        return ops.conv2d(x, params["w"], params["b"], padding=self.padding, stride=self.stride)
 
 
 @dataclass(frozen=True)
-class ReLU:
+class ReLU(Layer):
     """An elementwise ReLU (:func:`jaxnet.relu`); no parameters, any input shape.
 
     Attributes:
         name: the layer's name; ``None`` lets :class:`Architecture` name it ``relu1``, ...
     """
 
+    kind: ClassVar[str] = "relu"
+
     name: str | None = None
 
-    def __post_init__(self) -> None:
-        _check_name("ReLU", self.name)
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return input_shape
+
+    def describe(self) -> str:
+        return "ReLU"
+
+    def apply(self, params: Params | None, x: jax.Array, ops: ModuleType) -> jax.Array:
+        return ops.relu(x)
 
 
 @dataclass(frozen=True)
-class MaxPool:
+class MaxPool(Layer):
     """Max pooling (:func:`jaxnet.maxpool2d`), no padding; no parameters.
 
     Maps ``(H, W, C)`` to ``(Ho, Wo, C)`` with ``Ho = (H - kh) // sh + 1``.
@@ -122,19 +287,34 @@ class MaxPool:
         name: the layer's name; ``None`` lets :class:`Architecture` name it ``pool1``, ...
     """
 
+    kind: ClassVar[str] = "pool"
+    _pairs: ClassVar[dict[str, int]] = {"window": 1, "stride": 1}
+
     window: int | tuple[int, int] = 2
     stride: int | tuple[int, int] = 2
     name: str | None = None
 
-    def __post_init__(self) -> None:
-        _check_name("MaxPool", self.name)
-        owner = _owner("MaxPool", self.name)
-        object.__setattr__(self, "window", _int_pair(owner, "window", self.window, 1))
-        object.__setattr__(self, "stride", _int_pair(owner, "stride", self.stride, 1))
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """``(H, W, C) -> (Ho, Wo, C)``; ValueError if the window does not fit."""
+        h, w, c = self._image(input_shape)
+        (kh, kw), (sh, sw) = self.window, self.stride
+        if h < kh or w < kw:
+            raise ValueError(
+                f"{self._where()}: window {kh}x{kw} leaves no output on input "
+                f"{_shape_str(input_shape)}"
+            )
+        return ((h - kh) // sh + 1, (w - kw) // sw + 1, c)
+
+    def describe(self) -> str:
+        return f"max pool {self.window[0]}x{self.window[1]}, stride {_pair_str(self.stride)}"
+
+    def apply(self, params: Params | None, x: jax.Array, ops: ModuleType) -> jax.Array:
+        """``ops.maxpool2d(x)`` with this layer's window and stride."""
+        return ops.maxpool2d(x, window=self.window, stride=self.stride)
 
 
 @dataclass(frozen=True)
-class Dense:
+class Dense(Layer):
     """A fully connected layer (:func:`jaxnet.dense`); flattens its input to ``n_in`` features.
 
     Maps any input of ``n_in`` values to ``(n_out,)``. Parameters: ``w`` of shape
@@ -146,67 +326,45 @@ class Dense:
             ``dense1``, ``dense2``, ... in order.
     """
 
+    kind: ClassVar[str] = "dense"
+    _ints: ClassVar[dict[str, int]] = {"n_in": 1, "n_out": 1}
+
     n_in: int
     n_out: int
     name: str | None = None
 
-    def __post_init__(self) -> None:
-        _check_name("Dense", self.name)
-        owner = _owner("Dense", self.name)
-        _positive_int(owner, "n_in", self.n_in)
-        _positive_int(owner, "n_out", self.n_out)
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """``{"w": (n_out, n_in), "b": (n_out,)}``."""
+        return {"w": (self.n_out, self.n_in), "b": (self.n_out,)}
 
+    def param_arithmetic(self) -> str:
+        """``n_in*n_out + n_out = total`` (the report's order), e.g. ``784*10 + 10 = 7850``."""
+        return f"{self.n_in}*{self.n_out} + {self.n_out} = {self.param_count()}"
 
-Layer = Conv | ReLU | MaxPool | Dense
-"""Any layer spec."""
+    @property
+    def fan_in(self) -> int:
+        return self.n_in
 
-_PREFIX = {Conv: "conv", ReLU: "relu", MaxPool: "pool", Dense: "dense"}
-_PARAMETRISED = (Conv, Dense)
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """``(n_out,)``; ValueError unless the input holds ``n_in`` values."""
+        size = math.prod(input_shape)
+        if self.n_in != size:
+            raise ValueError(
+                f"{self._where()}: n_in = {self.n_in} but its input {_shape_str(input_shape)} "
+                f"flattens to {size} values"
+            )
+        return (self.n_out,)
+
+    def describe(self) -> str:
+        return f"dense {self.n_in} -> {self.n_out}"
+
+    def apply(self, params: Params | None, x: jax.Array, ops: ModuleType) -> jax.Array:
+        return ops.dense(x, params["w"], params["b"])
+
 
 # ---------------------------------------------------------------------------------------------
 # Architecture
 # ---------------------------------------------------------------------------------------------
-
-
-def _shape_str(shape: tuple[int, ...]) -> str:
-    return "x".join(str(s) for s in shape)
-
-
-def _output_shape(layer: Layer, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The per-sample output shape of ``layer`` given its input ``shape``; ValueError if invalid."""
-    where = f"layer {layer.name!r} ({type(layer).__name__})"
-    if isinstance(layer, ReLU):
-        return shape
-    if isinstance(layer, Dense):
-        size = math.prod(shape)
-        if layer.n_in != size:
-            raise ValueError(
-                f"{where}: n_in = {layer.n_in} but its input {_shape_str(shape)} flattens to "
-                f"{size} values"
-            )
-        return (layer.n_out,)
-    if len(shape) != 3:
-        raise ValueError(
-            f"{where} needs an image input (H, W, C), got a flat vector of shape {shape} "
-            "(place it before the dense layers)"
-        )
-    h, w, c = shape
-    if isinstance(layer, Conv):
-        if layer.c_in != c:
-            raise ValueError(
-                f"{where}: c_in = {layer.c_in} but its input {_shape_str(shape)} has {c} channels"
-            )
-        (ph, pw), (sh, sw) = layer.padding, layer.stride
-        if h + 2 * ph < layer.kh or w + 2 * pw < layer.kw:
-            raise ValueError(
-                f"{where}: kernel {layer.kh}x{layer.kw} with padding {layer.padding} leaves no "
-                f"output on input {_shape_str(shape)}"
-            )
-        return ((h + 2 * ph - layer.kh) // sh + 1, (w + 2 * pw - layer.kw) // sw + 1, layer.c_out)
-    (kh, kw), (sh, sw) = layer.window, layer.stride
-    if h < kh or w < kw:
-        raise ValueError(f"{where}: window {kh}x{kw} leaves no output on input {_shape_str(shape)}")
-    return ((h - kh) // sh + 1, (w - kw) // sw + 1, c)
 
 
 @dataclass(frozen=True)
@@ -229,7 +387,7 @@ class Architecture:
         ValueError: empty or badly chained layers (with a one-line message naming the layer),
             duplicate names, a bad input shape, or a last layer that does not give
             ``(num_classes,)``.
-        TypeError: a layer that is not a :data:`Layer` spec.
+        TypeError: a layer that is not a :class:`Layer` spec.
     """
 
     layers: tuple[Layer, ...]
@@ -245,7 +403,7 @@ class Architecture:
         if not layers_:
             raise ValueError("Architecture: layers must not be empty")
         for i, layer in enumerate(layers_):
-            if not isinstance(layer, (Conv, ReLU, MaxPool, Dense)):
+            if not isinstance(layer, Layer):
                 raise TypeError(
                     f"Architecture: layer {i} must be a Conv, ReLU, MaxPool or Dense spec, "
                     f"got {layer!r}"
@@ -253,18 +411,16 @@ class Architecture:
         shape = tuple(self.input_shape)
         if len(shape) != 3:
             raise ValueError(f"Architecture: input_shape must be (H, W, C), got {shape!r}")
-        for s in shape:
-            _positive_int("Architecture", "input_shape entries", s)
-        _positive_int("Architecture", "num_classes", self.num_classes, 2)
+        shape = tuple(int_at_least("Architecture: input_shape entries", s, 1) for s in shape)
+        int_at_least("Architecture: num_classes", self.num_classes, 2)
+        object.__setattr__(self, "input_shape", shape)
 
-        counts: Counter[type] = Counter()
+        counts: Counter[str] = Counter()
         named = []
         for layer in layers_:
-            counts[type(layer)] += 1
+            counts[layer.kind] += 1
             if layer.name is None:
-                layer = dataclasses.replace(
-                    layer, name=f"{_PREFIX[type(layer)]}{counts[type(layer)]}"
-                )
+                layer = dataclasses.replace(layer, name=f"{layer.kind}{counts[layer.kind]}")
             named.append(layer)
         duplicates = sorted(n for n, c in Counter(layer.name for layer in named).items() if c > 1)
         if duplicates:
@@ -272,21 +428,20 @@ class Architecture:
 
         shapes = []
         for layer in named:
-            shape = _output_shape(layer, shape)
+            shape = layer.output_shape(shape)
             shapes.append(shape)
         if shape != (self.num_classes,):
             raise ValueError(
-                f"layer {named[-1].name!r} ({type(named[-1]).__name__}) is the last and outputs "
-                f"{_shape_str(shape)}, expected num_classes = {self.num_classes} logits"
+                f"{named[-1]._where()} is the last and outputs {_shape_str(shape)}, expected "
+                f"num_classes = {self.num_classes} logits"
             )
         object.__setattr__(self, "layers", tuple(named))
-        object.__setattr__(self, "input_shape", tuple(self.input_shape))
         object.__setattr__(self, "output_shapes", tuple(shapes))
 
     @property
-    def parametrised(self) -> tuple[Conv | Dense, ...]:
+    def parametrised(self) -> tuple[Layer, ...]:
         """The layers that have parameters (conv and dense), in order; the params dict's keys."""
-        return tuple(layer for layer in self.layers if isinstance(layer, _PARAMETRISED))
+        return tuple(layer for layer in self.layers if layer.param_shapes())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,32 +449,15 @@ class Architecture:
 # ---------------------------------------------------------------------------------------------
 
 
-def param_shapes(layer: Layer) -> dict[str, tuple[int, ...]]:
-    """The shapes of a layer's parameters.
-
-    Args:
-        layer: a layer spec.
-
-    Returns:
-        ``{"w": (kh, kw, c_in, c_out), "b": (c_out,)}`` for :class:`Conv`,
-        ``{"w": (n_out, n_in), "b": (n_out,)}`` for :class:`Dense`, ``{}`` otherwise.
-    """
-    if isinstance(layer, Conv):
-        return {"w": (layer.kh, layer.kw, layer.c_in, layer.c_out), "b": (layer.c_out,)}
-    if isinstance(layer, Dense):
-        return {"w": (layer.n_out, layer.n_in), "b": (layer.n_out,)}
-    return {}
-
-
 def init(
     arch: Architecture, key: jax.Array, dtype: jnp.dtype = jnp.float32
 ) -> dict[str, dict[str, jax.Array]]:
     """Initialise the parameters: He-style weights, zero biases, as the assignment's starters do.
 
-    Conv weights are ``N(0, 1) * sqrt(2 / (kh * kw * c_in))``, dense weights
-    ``N(0, 1) * sqrt(2 / n_in)``, biases 0. Deterministic in ``key``: the weights of all layers
-    are consecutive slices of one standard-normal draw, in layer order. Runs as one jitted
-    computation (one compilation per architecture and dtype, not one per weight shape).
+    Weights are ``N(0, 1) * sqrt(2 / fan_in)`` (conv ``fan_in = kh * kw * c_in``, dense
+    ``n_in``), biases 0. Deterministic in ``key``: the weights of all layers are consecutive
+    slices of one standard-normal draw, in layer order. Runs as one jitted computation (one
+    compilation per architecture and dtype, not one per weight shape).
 
     Args:
         arch: the network.
@@ -347,14 +485,13 @@ def init(
 
 @partial(jax.jit, static_argnums=(0, 2))
 def _init(arch: Architecture, key: jax.Array, dtype: jnp.dtype) -> dict:
-    shapes = [param_shapes(layer) for layer in arch.parametrised]
+    shapes = [layer.param_shapes() for layer in arch.parametrised]
     sizes = [math.prod(s["w"]) for s in shapes]
     z = jax.random.normal(key, (sum(sizes),), dtype)
     params, offset = {}, 0
     for layer, s, n in zip(arch.parametrised, shapes, sizes, strict=True):
-        fan_in = math.prod(s["w"][:3]) if isinstance(layer, Conv) else layer.n_in
         params[layer.name] = {
-            "w": z[offset : offset + n].reshape(s["w"]) * math.sqrt(2.0 / fan_in),
+            "w": z[offset : offset + n].reshape(s["w"]) * math.sqrt(2.0 / layer.fan_in),
             "b": jnp.zeros(s["b"], dtype),
         }
         offset += n
@@ -370,7 +507,7 @@ def count_params(arch: Architecture) -> int:
     Returns:
         The total, equal to the number of scalars in ``init(arch, key)``.
     """
-    return sum(row.params for row in parameter_rows(arch))
+    return sum(layer.param_count() for layer in arch.layers)
 
 
 class ParamRow(NamedTuple):
@@ -391,24 +528,6 @@ class ParamRow(NamedTuple):
     arithmetic: str
 
 
-def _pair_str(pair: tuple[int, int]) -> str:
-    return str(pair[0]) if pair[0] == pair[1] else f"{pair[0]}x{pair[1]}"
-
-
-def _describe(layer: Layer) -> str:
-    if isinstance(layer, Conv):
-        text = f"conv {layer.kh}x{layer.kw}x{layer.c_in}x{layer.c_out}"
-        text += f", pad {_pair_str(layer.padding)}"
-        if layer.stride != (1, 1):
-            text += f", stride {_pair_str(layer.stride)}"
-        return text
-    if isinstance(layer, MaxPool):
-        return f"max pool {layer.window[0]}x{layer.window[1]}, stride {_pair_str(layer.stride)}"
-    if isinstance(layer, Dense):
-        return f"dense {layer.n_in} -> {layer.n_out}"
-    return "ReLU"
-
-
 def parameter_rows(arch: Architecture) -> list[ParamRow]:
     """The parameter table as data: one :class:`ParamRow` per layer, in order.
 
@@ -418,19 +537,10 @@ def parameter_rows(arch: Architecture) -> list[ParamRow]:
     Returns:
         A list with one row per layer (ReLU and pooling included, with 0 parameters).
     """
-    rows = []
-    for layer, shape in zip(arch.layers, arch.output_shapes, strict=True):
-        shapes = param_shapes(layer)
-        if shapes:
-            w, b = shapes["w"], shapes["b"]
-            if isinstance(layer, Dense):  # written n_in*n_out as the report does
-                w = w[::-1]
-            n = math.prod(w) + math.prod(b)
-            arithmetic = f"{'*'.join(map(str, w))} + {b[0]} = {n}"
-        else:
-            n, arithmetic = 0, "0"
-        rows.append(ParamRow(layer.name, _describe(layer), shape, n, arithmetic))
-    return rows
+    return [
+        ParamRow(layer.name, layer.describe(), shape, layer.param_count(), layer.param_arithmetic())
+        for layer, shape in zip(arch.layers, arch.output_shapes, strict=True)
+    ]
 
 
 def parameter_table(arch: Architecture) -> str:
@@ -465,14 +575,6 @@ def parameter_table(arch: Architecture) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def _ops(rules: str) -> ModuleType:
-    if rules == "analytic":
-        return analytic
-    if rules == "autodiff":
-        return autodiff
-    raise ValueError(f"rules must be one of {RULES}, got {rules!r}")
-
-
 def _check_params(arch: Architecture, params: dict) -> None:
     """Raise ValueError unless ``params`` has exactly the layers and shapes ``arch`` needs."""
     if not isinstance(params, Mapping):
@@ -484,7 +586,7 @@ def _check_params(arch: Architecture, params: dict) -> None:
             "architecture?)"
         )
     for layer in arch.parametrised:
-        for pname, shape in param_shapes(layer).items():
+        for pname, shape in layer.param_shapes().items():
             got = getattr(params[layer.name].get(pname), "shape", None)
             if got is None or tuple(got) != shape:
                 raise ValueError(
@@ -518,7 +620,7 @@ def forward(
             fit ``arch``.
         TypeError: ``x`` not floating point, or its dtype differs from the params'.
     """
-    ops = _ops(rules)
+    ops = layer_ops(rules)
     _check_params(arch, params)
     if x.ndim != 4 or tuple(x.shape[1:]) != arch.input_shape:
         raise ValueError(
@@ -531,14 +633,5 @@ def forward(
             "or let jaxnet.make_train_step / jaxnet.evaluate do it)"
         )
     for layer in arch.layers:
-        if isinstance(layer, Conv):
-            p = params[layer.name]
-            x = ops.conv2d(x, p["w"], p["b"], padding=layer.padding, stride=layer.stride)
-        elif isinstance(layer, Dense):
-            p = params[layer.name]
-            x = ops.dense(x, p["w"], p["b"])
-        elif isinstance(layer, MaxPool):
-            x = ops.maxpool2d(x, window=layer.window, stride=layer.stride)
-        else:
-            x = ops.relu(x)
+        x = layer.apply(params.get(layer.name), x, ops)
     return x

@@ -28,20 +28,14 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jaxnet import autodiff, parallel
-from jaxnet import layers as analytic
-from jaxnet.network import RULES, Architecture, forward
+from jaxnet import parallel
+from jaxnet.network import Architecture, forward, layer_ops
 
 Params = dict[str, dict[str, jax.Array]]
 Metrics = dict[str, jax.Array]
 TrainStep = Callable[
     [Params, optax.OptState, jax.Array, jax.Array], tuple[Params, optax.OptState, Metrics]
 ]
-
-
-def _check_rules(rules: str) -> None:
-    if rules not in RULES:
-        raise ValueError(f"rules must be one of {RULES}, got {rules!r}")
 
 
 def _check_mean(arch: Architecture, mean: object) -> np.ndarray:
@@ -111,9 +105,8 @@ def loss_and_logits(
     Returns:
         ``(loss, logits)``: the scalar mean loss and the ``(N, num_classes)`` logits.
     """
-    ops = analytic if rules == "analytic" else autodiff
     logits = forward(arch, params, x, rules)
-    return ops.softmax_cross_entropy(logits, y), logits
+    return layer_ops(rules).softmax_cross_entropy(logits, y), logits
 
 
 def loss_fn(
@@ -193,7 +186,7 @@ def make_train_step(
         raise TypeError(
             f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}"
         )
-    _check_rules(rules)
+    layer_ops(rules)  # ValueError for an unknown rules, before any tracing
     mean_np = _check_mean(arch, mean)
 
     def step(params, opt_state, x, y):
@@ -332,7 +325,7 @@ def evaluate(
             that does not divide over the mesh.
         TypeError: non-integer labels, or images neither uint8 nor floating point.
     """
-    _check_rules(rules)
+    layer_ops(rules)  # ValueError for an unknown rules, before any tracing
     mean_np = _check_mean(arch, mean)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import partial
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -11,16 +13,18 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jaxnet import architectures
+from jaxnet import architectures, autodiff, layers
 from jaxnet.network import (
     Architecture,
     Conv,
     Dense,
+    Layer,
     MaxPool,
     ReLU,
     count_params,
     forward,
     init,
+    layer_ops,
     parameter_rows,
     parameter_table,
 )
@@ -156,6 +160,172 @@ def test_bad_architectures_name_the_layer(layers, input_shape, num_classes, matc
 def test_bad_specs(build, error, match):
     with pytest.raises(error, match=match):
         build()
+
+
+# --- what each spec owns -------------------------------------------------------------------
+
+SPECS = [
+    # spec, input, output, param shapes, fan_in, description, arithmetic
+    (
+        Conv(3, 2, 4, 5, padding=(1, 0), stride=(2, 1)),
+        (6, 10, 4),
+        (3, 9, 5),
+        {"w": (3, 2, 4, 5), "b": (5,)},
+        3 * 2 * 4,
+        "conv 3x2x4x5, pad 1x0, stride 2x1",
+        "3*2*4*5 + 5 = 125",
+    ),
+    (
+        Conv(5, 5, 1, 16, padding=2),
+        (28, 28, 1),
+        (28, 28, 16),
+        {"w": (5, 5, 1, 16), "b": (16,)},
+        25,
+        "conv 5x5x1x16, pad 2",
+        "5*5*1*16 + 16 = 416",
+    ),
+    (ReLU(), (3, 4, 2), (3, 4, 2), {}, 0, "ReLU", "0"),
+    (ReLU(), (7,), (7,), {}, 0, "ReLU", "0"),
+    (MaxPool(3, (2, 1)), (7, 5, 3), (3, 3, 3), {}, 0, "max pool 3x3, stride 2x1", "0"),
+    (
+        Dense(24, 6),
+        (2, 4, 3),
+        (6,),
+        {"w": (6, 24), "b": (6,)},
+        24,
+        "dense 24 -> 6",
+        "24*6 + 6 = 150",
+    ),
+]
+
+
+@pytest.mark.parametrize(("spec", "x_shape", "y_shape", "shapes", "fan_in", "text", "sums"), SPECS)
+def test_spec_shapes_description_and_flops(spec, x_shape, y_shape, shapes, fan_in, text, sums):
+    assert spec.output_shape(x_shape) == y_shape
+    assert spec.param_shapes() == shapes
+    assert spec.param_count() == sum(math.prod(s) for s in shapes.values())
+    assert spec.fan_in == fan_in
+    assert spec.describe() == text
+    assert spec.param_arithmetic() == sums
+    assert spec.flops(y_shape) == 2 * math.prod(y_shape) * fan_in
+
+
+def test_flops_count_the_weight_products():
+    # 2 * Ho * Wo * KH * KW * C_in * C_out and 2 * n_in * n_out, per sample.
+    assert Conv(5, 5, 1, 16, padding=2).flops((28, 28, 16)) == 2 * 28 * 28 * 5 * 5 * 1 * 16
+    assert Dense(784, 10).flops((10,)) == 2 * 784 * 10
+    assert MaxPool().flops((14, 14, 16)) == 0
+
+
+@pytest.mark.parametrize(("spec", "x_shape", "y_shape", "shapes", "fan_in", "text", "sums"), SPECS)
+@pytest.mark.parametrize("rules", ["analytic", "autodiff"])
+def test_spec_apply_gives_its_output_shape(
+    spec, x_shape, y_shape, shapes, fan_in, text, sums, rules
+):
+    keys = iter(jax.random.split(jax.random.key(0), 3))
+    params = {k: jax.random.normal(next(keys), s) for k, s in shapes.items()} or None
+    x = jax.random.normal(next(keys), (2, *x_shape))
+    y = spec.apply(params, x, layer_ops(rules))
+    assert y.shape == (2, *y_shape)
+
+
+def test_spec_apply_calls_the_layer_functions_it_is_given():
+    conv = Conv(3, 3, 2, 4, padding=1, stride=2)
+    p = {"w": jax.random.normal(jax.random.key(0), (3, 3, 2, 4)), "b": jnp.arange(4.0)}
+    x = jax.random.normal(jax.random.key(1), (2, 5, 6, 2))
+    expected = layers.conv2d(x, p["w"], p["b"], padding=1, stride=2)
+    np.testing.assert_array_equal(conv.apply(p, x, layers), expected)
+    np.testing.assert_array_equal(
+        MaxPool(2, 1).apply(None, x, autodiff), autodiff.maxpool2d(x, 2, 1)
+    )
+
+
+def test_layer_ops():
+    assert layer_ops("analytic") is layers
+    assert layer_ops("autodiff") is autodiff
+    with pytest.raises(
+        ValueError, match=r"rules must be one of \('analytic', 'autodiff'\), got 'x'"
+    ):
+        layer_ops("x")
+
+
+def test_spec_kinds_name_the_layers():
+    assert [s.kind for s in (Conv(1, 1, 1, 1), ReLU(), MaxPool(), Dense(1, 1))] == [
+        "conv",
+        "relu",
+        "pool",
+        "dense",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("spec", "x_shape", "match"),
+    [
+        (Conv(3, 3, 2, 4, name="c"), (5, 5, 1), r"layer 'c' \(Conv\): c_in = 2"),
+        (Conv(3, 3, 1, 4), (2, 5, 1), r"layer None \(Conv\): kernel 3x3 .* leaves no output"),
+        (Conv(3, 3, 1, 4), (9,), "needs an image input"),
+        (MaxPool(3, name="p"), (2, 5, 1), r"layer 'p' \(MaxPool\): window 3x3 leaves no output"),
+        (MaxPool(), (4,), "needs an image input"),
+        (Dense(5, 2, name="d"), (2, 3), r"layer 'd' \(Dense\): n_in = 5 .* flattens to 6"),
+    ],
+)
+def test_spec_output_shape_errors(spec, x_shape, match):
+    with pytest.raises(ValueError, match=match) as info:
+        spec.output_shape(x_shape)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("build", "error", "match"),
+    [
+        (lambda: Conv(3, 3, 1, 1, padding=(1, -1)), ValueError, "Conv: padding must be >= 0"),
+        (lambda: Conv(3, 3, 1, 1, stride=(1, 2.0)), TypeError, "Conv: stride must be an int"),
+        (lambda: Conv(3, 3, 1, 1, stride=(2,)), ValueError, "stride must be an int or a pair"),
+        (lambda: Conv(True, 3, 1, 1), TypeError, "Conv: kh must be an int, got True"),
+        (lambda: MaxPool("2"), TypeError, "MaxPool: window must be an int"),
+        (lambda: Dense(4, 2.5), TypeError, "Dense: n_out must be an int"),
+        (lambda: ReLU(name=3), TypeError, "ReLU: name must be a non-empty str or None"),
+    ],
+)
+def test_more_bad_specs(build, error, match):
+    with pytest.raises(error, match=match) as info:
+        build()
+    assert "\n" not in str(info.value)
+
+
+def test_numpy_ints_become_python_ints():
+    conv = Conv(np.int64(3), 3, 1, 1, padding=np.int32(1), stride=[np.int64(2), 1])
+    assert conv == Conv(3, 3, 1, 1, padding=1, stride=(2, 1))
+    assert type(conv.kh) is int and all(type(v) is int for v in (*conv.padding, *conv.stride))
+    assert hash(conv) == hash(Conv(3, 3, 1, 1, padding=1, stride=(2, 1)))
+
+
+@dataclass(frozen=True)
+class Square(Layer):
+    """A layer of a kind network.py has never heard of: x ** 2, no parameters."""
+
+    kind: ClassVar[str] = "square"
+    name: str | None = None
+
+    def output_shape(self, input_shape):
+        return input_shape
+
+    def describe(self):
+        return "square"
+
+    def apply(self, params, x, ops):
+        return x * x
+
+
+def test_a_new_layer_kind_needs_no_change_to_the_network_code():
+    arch = Architecture((Square(), Dense(12, 3), Square()), (2, 2, 3), 3)
+    assert [layer.name for layer in arch.layers] == ["square1", "dense1", "square2"]
+    assert [row.kind for row in parameter_rows(arch)] == ["square", "dense 12 -> 3", "square"]
+    params = init(arch, jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (2, 2, 2, 3))
+    w, b = params["dense1"]["w"], params["dense1"]["b"]
+    expected = ((x * x).reshape(2, -1) @ w.T + b) ** 2
+    np.testing.assert_allclose(forward(arch, params, x), expected, rtol=1e-5, atol=1e-6)
 
 
 # --- init --------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from jaxnet._validate import int_pair
+
 
 def check_float(name: str, a: jnp.ndarray) -> None:
     """Raise TypeError unless ``a`` has a floating dtype."""
@@ -39,20 +41,10 @@ def check_same_dtype(**arrays: jnp.ndarray) -> None:
 
 
 def pair(name: str, value: int | tuple[int, int], minimum: int) -> tuple[int, int]:
-    """Normalise an int or a pair of ints to a pair, each at least ``minimum``.
+    """An int or a pair of ints as a pair, each at least ``minimum`` (``_validate.int_pair``).
 
     Raises:
-        TypeError: ``value`` is not an int or a pair of ints (a float, an array, a bool).
+        TypeError: an entry that is not an int (a float, an array, a bool).
         ValueError: a pair of the wrong length, or an entry below ``minimum``.
     """
-    items = value if isinstance(value, (tuple, list)) else (value,)
-    for v in items:
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if len(items) == 1:
-        items = (items[0], items[0])
-    if len(items) != 2:
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if min(items) < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return (int(items[0]), int(items[1]))
+    return int_pair(name, value, minimum)

@@ -1,0 +1,53 @@
+"""The one check of an integer argument: an int (a bool is not one) at least some minimum.
+
+Used wherever a Python int enters the library (layer specs, the layers' padding, stride and
+window), so every such mistake reads alike: ``TypeError`` for a value that is not an int,
+``ValueError`` for one that is too small, each naming the argument and what it got.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+
+def int_at_least(name: str, value: object, minimum: int) -> int:
+    """``value`` as a Python int, checked to be an integer (not a bool) and ``>= minimum``.
+
+    Args:
+        name: the argument as the message should name it (``"Conv 'c1': kh"``).
+        value: a Python or NumPy integer.
+        minimum: the smallest value allowed.
+
+    Returns:
+        ``int(value)``.
+
+    Raises:
+        TypeError: ``value`` is a bool, a float, a string, an array, ...
+        ValueError: ``value < minimum``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def int_pair(name: str, value: object, minimum: int) -> tuple[int, int]:
+    """An int ``k`` or a pair ``(k1, k2)`` (tuple or list) as a pair of Python ints ``>= minimum``.
+
+    Args:
+        name: the argument as the message should name it (``"stride"``).
+        value: an integer, or a tuple or list of two integers.
+        minimum: the smallest entry allowed.
+
+    Returns:
+        ``(k, k)`` or ``(k1, k2)``.
+
+    Raises:
+        TypeError: an entry that is not an integer (a bool, a float, an array).
+        ValueError: a tuple or list of length other than 2, or an entry below ``minimum``.
+    """
+    items = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(items) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return (int_at_least(name, items[0], minimum), int_at_least(name, items[1], minimum))

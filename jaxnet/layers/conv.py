@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxnet.backends import xla_cpu
 from jaxnet.layers._checks import check_float, check_rank, check_same_dtype, pair
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
@@ -58,15 +59,25 @@ def _check_conv(x, w, b, padding: tuple[int, int], stride: tuple[int, int]) -> N
             )
 
 
+def _pad_spatial(x: jax.Array, pads: list[tuple[int, int]], dilation=(1, 1)) -> jax.Array:
+    """Zero-pad (a negative amount crops) the spatial axes of an NHWC array, after dilating them.
+
+    ``pads`` is ``[(low_h, high_h), (low_w, high_w)]``; ``dilation`` ``(sh, sw)`` first puts
+    ``s - 1`` zeros between neighbours.
+    """
+    spatial = [(lo, hi, s - 1) for (lo, hi), s in zip(pads, dilation, strict=True)]
+    return lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), *spatial, (0, 0, 0)])
+
+
 def _conv(x, w, padding, stride):
-    """The forward correlation; a one-channel input gets ``C_out`` padded to 17 (YNNPACK)."""
-    c_out = w.shape[3]
-    if w.shape[2] == 1 and c_out <= 16:
-        w = jnp.pad(w, ((0, 0), (0, 0), (0, 0), (0, 17 - c_out)))
-    y = lax.conv_general_dilated(
-        x, w, window_strides=stride, padding=[(p, p) for p in padding], dimension_numbers=_NHWC
-    )
-    return y[..., :c_out] if y.shape[3] != c_out else y
+    """The forward correlation: ``x`` zero-padded explicitly, then a VALID strided correlation.
+
+    Padding outside the convolution, not in its window: XLA's algebraic simplifier aborts the
+    process on some small strided convolutions whose window carries the padding (see
+    ``docs/xla-aborts.md``); this formulation, and its derivative, compile for every shape.
+    """
+    xp = _pad_spatial(x, [(p, p) for p in padding])
+    return xla_cpu.correlate(xp, w, stride)
 
 
 def conv2d_forward(
@@ -147,35 +158,21 @@ def _conv2d_bwd(padding, stride, residuals, g):
     - ``dL/db[o] = sum_{n,i,j} g[n, i, j, o]``. Shape ``(C_out,)``.
     """
     x, w = residuals
-    ks = w.shape[:2]
-    rest = [(x.shape[1 + d] + 2 * padding[d] - ks[d]) % stride[d] for d in range(2)]
+    k = w.shape[:2]
+    rest = [(x.shape[1 + d] + 2 * padding[d] - k[d]) % stride[d] for d in range(2)]
+    # dL/dx: dilate g by s and pad it by (k-1-p, k-1-p+r) outside the convolution (a negative
+    # amount crops), then a VALID correlation with the flipped, transposed kernel. Along a
+    # strided axis the padding p is cropped from the result instead (the amount padded is then
+    # k-1, never negative): with a dilated g, XLA aborts on the first form for some shapes.
+    crop = [padding[d] if stride[d] > 1 else 0 for d in range(2)]
+    pads = [(k[d] - 1 - padding[d] + crop[d],) * 2 for d in range(2)]
+    g_dilated = _pad_spatial(g, [(lo, hi + rest[d]) for d, (lo, hi) in enumerate(pads)], stride)
     w_flipped = jnp.flip(w, axis=(0, 1)).transpose(0, 1, 3, 2)
-    dx = lax.conv_general_dilated(
-        g,
-        w_flipped,
-        window_strides=(1, 1),
-        padding=[(ks[d] - 1 - padding[d], ks[d] - 1 - padding[d] + rest[d]) for d in range(2)],
-        lhs_dilation=stride,
-        dimension_numbers=_NHWC,
-    )
-    # XLA runs this correlation on YNNPACK only if max(N, C_out) > 16 (N is its feature
-    # axis). Below that, zero images pad a batch of 16 to 20 (the fastest there), and zero
-    # channels pad a smaller batch's C_out to 17; neither adds anything to dw.
-    n, c_out = g.shape[0], g.shape[3]
-    x_dw, g_dw = x, g
-    if max(n, c_out) <= 16 and n == 16:
-        x_dw = jnp.pad(x, [(0, 20 - n)] + [(0, 0)] * 3)
-        g_dw = jnp.pad(g, [(0, 20 - n)] + [(0, 0)] * 3)
-    elif max(n, c_out) <= 16:
-        g_dw = jnp.pad(g, [(0, 0)] * 3 + [(0, 17 - c_out)])
-    dw = lax.conv_general_dilated(
-        x_dw,
-        g_dw,
-        window_strides=(1, 1),
-        padding=[(padding[d], padding[d] - rest[d]) for d in range(2)],
-        rhs_dilation=stride,
-        dimension_numbers=("CHWN", "IHWO", "HWNC"),
-    )[..., :c_out]
+    dx = xla_cpu.correlate(g_dilated, w_flipped, (1, 1))
+    dx = dx[:, crop[0] : crop[0] + x.shape[1], crop[1] : crop[1] + x.shape[2]]
+    # dL/dw: x padded by (p, p - r) (the r unreached rows cropped), correlated with g dilated by s.
+    x_padded = _pad_spatial(x, [(padding[d], padding[d] - rest[d]) for d in range(2)])
+    dw = xla_cpu.weight_gradient(x_padded, g, stride)
     db = jnp.sum(g, axis=(0, 1, 2))
     return dx, dw, db
 

@@ -11,6 +11,11 @@ from jaxnet.layers._checks import check_float
 def relu_forward(x: jax.Array) -> jax.Array:
     """Forward pass ``max(x, 0)``, elementwise, with no custom rule.
 
+    Written as ``where(x > 0, x, 0)``, not ``maximum(x, 0)``: JAX differentiates ``maximum`` at a
+    tie as 0.5 (half to each side), while the analytic rule (eq. 25) takes ``step(0) = 0``. With
+    ``where`` the derivative JAX finds is 1 for ``x > 0`` and 0 elsewhere, exactly the rule's, so
+    the autodiff twin agrees with it on real images, whose convolutions give exact zeros.
+
     Args:
         x: floating-point array of any shape.
 
@@ -22,7 +27,7 @@ def relu_forward(x: jax.Array) -> jax.Array:
     """
     x = jnp.asarray(x)  # as custom_vjp does with NumPy input
     check_float("x", x)
-    return jnp.maximum(x, jnp.zeros((), x.dtype))
+    return jnp.where(x > 0, x, jnp.zeros((), x.dtype))
 
 
 @jax.custom_vjp

@@ -40,3 +40,14 @@ def test_jit_vmap_and_float32():
 def test_integer_input_is_a_type_error():
     with pytest.raises(TypeError, match="x must be a floating-point array"):
         relu(jnp.ones(3, jnp.int32))
+
+
+def test_twin_agrees_with_the_rule_at_exact_zeros(x64):
+    # Real images give exact zeros at ReLU (a zero bias on a black background); the twin's
+    # derivative there must be the rule's step(0) = 0, not maximum's 0.5.
+    x = jnp.array([[-1.0, 0.0, 0.0, 2.0], [0.0, 3.0, -0.0, 0.0]])
+    g = jnp.arange(1.0, 9.0).reshape(2, 4)
+    (rule,) = jax.vjp(relu, x)[1](g)
+    (twin,) = jax.vjp(autodiff.relu, x)[1](g)
+    np.testing.assert_array_equal(rule, np.where(np.asarray(x) > 0, np.asarray(g), 0.0))
+    np.testing.assert_array_equal(twin, rule)

@@ -17,9 +17,15 @@ one gives estimates that change with the step, so ``R(h)`` and ``R(h/2)`` disagr
 coordinates are counted and left out (the table says how many), never silently. Where the
 rounding noise (``16 eps |L| / h``) is above the tolerance relative to an argument's gradient
 (a parameter whose gradient is tiny next to the loss), the estimate converges only to that
-noise: such coordinates are checked at the noise level and counted apart. A kink exactly
-at the point itself cannot be seen this way (every step gives the mean of the two slopes), so
-the cases below keep their inputs off kinks: ReLU inputs away from 0, pooling inputs distinct.
+noise: such coordinates are checked at the noise level and counted apart.
+
+A kink exactly at the point itself (a ReLU input of exactly 0, as a zero bias on a black
+background gives, or a pooling window of equal values) fools central differences: every step
+gives the mean of the two slopes. It is found from the one-sided differences
+``(L(x + t) - L(x)) / t`` and ``(L(x) - L(x - t)) / t`` (Richardson-extrapolated, ``O(h^2)``):
+where both converge but to different slopes, the point is a kink, counted apart, and the rule
+must equal one of the two one-sided derivatives (the subgradient its convention takes: step(0)
+= 0, ties to the first maximum) to ``KINK_TOLERANCE``.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +42,7 @@ import numpy as np
 from jaxnet import autodiff, layers
 
 TOLERANCE = 1e-10
+KINK_TOLERANCE = 1e-5  # one-sided estimates are O(h^2): coarser than the central ones
 
 
 @dataclass(frozen=True)
@@ -67,15 +75,24 @@ class Result:
     shapes: str
     err_autodiff: float
     err_fd: float
+    err_kink: float
     fd_checked: int
     fd_coarse: int
+    fd_at_kink: int
     fd_kinks: int
     time_custom: float
     time_autodiff: float
 
     def ok(self, tolerance: float = TOLERANCE) -> bool:
-        """Whether both errors are within ``tolerance`` (NaN counts as a failure)."""
-        return bool(self.err_autodiff <= tolerance and self.err_fd <= tolerance)
+        """Whether both errors are within ``tolerance`` and every kink within ``KINK_TOLERANCE``.
+
+        NaN counts as a failure.
+        """
+        return bool(
+            self.err_autodiff <= tolerance
+            and self.err_fd <= tolerance
+            and self.err_kink <= KINK_TOLERANCE
+        )
 
 
 def relative_error(a: Sequence[jax.Array], b: Sequence[jax.Array]) -> float:
@@ -88,27 +105,90 @@ def relative_error(a: Sequence[jax.Array], b: Sequence[jax.Array]) -> float:
     return worst
 
 
+class _Estimates(NamedTuple):
+    """Finite-difference estimates of ``dL/dargs[index]`` at some coordinates, each ``(n,)``.
+
+    ``central``, ``central_half``: Richardson-extrapolated central differences at steps ``h``
+    and ``h/2`` (error ``O(h^4)``). ``right``, ``left``: Richardson-extrapolated one-sided
+    differences at steps ``h/2`` (error ``O(h^2)``), the derivative from above and from below;
+    ``right_h``, ``left_h`` the same at step ``h``.
+    """
+
+    central: np.ndarray
+    central_half: np.ndarray
+    right: np.ndarray
+    left: np.ndarray
+    right_h: np.ndarray
+    left_h: np.ndarray
+
+
 def _finite_differences(
     loss: Callable[..., jax.Array], args: tuple[jax.Array, ...], index: int, coords, h: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Richardson estimates ``R(h)`` and ``R(h/2)`` of ``dL/dargs[index]`` at ``coords``."""
+) -> _Estimates:
+    """Estimates of ``dL/dargs[index]`` at ``coords`` from ``L(x + t)``, ``L(x - t)``, ``L(x)``."""
     base = args[index]
 
     @jax.jit
-    def at(coord, t):
+    def at(coord, t, *args):  # args as arguments, not constants XLA would fold at compile time
         e = jnp.zeros(base.size, base.dtype).at[coord].set(t).reshape(base.shape)
         plus = list(args)
         minus = list(args)
-        plus[index] = base + e
-        minus[index] = base - e
-        return (loss(*plus) - loss(*minus)) / (2 * t)
+        plus[index] = args[index] + e
+        minus[index] = args[index] - e
+        return loss(*plus), loss(*minus)
 
     steps = jnp.array([h, h / 2, h / 4], base.dtype)
-    d = jax.vmap(lambda c: jax.vmap(lambda t: at(c, t))(steps))(coords)  # (n, 3)
-    d = np.asarray(d)
-    r1 = (4 * d[:, 1] - d[:, 0]) / 3
-    r2 = (4 * d[:, 2] - d[:, 1]) / 3
-    return r1, r2
+    up, down = jax.vmap(lambda c: jax.vmap(lambda t: at(c, t, *args))(steps))(coords)  # (n, 3)
+    up, down, t = np.asarray(up), np.asarray(down), np.asarray(steps)
+    here = float(loss(*args))
+    d = (up - down) / (2 * t)
+    right, left = (up - here) / t, (here - down) / t
+    return _Estimates(
+        central=(4 * d[:, 1] - d[:, 0]) / 3,
+        central_half=(4 * d[:, 2] - d[:, 1]) / 3,
+        right=2 * right[:, 2] - right[:, 1],
+        left=2 * left[:, 2] - left[:, 1],
+        right_h=2 * right[:, 1] - right[:, 0],
+        left_h=2 * left[:, 1] - left[:, 0],
+    )
+
+
+class _FiniteDifferenceTally:
+    """Sorts finite-difference coordinates into four kinds and keeps the worst error of each.
+
+    - checked: a smooth point whose central estimate has converged to the tolerance;
+    - to rounding noise: converged only to the rounding noise, checked at that noise;
+    - at a kink (at the point itself, as a bias of 0 on a black background gives): the
+      one-sided derivatives differ; the rule must equal one of them (the subgradient it takes);
+    - skipped: a kink within the step, where no estimate converges.
+    """
+
+    def __init__(self) -> None:
+        self.err = self.err_kink = 0.0
+        self.checked = self.coarse = self.at_kink = self.crossing = 0
+
+    def add(self, est: _Estimates, g: np.ndarray, scale: float, tol: float, noise: float) -> None:
+        kink_tol = KINK_TOLERANCE * scale + noise
+        one_sided = (np.abs(est.right - est.right_h) <= kink_tol) & (
+            np.abs(est.left - est.left_h) <= kink_tol
+        )
+        at_kink = one_sided & (np.abs(est.right - est.left) > kink_tol)
+        spread = np.abs(est.central - est.central_half)
+        exact = ~at_kink & (spread <= tol * scale)
+        rounding = ~at_kink & ~exact & (spread <= noise)
+        err = np.abs(est.central - g)
+        if np.any(exact):
+            self.err = max(self.err, float(np.max(err[exact])) / scale)
+        # Coordinates resolved only to their noise are still checked, at that noise.
+        if np.any(rounding) and np.max(err[rounding]) > 4 * noise:
+            self.err = max(self.err, float(np.max(err[rounding])) / scale)
+        if np.any(at_kink):
+            side = np.minimum(np.abs(est.right - g), np.abs(est.left - g))[at_kink]
+            self.err_kink = max(self.err_kink, float(np.max(side)) / scale)
+        self.checked += int(np.sum(exact))
+        self.coarse += int(np.sum(rounding))
+        self.at_kink += int(np.sum(at_kink))
+        self.crossing += int(np.sum(~exact & ~rounding & ~at_kink))
 
 
 def _median_time(fn: Callable[[], object], repeats: int = 7) -> float:
@@ -137,39 +217,28 @@ def check(case: Case, tolerance: float = TOLERANCE, seed: int = 0) -> Result:
     # Rounding in L(x + t) - L(x - t) leaves about eps |L| / t of noise in each estimate.
     noise = 16 * np.finfo(np.float64).eps * max(loss_value, 1.0) / case.step
     rng = np.random.default_rng(seed)
-    err_fd = 0.0
-    checked = coarse = kinks = 0
+    fd = _FiniteDifferenceTally()
     for i, (arg, g) in enumerate(zip(case.args, g_custom, strict=True)):
         n = arg.size
         coords = np.arange(n)
         if case.fd_samples is not None and case.fd_samples < n:
             coords = np.sort(rng.choice(n, case.fd_samples, replace=False))
-        r1, r2 = _finite_differences(case.custom, case.args, i, jnp.asarray(coords), case.step)
+        est = _finite_differences(case.custom, case.args, i, jnp.asarray(coords), case.step)
         g_all = np.asarray(g, np.float64)
         scale = max(float(np.max(np.abs(g_all))), np.finfo(np.float64).tiny)
-        g_at = g_all.reshape(-1)[coords]
-        spread = np.abs(r1 - r2)
-        exact = spread <= tolerance * scale  # the estimate has converged to the tolerance
-        rounding = ~exact & (spread <= noise)  # converged only to the rounding noise
-        kinks += int(np.sum(~exact & ~rounding))
-        checked += int(np.sum(exact))
-        coarse += int(np.sum(rounding))
-        if np.any(exact):
-            err_fd = max(err_fd, float(np.max(np.abs(r1 - g_at)[exact])) / scale)
-        # Coordinates the finite differences resolve only to their noise are still checked,
-        # at that noise: a wrong rule shows there too.
-        if np.any(rounding) and np.max(np.abs(r1 - g_at)[rounding]) > 4 * noise:
-            err_fd = max(err_fd, float(np.max(np.abs(r1 - g_at)[rounding])) / scale)
+        fd.add(est, g_all.reshape(-1)[coords], scale, tolerance, noise)
 
     shapes = ", ".join("x".join(map(str, a.shape)) for a in case.args)
     return Result(
         name=case.name,
         shapes=shapes,
         err_autodiff=err_autodiff,
-        err_fd=err_fd,
-        fd_checked=checked,
-        fd_coarse=coarse,
-        fd_kinks=kinks,
+        err_fd=fd.err,
+        err_kink=fd.err_kink,
+        fd_checked=fd.checked,
+        fd_coarse=fd.coarse,
+        fd_at_kink=fd.at_kink,
+        fd_kinks=fd.crossing,
         time_custom=_median_time(lambda: grad_custom(*case.args)),
         time_autodiff=_median_time(lambda: grad_autodiff(*case.args)),
     )
@@ -289,38 +358,72 @@ def layer_cases(seed: int = 0) -> list[Case]:
     return cases
 
 
-def network_cases(seed: int = 0, batch: int = 2, fd_samples: int = 12) -> list[Case]:
-    """The report's three networks, loss of a random uint8 batch w.r.t. every parameter.
+def network_case(
+    name: str, arch, params: dict, x: jax.Array, y: jax.Array, fd_samples: int = 12
+) -> Case:
+    """The loss of one network on one batch, as a function of every parameter array.
 
-    Finite differences are taken at ``fd_samples`` random coordinates of each parameter array
-    (all of them would take ``2 * 3`` forward passes per parameter). Call with float64 enabled.
+    Args:
+        name: row label.
+        arch: the :class:`jaxnet.Architecture`.
+        params: its parameters, float64.
+        x: a float64 batch ``(N, H, W, C)`` (already preprocessed).
+        y: integer labels ``(N,)``.
+        fd_samples: finite differences at this many random coordinates of each array (all of
+            them would take ``2 * 3`` forward passes per parameter).
+    """
+    from jaxnet.train import loss_fn
+
+    leaves, treedef = jax.tree.flatten(params)
+
+    def network_loss(rules):
+        return lambda *ps: loss_fn(arch, jax.tree.unflatten(treedef, ps), x, y, rules)
+
+    return Case(name, network_loss("analytic"), network_loss("autodiff"), tuple(leaves), fd_samples)
+
+
+def zero_background_images(shape: tuple[int, int, int], n: int, seed: int = 0) -> np.ndarray:
+    """``n`` uint8 images ``(n, H, W, C)``: black, with one random-valued rectangle each.
+
+    As on MNIST, most 5x5 patches are exactly zero, so a convolution with zero biases gives
+    exact zeros at ReLU and ties in every pooling window over the background.
+    """
+    rng = np.random.default_rng(seed)
+    h, w, c = shape
+    images = np.zeros((n, h, w, c), np.uint8)
+    for image in images:
+        top, left = rng.integers(0, h // 2), rng.integers(0, w // 2)
+        bottom, right = top + rng.integers(2, h // 2 + 1), left + rng.integers(2, w // 2 + 1)
+        image[top:bottom, left:right] = rng.integers(1, 256, (bottom - top, right - left, c))
+    return images
+
+
+def network_cases(
+    seed: int = 0, batch: int = 2, fd_samples: int = 12, zero_background: bool = False
+) -> list[Case]:
+    """The report's three networks at initialisation, loss of a uint8 batch (scaled to [0, 1]).
+
+    The batch is uniform random pixels, or with ``zero_background`` images that are black but
+    for one rectangle (:func:`zero_background_images`): exact kinks everywhere, as on real
+    data. Call with float64 enabled.
     """
     from jaxnet import architectures
     from jaxnet.network import init
-    from jaxnet.train import loss_fn, prepare_images
+    from jaxnet.train import prepare_images
 
     cases = []
     for name in ("mnist", "cifar10_baseline", "cifar10_modified"):
         arch = architectures.get(name)
         key_x, key_y = jax.random.split(jax.random.PRNGKey(seed + 1))
         params = init(arch, jax.random.PRNGKey(seed), jnp.float64)
-        leaves, treedef = jax.tree.flatten(params)
-        images = jax.random.randint(key_x, (batch, *arch.input_shape), 0, 256).astype(jnp.uint8)
-        x = prepare_images(images, 0.5, jnp.float64)
+        if zero_background:
+            images = zero_background_images(arch.input_shape, batch, seed)
+        else:
+            images = jax.random.randint(key_x, (batch, *arch.input_shape), 0, 256)
+        x = prepare_images(jnp.asarray(images, jnp.uint8), 0.0, jnp.float64)
         y = jax.random.randint(key_y, (batch,), 0, arch.num_classes)
-
-        def network_loss(rules, arch=arch, treedef=treedef, x=x, y=y):
-            return lambda *ps: loss_fn(arch, jax.tree.unflatten(treedef, ps), x, y, rules)
-
-        cases.append(
-            Case(
-                f"network {name} (all parameters)",
-                network_loss("analytic"),
-                network_loss("autodiff"),
-                tuple(leaves),
-                fd_samples=fd_samples,
-            )
-        )
+        what = "zero-background images" if zero_background else "all parameters"
+        cases.append(network_case(f"network {name} ({what})", arch, params, x, y, fd_samples))
     return cases
 
 
@@ -339,14 +442,16 @@ def format_table(results: Sequence[Result], tolerance: float = TOLERANCE) -> str
     """A Markdown table: one row per result, errors, coordinates checked, times, verdict."""
     lines = [
         "| case | argument shapes | rel. err vs autodiff | rel. err vs finite diff. "
-        "| FD coords: checked / to rounding noise / skipped at kinks | custom fwd+bwd (ms) "
-        "| autodiff fwd+bwd (ms) | ok |",
-        "|---|---|---|---|---|---|---|---|",
+        "| FD coords: checked / to rounding noise / at a kink / skipped (kink within the step) "
+        "| rel. err at kinks vs nearer one-sided | custom fwd+bwd (ms) | autodiff fwd+bwd (ms) "
+        "| ok |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r.name} | {r.shapes} | {r.err_autodiff:.1e} | {r.err_fd:.1e} "
-            f"| {r.fd_checked} / {r.fd_coarse} / {r.fd_kinks} | {1e3 * r.time_custom:.3f} "
+            f"| {r.fd_checked} / {r.fd_coarse} / {r.fd_at_kink} / {r.fd_kinks} "
+            f"| {r.err_kink:.1e} | {1e3 * r.time_custom:.3f} "
             f"| {1e3 * r.time_autodiff:.3f} | {'yes' if r.ok(tolerance) else 'NO'} |"
         )
     return "\n".join(lines)

@@ -7,10 +7,14 @@ tests' ``run_helpers`` (whole commands on small data sets).
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+REAL_DATA = os.environ.get("JAXNET_DATA")  # read at import, before any fixture clears it
 
 CIFAR_CLASSES = (
     "airplane",
@@ -80,3 +84,13 @@ def write_cifar_bin(folder: Path, batches) -> Path:
     (out / "batches.meta.txt").write_text("\n".join(CIFAR_CLASSES) + "\n\n")
     (out / "readme.html").write_text("<meta http-equiv='refresh' content='0; url=...'>\n")
     return out
+
+
+def real_data_root() -> Path:
+    """The shared data folder; skip without it, but fail (not skip) when CI is set."""
+    if REAL_DATA and Path(REAL_DATA).is_dir():
+        return Path(REAL_DATA)
+    message = "JAXNET_DATA is not set to the shared data folder"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}, and CI is set: the real-data tests must run in CI")
+    pytest.skip(message)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import socket
 import struct
 import tarfile
@@ -20,8 +19,6 @@ import pytest
 from data_files import CIFAR_CLASSES
 
 from jaxnet.datasets import FileSpec
-
-REAL_DATA = os.environ.get("JAXNET_DATA")  # read before the autouse fixture clears it
 
 
 def closed_port() -> int:
@@ -185,16 +182,6 @@ class Server(SimpleNamespace):
     url: str
     root: Path
     hits: list[str]
-
-
-def real_data_root() -> Path:
-    """The shared data folder; skip without it, but fail (not skip) when CI is set."""
-    if REAL_DATA and Path(REAL_DATA).is_dir():
-        return Path(REAL_DATA)
-    message = "JAXNET_DATA is not set to the shared data folder"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message}, and CI is set: the real-data tests must run in CI")
-    pytest.skip(message)
 
 
 def fail_if_called(*args, **kwargs):

@@ -7,7 +7,7 @@ import pickle
 
 import numpy as np
 import pytest
-from data_files import BIN_NAMES, CIFAR_CLASSES, cifar_batches, write_cifar_bin
+from data_files import BIN_NAMES, CIFAR_CLASSES, cifar_batches, real_data_root, write_cifar_bin
 from dataset_helpers import (
     assert_one_line,
     expected_cifar,
@@ -16,7 +16,6 @@ from dataset_helpers import (
     patch_checksums,
     py2_pickle,
     py_batch,
-    real_data_root,
     spec_of,
     write_cifar_py,
 )

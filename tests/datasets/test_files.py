@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_files import MNIST_STEMS, idx_bytes, write_idx_dir
+from data_files import MNIST_STEMS, idx_bytes, real_data_root, write_idx_dir
 from dataset_helpers import (
     Server,
     assert_one_line,
@@ -19,7 +19,6 @@ from dataset_helpers import (
     files_under,
     mnist_arrays,
     patch_checksums,
-    real_data_root,
     rewrite,
 )
 

@@ -7,14 +7,13 @@ import time
 
 import numpy as np
 import pytest
-from data_files import idx_bytes, write_idx_dir
+from data_files import idx_bytes, real_data_root, write_idx_dir
 from dataset_helpers import (
     assert_one_line,
     fail_if_called,
     files_under,
     mnist_arrays,
     patch_checksums,
-    real_data_root,
     rewrite,
 )
 

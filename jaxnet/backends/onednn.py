@@ -1,0 +1,215 @@
+"""oneDNN's float32 2-D convolutions on the CPU, as XLA FFI custom calls.
+
+Three kernels of one convolution (NHWC activations, HWIO kernel, zero padding, stride), the
+same quantities as :func:`jaxnet.layers.conv.conv2d` and its rule compute with XLA's
+convolutions:
+
+- :func:`conv_forward`: ``y = x * w`` (the correlation, no bias).
+- :func:`conv_backward_data`: ``dL/dx`` from ``g = dL/dy`` and ``w``.
+- :func:`conv_backward_weights`: ``dL/dw`` from ``x`` and ``g``.
+
+JAX cannot differentiate a custom call: these serve the analytic rule only, which says how to
+differentiate them. They run under ``jit``, ``vmap`` (the handler loops over the mapped axes)
+and with donated arguments.
+
+The kernels live in ``_onednn_conv*.so``, built from ``onednn_conv.cc`` by ``pip install`` on
+Linux x86_64 against the PyPI wheels ``onednn-devel-cpu-gomp`` (headers) and
+``onednn-cpu-gomp`` (``libdnnl.so.3``, a run-time dependency). :func:`available` loads both on
+first use and registers the handlers with XLA; where that fails (another platform, no compiler
+at install time, a missing wheel) it warns once, in one line naming the reason, and jaxnet runs
+on XLA. ``JAXNET_CONV=xla`` in the environment turns oneDNN off (for comparisons and tests).
+
+Threads: this oneDNN build runs on GNU OpenMP (its threadpool interface, which XLA's intra-op
+pool could feed, is compiled out of the wheel), with one thread per core, beside XLA's own
+pool. OpenMP's default wait policy spins a finished thread for about 300000 iterations before
+it sleeps, which takes the core from XLA's threads running the next operation (and collapses
+when another process loads the machine); so unless the user chose otherwise, the library is
+loaded with ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep at once when a region ends). libgomp
+reads it when it is first loaded; if something loaded it earlier, its setting stands.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.metadata
+import importlib.util
+import os
+import platform
+import sys
+import warnings
+from functools import cache
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ENV_VAR = "JAXNET_CONV"
+"""Set to ``xla`` to keep every convolution on XLA (``onednn`` or unset: use it where it can)."""
+
+_EXTENSION = "jaxnet.backends._onednn_conv"
+_TARGETS = {  # FFI target name -> the handler's symbol in the library
+    "jaxnet_onednn_conv_forward": "JaxnetOnednnConvForward",
+    "jaxnet_onednn_conv_backward_data": "JaxnetOnednnConvBackwardData",
+    "jaxnet_onednn_conv_backward_weights": "JaxnetOnednnConvBackwardWeights",
+}
+
+
+def enabled() -> bool:
+    """Whether the environment allows oneDNN (``JAXNET_CONV`` is not ``xla``).
+
+    Raises:
+        ValueError: ``JAXNET_CONV`` is set to something other than ``xla`` or ``onednn``.
+    """
+    value = os.environ.get(ENV_VAR, "onednn").strip().lower() or "onednn"
+    if value not in ("xla", "onednn"):
+        raise ValueError(f"{ENV_VAR} must be 'xla' or 'onednn', got {value!r}")
+    return value == "onednn"
+
+
+def _libdnnl() -> str:
+    """Path of ``libdnnl.so.3`` from the installed ``onednn-cpu-gomp`` wheel."""
+    try:
+        files = importlib.metadata.files("onednn-cpu-gomp") or []
+    except importlib.metadata.PackageNotFoundError:
+        raise OSError("the onednn-cpu-gomp package is not installed") from None
+    for f in files:
+        if f.name == "libdnnl.so.3":
+            return str(f.locate())
+    raise OSError("the onednn-cpu-gomp package has no libdnnl.so.3")
+
+
+def _load() -> str | None:
+    """Load oneDNN and the kernels and register them with XLA; the reason if it cannot."""
+    if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return f"built only on Linux x86_64, this is {sys.platform} {platform.machine()}"
+    spec = importlib.util.find_spec(_EXTENSION)
+    if spec is None or spec.origin is None:
+        return "the extension was not built at install time (reinstall with a C++ compiler)"
+    try:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, as libgomp loads
+        # The kernels need libdnnl.so.3; loaded globally first, the loader finds it by soname.
+        ctypes.CDLL(_libdnnl(), mode=ctypes.RTLD_GLOBAL)
+        lib = ctypes.CDLL(spec.origin)
+        for name, symbol in _TARGETS.items():
+            jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), "cpu")
+    except Exception as e:  # any failure means XLA's path, with its reason said once
+        return f"{type(e).__name__}: {e}".splitlines()[0]
+    return None
+
+
+@cache
+def available() -> bool:
+    """Whether the oneDNN kernels are loaded and registered (tried once; warns once if not)."""
+    reason = _load()
+    if reason is not None:
+        warnings.warn(
+            f"jaxnet: oneDNN convolutions unavailable, using XLA's ({reason})",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return reason is None
+
+
+def usable(*arrays: jax.Array) -> bool:
+    """Whether a convolution of these arrays runs on oneDNN: CPU, float32, enabled, available.
+
+    The one place that decides it; :mod:`jaxnet.layers.conv` asks it at trace time.
+    """
+    return (
+        all(a.dtype == jnp.float32 for a in arrays)
+        and jax.default_backend() == "cpu"
+        and enabled()
+        and available()
+    )
+
+
+def _out_size(size: int, k: int, p: int, s: int) -> int:
+    return (size + 2 * p - k) // s + 1
+
+
+def _check(name: str, a: jax.Array, layout: str) -> None:
+    if a.dtype != jnp.float32:
+        raise TypeError(f"{name} must be float32 for oneDNN, got dtype {a.dtype}")
+    if a.ndim != 4:
+        raise ValueError(f"{name} must have rank 4 {layout}, got shape {tuple(a.shape)}")
+
+
+def _call(target: str, shape: tuple[int, ...], a, b, padding, stride) -> jax.Array:
+    call = jax.ffi.ffi_call(
+        target, jax.ShapeDtypeStruct(shape, jnp.float32), vmap_method="broadcast_all"
+    )
+    ph, pw = padding
+    sh, sw = stride
+    return call(a, b, ph=np.int64(ph), pw=np.int64(pw), sh=np.int64(sh), sw=np.int64(sw))
+
+
+def conv_forward(
+    x: jax.Array, w: jax.Array, padding: tuple[int, int], stride: tuple[int, int]
+) -> jax.Array:
+    """The correlation of ``x`` with ``w`` (no bias), on oneDNN.
+
+    Args:
+        x: ``(N, H, W, C_in)`` float32.
+        w: ``(KH, KW, C_in, C_out)`` float32.
+        padding: ``(ph, pw)`` zeros on each side.
+        stride: ``(sh, sw)``.
+
+    Returns:
+        ``(N, Ho, Wo, C_out)``, ``Ho = (H + 2 ph - KH) // sh + 1`` (likewise ``Wo``).
+    """
+    _check("x", x, "(N, H, W, C_in)")
+    _check("w", w, "(KH, KW, C_in, C_out)")
+    n, h, wd, _ = x.shape
+    kh, kw, _, c_out = w.shape
+    ho, wo = (_out_size(*a) for a in zip((h, wd), (kh, kw), padding, stride, strict=True))
+    return _call("jaxnet_onednn_conv_forward", (n, ho, wo, c_out), x, w, padding, stride)
+
+
+def conv_backward_data(
+    g: jax.Array,
+    w: jax.Array,
+    x_shape: tuple[int, int, int, int],
+    padding: tuple[int, int],
+    stride: tuple[int, int],
+) -> jax.Array:
+    """``dL/dx`` of the convolution from ``g = dL/dy``, on oneDNN.
+
+    Args:
+        g: ``(N, Ho, Wo, C_out)`` float32.
+        w: ``(KH, KW, C_in, C_out)`` float32.
+        x_shape: ``(N, H, W, C_in)``, the input's shape.
+        padding: ``(ph, pw)``.
+        stride: ``(sh, sw)``.
+
+    Returns:
+        ``(N, H, W, C_in)``; rows and columns the forward pass never reached get zero.
+    """
+    _check("g", g, "(N, Ho, Wo, C_out)")
+    _check("w", w, "(KH, KW, C_in, C_out)")
+    x_shape = tuple(int(d) for d in x_shape)
+    return _call("jaxnet_onednn_conv_backward_data", x_shape, g, w, padding, stride)
+
+
+def conv_backward_weights(
+    x: jax.Array,
+    g: jax.Array,
+    w_shape: tuple[int, int, int, int],
+    padding: tuple[int, int],
+    stride: tuple[int, int],
+) -> jax.Array:
+    """``dL/dw`` of the convolution from ``x`` and ``g = dL/dy``, on oneDNN.
+
+    Args:
+        x: ``(N, H, W, C_in)`` float32.
+        g: ``(N, Ho, Wo, C_out)`` float32.
+        w_shape: ``(KH, KW, C_in, C_out)``, the kernel's shape.
+        padding: ``(ph, pw)``.
+        stride: ``(sh, sw)``.
+
+    Returns:
+        ``(KH, KW, C_in, C_out)``.
+    """
+    _check("x", x, "(N, H, W, C_in)")
+    _check("g", g, "(N, Ho, Wo, C_out)")
+    w_shape = tuple(int(d) for d in w_shape)
+    return _call("jaxnet_onednn_conv_backward_weights", w_shape, x, g, padding, stride)

@@ -19,32 +19,45 @@ from setuptools.command.build_ext import build_ext
 
 
 def _wheel_dir(dist: str, marker: str) -> str:
-    """The folder of an installed wheel's data file ``marker`` (e.g. ``include/dnnl.hpp``)."""
+    """The folder that holds an installed wheel's data file ``marker`` (``include/dnnl.hpp``)."""
     for f in importlib.metadata.files(dist) or []:
-        if f.as_posix().endswith(marker):
-            return str(Path(f.locate()).resolve().parents[marker.count("/")])
+        path = Path(f.locate()).resolve()
+        if path.as_posix().endswith("/" + marker):
+            return str(path.parents[marker.count("/")])
     raise FileNotFoundError(f"{dist} has no {marker}")
 
 
-class OptionalBuildExt(build_ext):
-    """``build_ext`` that finds the headers and libraries at build time and never fails."""
+def _configure(ext: Extension) -> None:
+    """Add the XLA FFI and oneDNN headers and oneDNN's library to ``ext``, or raise why not."""
+    if sys.platform != "linux" or platform.machine() != "x86_64":
+        raise RuntimeError(f"built only on Linux x86_64, not {sys.platform} {platform.machine()}")
+    jaxlib = importlib.util.find_spec("jaxlib")
+    if jaxlib is None or not jaxlib.submodule_search_locations:
+        raise RuntimeError("jaxlib (for the XLA FFI headers) is not installed")
+    ffi = os.path.join(jaxlib.submodule_search_locations[0], "include")
+    dnnl = _wheel_dir("onednn-devel-cpu-gomp", "include/oneapi/dnnl/dnnl.hpp")
+    # -isystem: the FFI headers warn under g++; they are not ours to fix.
+    ext.extra_compile_args += ["-isystem", ffi, "-isystem", os.path.join(dnnl, "include")]
+    ext.library_dirs.append(_wheel_dir("onednn-cpu-gomp", "libdnnl.so.3"))
 
-    def build_extension(self, ext: Extension) -> None:
-        try:
-            if sys.platform != "linux" or platform.machine() != "x86_64":
-                raise RuntimeError(f"built only on Linux x86_64, not {sys.platform}")
-            jaxlib = importlib.util.find_spec("jaxlib")
-            if jaxlib is None or not jaxlib.submodule_search_locations:
-                raise RuntimeError("jaxlib (for the XLA FFI headers) is not installed")
-            ffi = os.path.join(jaxlib.submodule_search_locations[0], "include")
-            dnnl = _wheel_dir("onednn-devel-cpu-gomp", "include/oneapi/dnnl/dnnl.hpp")
-            lib = _wheel_dir("onednn-cpu-gomp", "lib/libdnnl.so.3")
-            # -isystem: the FFI headers warn under g++; they are not ours to fix.
-            ext.extra_compile_args += ["-isystem", ffi, "-isystem", os.path.join(dnnl, "include")]
-            ext.library_dirs.append(os.path.join(lib, "lib"))
-            super().build_extension(ext)
-        except Exception as e:  # the extension is optional: jaxnet runs on XLA without it
-            print(f"jaxnet: not building the oneDNN convolutions ({e}); XLA's will run")
+
+class OptionalBuildExt(build_ext):
+    """``build_ext`` that finds headers and libraries at build time and never fails the install.
+
+    An extension that cannot be built is dropped from the list, so that an editable install
+    does not look for its output.
+    """
+
+    def build_extensions(self) -> None:
+        built = []
+        for ext in self.extensions:
+            try:
+                _configure(ext)
+                self.build_extension(ext)
+                built.append(ext)
+            except Exception as e:  # optional: jaxnet runs on XLA without it
+                print(f"jaxnet: not building the oneDNN convolutions ({e}); XLA's will run")
+        self.extensions = built
 
 
 setup(

@@ -65,7 +65,7 @@ setup(
         Extension(
             "jaxnet.backends._onednn_conv",
             sources=["jaxnet/backends/onednn_conv.cc"],
-            libraries=["dnnl"],
+            libraries=["dnnl", "gomp"],
             extra_compile_args=["-std=c++17", "-O2", "-fvisibility=hidden"],
             language="c++",
         )

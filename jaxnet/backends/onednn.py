@@ -78,36 +78,55 @@ def _libdnnl() -> str:
     raise OSError("the onednn-cpu-gomp package has no libdnnl.so.3")
 
 
-def _load() -> str | None:
-    """Load oneDNN and the kernels and register them with XLA; the reason if it cannot."""
+def _load() -> ctypes.CDLL:
+    """Load oneDNN and the kernels and register them with XLA; raise why not."""
     if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
-        return f"built only on Linux x86_64, this is {sys.platform} {platform.machine()}"
+        raise OSError(f"built only on Linux x86_64, this is {sys.platform} {platform.machine()}")
     spec = importlib.util.find_spec(_EXTENSION)
     if spec is None or spec.origin is None:
-        return "the extension was not built at install time (reinstall with a C++ compiler)"
-    try:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, as libgomp loads
-        # The kernels need libdnnl.so.3; loaded globally first, the loader finds it by soname.
-        ctypes.CDLL(_libdnnl(), mode=ctypes.RTLD_GLOBAL)
-        lib = ctypes.CDLL(spec.origin)
-        for name, symbol in _TARGETS.items():
-            jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), "cpu")
-    except Exception as e:  # any failure means XLA's path, with its reason said once
-        return f"{type(e).__name__}: {e}".splitlines()[0]
-    return None
+        raise OSError("the extension was not built at install time (reinstall with a C++ compiler)")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, as libgomp loads
+    # The kernels need libdnnl.so.3; loaded globally first, the loader finds it by its soname.
+    ctypes.CDLL(_libdnnl(), mode=ctypes.RTLD_GLOBAL)
+    lib = ctypes.CDLL(spec.origin)
+    for name, symbol in _TARGETS.items():
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), "cpu")
+    return lib
 
 
 @cache
-def available() -> bool:
-    """Whether the oneDNN kernels are loaded and registered (tried once; warns once if not)."""
-    reason = _load()
-    if reason is not None:
+def _library() -> ctypes.CDLL | None:
+    """The loaded kernels, or ``None`` after one warning that names the reason."""
+    try:
+        return _load()
+    except Exception as e:  # any failure means XLA's path, with its reason said once
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         warnings.warn(
             f"jaxnet: oneDNN convolutions unavailable, using XLA's ({reason})",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    return reason is None
+        return None
+
+
+def available() -> bool:
+    """Whether the oneDNN kernels are loaded and registered (tried once; warns once if not)."""
+    return _library() is not None
+
+
+def set_threads(n: int) -> None:
+    """OpenMP threads for every later oneDNN call; 0 for OpenMP's default (``OMP_NUM_THREADS``,
+    else one per core).
+
+    Raises:
+        ValueError: ``n`` is not an int >= 0.
+        RuntimeError: the kernels are not :func:`available`.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be an int >= 0, got {n!r}")
+    if not available():
+        raise RuntimeError("the oneDNN kernels are not available")
+    _library().JaxnetOnednnSetNumThreads(ctypes.c_int(n))
 
 
 def usable(*arrays: jax.Array) -> bool:
@@ -135,6 +154,8 @@ def _check(name: str, a: jax.Array, layout: str) -> None:
 
 
 def _call(target: str, shape: tuple[int, ...], a, b, padding, stride) -> jax.Array:
+    if not available():
+        raise RuntimeError("the oneDNN kernels are not available (see the warning for why)")
     call = jax.ffi.ffi_call(
         target, jax.ShapeDtypeStruct(shape, jnp.float32), vmap_method="broadcast_all"
     )

@@ -21,6 +21,10 @@
 #include <tuple>
 #include <unordered_map>
 
+#include <atomic>
+
+#include <omp.h>
+
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
 
@@ -165,10 +169,21 @@ dnnl::stream& Stream() {
   return stream;
 }
 
+// OpenMP threads per oneDNN call; 0 for OpenMP's own count (OMP_NUM_THREADS, else the cores).
+std::atomic<int> num_threads{0};
+
+int Threads() {
+  static const int openmp_default = omp_get_max_threads();
+  const int n = num_threads.load(std::memory_order_relaxed);
+  return n > 0 ? n : openmp_default;
+}
+
 // Runs one convolution on raw pointers: `in` and `out` are the NHWC activations of
 // Plan::act_in / act_out, `kernel` the HWIO kernel (an input, or the output of backward weights).
 void Run(const Conv& k, const float* in, float* kernel, float* out) {
   const Plan& plan = GetPlan(k);
+  // Per calling thread (an OpenMP ICV); XLA's threads are not OpenMP's, each has its own.
+  omp_set_num_threads(Threads());
   dnnl::engine& eng = Engine();
   dnnl::stream& strm = Stream();
   char* scratch = Scratch(plan.scratch_bytes);
@@ -324,6 +339,7 @@ JAXNET_EXPORT XLA_FFI_Error* JaxnetOnednnConvForward(XLA_FFI_CallFrame*);
 JAXNET_EXPORT XLA_FFI_Error* JaxnetOnednnConvBackwardData(XLA_FFI_CallFrame*);
 JAXNET_EXPORT XLA_FFI_Error* JaxnetOnednnConvBackwardWeights(XLA_FFI_CallFrame*);
 JAXNET_EXPORT int JaxnetOnednnVersion();
+JAXNET_EXPORT void JaxnetOnednnSetNumThreads(int n);
 
 #define JAXNET_CONV_BINDING                \
   ffi::Ffi::Bind()                         \
@@ -345,3 +361,6 @@ int JaxnetOnednnVersion() {
   const dnnl_version_t* v = dnnl_version();
   return v->major * 10000 + v->minor * 100 + v->patch;
 }
+
+// Sets the OpenMP threads of every later oneDNN call (0: OpenMP's default).
+void JaxnetOnednnSetNumThreads(int n) { num_threads.store(n < 0 ? 0 : n); }

@@ -161,10 +161,15 @@ def test_env_var_bad_value(monkeypatch):
 
 SWEEP = """
 import hypothesis.strategies as st
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, Phase, assume, given, settings
 from test_onednn import check_config
 
-@settings(max_examples={n}, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples={n},
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],  # no shrinking: a compile per try
+)
 @given(
     n=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9), c_in=st.integers(1, 4),
     c_out=st.integers(1, 4), kh=st.integers(1, 6), kw=st.integers(1, 6),

@@ -130,15 +130,49 @@ def set_threads(n: int) -> None:
 
 
 def usable(*arrays: jax.Array) -> bool:
-    """Whether a convolution of these arrays runs on oneDNN: CPU, float32, enabled, available.
+    """Whether a convolution of these arrays may run on oneDNN: float32, enabled, available."""
+    return all(a.dtype == jnp.float32 for a in arrays) and enabled() and available()
 
-    The one place that decides it; :mod:`jaxnet.layers.conv` asks it at trace time.
+
+def _pays(kernel: str, x_shape, w_shape, padding, stride) -> bool:
+    """Whether oneDNN was measured faster than XLA for ``kernel`` of this convolution.
+
+    Backward weights of an output of 8 x 8 pixels or fewer ran at 0.1-0.8x XLA's speed
+    (CIFAR-10 Table 3's 3 x 3 layers, batch 16-256); everything else measured ran faster.
     """
-    return (
-        all(a.dtype == jnp.float32 for a in arrays)
-        and jax.default_backend() == "cpu"
-        and enabled()
-        and available()
+    ho, wo = (_out_size(*a) for a in zip(x_shape[1:3], w_shape[:2], padding, stride, strict=True))
+    return not (kernel == "backward_weights" and ho * wo <= 64)
+
+
+def pick(kernel: str, xla_fn, a: jax.Array, b: jax.Array, *static) -> jax.Array:
+    """``kernel`` of the analytic conv rule on oneDNN where it runs, else ``xla_fn(a, b, *static)``.
+
+    The one place that decides it: float32, not turned off by ``JAXNET_CONV=xla``, the kernels
+    :func:`available`, measured to pay (:func:`_pays`), and, when the program is lowered, the
+    CPU (:func:`jax.lax.platform_dependent`: a GPU or TPU never sees the custom call).
+
+    Args:
+        kernel: ``"forward"`` (``a, b = x, w``; ``static = padding, stride``),
+            ``"backward_data"`` (``g, w``; ``x_shape, padding, stride``) or
+            ``"backward_weights"`` (``x, g``; ``w_shape, padding, stride``), as the functions
+            of this module of those names take them.
+        xla_fn: the XLA formulation, with the same arguments.
+    """
+    fn = {
+        "forward": conv_forward,
+        "backward_data": conv_backward_data,
+        "backward_weights": conv_backward_weights,
+    }[kernel]
+    if kernel == "forward":
+        shapes = (a.shape, b.shape)
+    elif kernel == "backward_data":
+        shapes = (static[0], b.shape)
+    else:
+        shapes = (a.shape, static[0])
+    if not (usable(a, b) and _pays(kernel, *shapes, *static[-2:])):
+        return xla_fn(a, b, *static)
+    return jax.lax.platform_dependent(
+        a, b, cpu=lambda a, b: fn(a, b, *static), default=lambda a, b: xla_fn(a, b, *static)
     )
 
 

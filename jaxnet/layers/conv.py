@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnet.backends import xla_cpu
+from jaxnet.backends import onednn, xla_cpu
 from jaxnet.layers._checks import check_float, check_rank, check_same_dtype, pair
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
@@ -133,13 +133,20 @@ def conv2d(
     return _conv2d(x, w, b, pair("padding", padding, 0), pair("stride", stride, 1))
 
 
+def _rule_forward(x, w, b, padding, stride):
+    """The rule's forward pass: the twin's (:func:`conv2d_forward`), on oneDNN where it runs."""
+    x, w, b = jnp.asarray(x), jnp.asarray(w), jnp.asarray(b)
+    _check_conv(x, w, b, padding, stride)
+    return onednn.pick("forward", _conv, x, w, padding, stride) + b
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _conv2d(x, w, b, padding, stride):
-    return conv2d_forward(x, w, b, padding, stride)
+    return _rule_forward(x, w, b, padding, stride)
 
 
 def _conv2d_fwd(x, w, b, padding, stride):
-    return conv2d_forward(x, w, b, padding, stride), (x, w)
+    return _rule_forward(x, w, b, padding, stride), (x, w)
 
 
 def _conv2d_bwd(padding, stride, residuals, g):
@@ -156,11 +163,27 @@ def _conv2d_bwd(padding, stride, residuals, g):
       Done as one convolution with ``C_in`` as its batch and ``N`` as its feature axis; the far
       padding ``p - r`` drops the ``r`` unreached rows. Shape ``(KH, KW, C_in, C_out)``.
     - ``dL/db[o] = sum_{n,i,j} g[n, i, j, o]``. Shape ``(C_out,)``.
+
+    On the CPU in float32 oneDNN computes the same ``dL/dx`` and ``dL/dw``
+    (:func:`jaxnet.backends.onednn.pick`).
     """
     x, w = residuals
+    dx = onednn.pick("backward_data", _backward_data, g, w, x.shape, padding, stride)
+    dw = onednn.pick("backward_weights", _backward_weights, x, g, w.shape, padding, stride)
+    db = jnp.sum(g, axis=(0, 1, 2))
+    return dx, dw, db
+
+
+def _rest(size: int, k: int, p: int, s: int) -> int:
+    """The rows (or columns) of the padded input the forward pass never reached."""
+    return (size + 2 * p - k) % s
+
+
+def _backward_data(g, w, x_shape, padding, stride):
+    """``dL/dx`` (see :func:`_conv2d_bwd`), ``(N, H, W, C_in)`` for ``x_shape``."""
     k = w.shape[:2]
-    rest = [(x.shape[1 + d] + 2 * padding[d] - k[d]) % stride[d] for d in range(2)]
-    # dL/dx: dilate g by s and pad it by (k-1-p, k-1-p+r) outside the convolution (a negative
+    rest = [_rest(x_shape[1 + d], k[d], padding[d], stride[d]) for d in range(2)]
+    # Dilate g by s and pad it by (k-1-p, k-1-p+r) outside the convolution (a negative
     # amount crops), then a VALID correlation with the flipped, transposed kernel. Along a
     # strided axis the padding p is cropped from the result instead (the amount padded is then
     # k-1, never negative): with a dilated g, XLA aborts on the first form for some shapes.
@@ -169,12 +192,15 @@ def _conv2d_bwd(padding, stride, residuals, g):
     g_dilated = _pad_spatial(g, [(lo, hi + rest[d]) for d, (lo, hi) in enumerate(pads)], stride)
     w_flipped = jnp.flip(w, axis=(0, 1)).transpose(0, 1, 3, 2)
     dx = xla_cpu.correlate(g_dilated, w_flipped, (1, 1))
-    dx = dx[:, crop[0] : crop[0] + x.shape[1], crop[1] : crop[1] + x.shape[2]]
-    # dL/dw: x padded by (p, p - r) (the r unreached rows cropped), correlated with g dilated by s.
+    return dx[:, crop[0] : crop[0] + x_shape[1], crop[1] : crop[1] + x_shape[2]]
+
+
+def _backward_weights(x, g, w_shape, padding, stride):
+    """``dL/dw`` (see :func:`_conv2d_bwd`), ``(KH, KW, C_in, C_out)`` for ``w_shape``."""
+    rest = [_rest(x.shape[1 + d], w_shape[d], padding[d], stride[d]) for d in range(2)]
+    # x padded by (p, p - r) (the r unreached rows cropped), correlated with g dilated by s.
     x_padded = _pad_spatial(x, [(padding[d], padding[d] - rest[d]) for d in range(2)])
-    dw = xla_cpu.weight_gradient(x_padded, g, stride)
-    db = jnp.sum(g, axis=(0, 1, 2))
-    return dx, dw, db
+    return xla_cpu.weight_gradient(x_padded, g, stride)
 
 
 _conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)

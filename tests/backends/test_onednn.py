@@ -12,6 +12,7 @@ import platform
 import subprocess
 import sys
 import textwrap
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+import jaxnet
 from jaxnet.backends import onednn
 
 RTOL = 1e-5
@@ -150,7 +152,7 @@ def test_env_var_switch(monkeypatch, value, want):
     monkeypatch.setenv(onednn.ENV_VAR, value)
     assert onednn.enabled() is want
     x = jnp.zeros((1, 4, 4, 1), jnp.float32)
-    assert onednn.usable(x, x) is (want and jax.default_backend() == "cpu")
+    assert onednn.usable(x, x) is want
 
 
 def test_env_var_bad_value(monkeypatch):
@@ -197,3 +199,44 @@ def test_hypothesis_sweep_in_a_child_process():
         timeout=900,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+
+def _targets(fn, *args) -> set[str]:
+    """The oneDNN kernels in ``fn``'s compiled program."""
+    text = jax.jit(fn).lower(*args).as_text()
+    names = ("forward", "backward_data", "backward_weights")
+    return {name for name in names if f"jaxnet_onednn_conv_{name}" in text}
+
+
+@pytest.mark.parametrize("x_shape, kernel, padding, stride", CONFIGS)
+def test_conv_rule_on_onednn_matches_the_autodiff_twin(x_shape, kernel, padding, stride):
+    """:func:`jaxnet.conv2d`'s rule runs on oneDNN; forward and VJP equal the twin's (XLA)."""
+    x, w, kg = make(x_shape, kernel)
+    b = jax.random.normal(jax.random.PRNGKey(2), (kernel[2],), jnp.float32)
+
+    def vjp(conv, x, w, b):
+        y, pullback = jax.vjp(lambda x, w, b: conv(x, w, b, padding, stride), x, w, b)
+        return y, pullback(jax.random.normal(kg, y.shape, jnp.float32))
+
+    rule, twin = partial(vjp, jaxnet.conv2d), partial(vjp, jaxnet.autodiff.conv2d)
+    assert "forward" in _targets(rule, x, w, b)
+    assert not _targets(twin, x, w, b)
+    y, grads = jax.jit(rule)(x, w, b)
+    y_twin, grads_twin = jax.jit(twin)(x, w, b)
+    assert rel_err(y, y_twin) <= RTOL
+    for name, got, want in zip("xwb", grads, grads_twin, strict=True):
+        assert rel_err(got, want) <= RTOL, name
+
+
+def test_conv_rule_stays_on_xla_when_turned_off(monkeypatch):
+    """``JAXNET_CONV`` is read when a function is traced (a cached trace keeps its kernels)."""
+    x, w, _ = make((2, 8, 8, 3), (3, 3, 4))
+    b = jnp.zeros((4,), jnp.float32)
+
+    def grad():  # a new function each time: jit traces it afresh
+        return jax.grad(lambda x, w, b: (jaxnet.conv2d(x, w, b, 1, 1) ** 2).sum(), (0, 1, 2))
+
+    monkeypatch.setenv(onednn.ENV_VAR, "xla")
+    assert not _targets(grad(), x, w, b)
+    monkeypatch.setenv(onednn.ENV_VAR, "onednn")
+    assert _targets(grad(), x, w, b) >= {"forward", "backward_data"}

@@ -1,153 +1,47 @@
-"""Train-step throughput: jaxnet's analytic rules against JAX autodiff and PyTorch eager.
+"""Train-step throughput of jaxnet against the libraries its users would pick instead.
 
-    python -m experiments.benchmark                     # about 3 minutes on 2 CPU cores
-    python -m experiments.benchmark --quick             # a smoke test, well under a minute
+    python -m experiments.benchmark                     # several minutes on 2 CPU cores
+    python -m experiments.benchmark --quick             # a smoke run
     python -m experiments.benchmark --batches 16 64 --nets mnist --json bench.json
 
-What one run measures, all in one process:
+For each network (``--nets``) and batch size (``--batches``), one process times one full train
+step (forward, loss, backward, the momentum update; uint8 images scaled inside the step) of
+each method of :func:`step_methods`:
 
-- For each network (``--nets``: the MNIST network and the modified CIFAR-10 network by
-  default) and batch size (``--batches``: 16, 64, 256), the images per second of one full
-  train step (forward, loss, backward, the seed's momentum update) for
-  ``jaxnet.make_train_step(..., rules="analytic")`` (the hand-written backward rules),
-  ``rules="autodiff"`` (the same forward passes, differentiated by JAX), and PyTorch eager
-  when ``torch`` imports (the optional extra ``pip install .[torch]``): the same
-  architecture, the same initial weights, ``channels_last``, the same update written out as
-  ``m = mu*m + (1-mu)*g; w -= lr*(m + wd*w)``. PyTorch gets as many threads as XLA uses (the
-  CPUs this process may run on), and the device that matches JAX's (its CPU, or CUDA when JAX
-  runs on a GPU; none on a TPU).
-- How: each method is warmed up (its first call, compilation included, is reported apart as
-  ``compile_s``), then timed in windows of about ``--window-s`` seconds each (a whole number
-  of steps, ending with a device sync); the windows of all methods are interleaved, round by
-  round, so that load from other processes falls on all of them alike. Throughput is the
-  median over the windows; each ratio is the median of the per-round ratios.
-- The float32 matrix-product rate (GFLOP/s of a 1024 x 1024 x 1024 product, XLA and PyTorch)
-  is timed in the same rounds; the best of the two is the ceiling. Each method's GFLOP/s
-  counts only the work a step needs: every layer's forward pass and ``dL/dw``, and ``dL/dx``
-  for every layer but the first (elementwise work, pooling and the update are not counted).
-- Full MNIST epochs through ``jaxnet.fit.fit(..., progress=False)`` (batch 64, the default
-  experiment's settings, random uint8 images of MNIST's shape) against the number of steps
-  times the step time of the same jitted fit step in a tight loop, timed right before and
-  after: the fit loop adds no host work per step (target: within 10%). Then the same epochs
-  with ``fit(..., steps_per_call=8)``: eight steps unrolled in one compiled program, one launch
-  per eight steps.
-- With ``--reuse-freed-memory`` the run first calls :func:`jaxnet.allocator.reuse_freed_memory`,
-  for every method alike: no method then pays for page faults on its temporary buffers.
+- jaxnet's analytic rules (``make_train_step(rules="analytic")``) and their autodiff twin
+  (``rules="autodiff"``); where jaxnet's oneDNN convolutions are available, the analytic rules
+  on each kernel set, "analytic (oneDNN convs)" (the default path) and "analytic (XLA convs)";
+- the network as PyTorch's users write it (:mod:`experiments.peers.pytorch_peer`), eager and
+  through ``torch.compile`` (its compile time apart; where it fails, one line says why);
+- the network as Equinox's users write it (:mod:`experiments.peers.equinox_peer`);
+- with ``--devices N``, the analytic rules data-parallel over N devices; with
+  ``--torch-variants``, the PyTorch formulations that were tried and not kept.
 
-A Markdown table goes to the terminal and everything, the raw windows included, to
-``--json`` (default ``benchmark.json``). The machine's load average is recorded with them:
-on a shared machine the figures are noisy, and PyTorch's OpenMP threads suffer most from
-other processes (they spin at barriers), so compare ratios from one run.
+The peers are optional (``pip install -e ".[peers]"``); one that does not import is left out
+with a line saying so. Every method starts from jaxnet's initial weights and cycles through
+the same few random batches; PyTorch gets as many threads as XLA uses, on the device that
+matches JAX's.
 
-Formulations tried for the analytic rules
------------------------------------------
+How: each method's first call (compilation included) is timed apart; then all methods and a
+float32 matrix product (XLA's and PyTorch's: the best is the ceiling) are timed in windows of
+about ``--window-s`` seconds, one window each per round, in an order that rotates from round to
+round, so that load from other processes falls on all alike. A speed is the median over the
+rounds; a ratio is the median of the per-round ratios. GFLOP/s counts only the products a step
+needs (:func:`step_flops`).
 
-Measured on the shared 2-core AMD EPYC (AVX-512) CPU, jax 0.10.2, float32. Figures are
-microseconds per image: of one jitted piece (median of interleaved windows), or of a whole
-MNIST train step (median or minimum step time, or the sum over XLA's kernels of each
-kernel's minimum over 15 profiled steps). "Loaded" means other processes kept the load
-average at 3-6 on the 2 cores; "quiet" means about 1.5. MNIST network unless stated;
-``conv1`` is 5x5x1x16 on 28x28, ``conv2`` 5x5x16x16 on 14x14. XLA runs a convolution on its
-YNNPACK kernels only when ``max(C_in, C_out) > 16`` (its feature axes), else on a generic
-Eigen kernel; much of the work below is about which of the two a convolution gets.
+Where time goes (:func:`layer_times`): every layer's forward and backward pass timed on its
+own at the same batch, for each JAX method and PyTorch. The ``fit()`` check
+(:func:`bench_epoch`): full MNIST epochs through ``jaxnet.fit.fit`` against steps x step time.
 
-Starting point (the committed rules), quiet, against the committed autodiff twin: whole
-step ratio analytic/autodiff 0.95-1.23 at batch 16, 64, 256 (MNIST) and 0.98-1.06
-(modified CIFAR-10), over three runs. The twin is already autodiff-friendly: its pooling
-forward is a strictly-greater where-chain (no ``reduce_window``, so no select-and-scatter
-backward) and its convolution one ``conv_general_dilated``, whose JAX transposes are the
-same correlations the analytic rules write out.
-
-Kept (quiet, one process, interleaved, against the committed code):
-
-- Max pooling with tiling windows (2x2/2): windows read from one reshape to
-  ``(N, Ho, 2, Wo, 2, C)``, backward one broadcast compare-and-select against the stored
-  int32 argmax, instead of strided slices and one ``lax.pad`` per window offset (whose
-  fusion recomputed the argmax per element: 37 at batch 64). Whole analytic step 1.16x,
-  1.10x, 1.15x faster at batch 16, 64, 256. Loaded, batch 64: reshape with stacked
-  per-offset selects 157, broadcast 137.
-- conv1's forward with ``C_out`` zero-padded to 17, so that YNNPACK takes it: 87 -> 24
-  (loaded, batch 64). It is the shared forward pass, so the autodiff twin gains as much.
-- ``dL/dw`` at batch <= 16 (XLA's YNNPACK path needs the batch, the feature axis of this
-  correlation, above 16): zero images pad a batch of 16 to 20, zero channels pad a smaller
-  batch's ``C_out`` to 17. conv2 ``dL/dw`` at batch 16: 51 (Eigen) -> 34 (batch 20; ``C_out``
-  17: 45; batch 24: 41; batch 32: 58-62); batch 8: 59 -> 35 (``C_out`` 17; batch 20: 64).
-  Whole step at batch 16: loaded 1.13x (MNIST) and 1.11x (CIFAR-10) faster, quiet 0.99x and
-  1.03x.
-- All together, quiet, one process: MNIST analytic 1.21x, 1.21x, 1.34x the committed
-  analytic rules at batch 16, 64, 256, and the twin 1.23x, 1.12x, 1.19x the committed twin
-  (conv1's forward and the pooling forward are shared); modified CIFAR-10 analytic
-  1.02-1.05x, twin 0.95-1.03x.
-
-Around the step, offered as options because each is a trade (same machine, later session):
-
-- Freed host memory kept for reuse (``--reuse-freed-memory``, :mod:`jaxnet.allocator`): XLA
-  mallocs each step's temporary block; above 32 MiB glibc maps it afresh every step and every
-  page faults in again. MNIST batch 256: 9000-12000 page faults per step -> about 1000, 54 ->
-  43 ms per step; in three alternating benchmark runs the analytic rules went from 22-23% to
-  32-37% of the matmul ceiling and autodiff from 17-21% to 26-31% (PyTorch gains too: 4446 ->
-  6210 img/s in one pair of runs). CIFAR-10 modified, batch 256: 14000 -> 1600 faults, 229 ->
-  195 ms. Batch 16 and 64: a few hundred faults either way, no difference beyond noise. Cost:
-  a fragmented heap, the MNIST command's peak memory 625 -> 859 MiB. Hence opt-in.
-- Several steps per compiled call (``fit(..., steps_per_call=K)``, ``--steps-per-call``): a
-  rolled ``lax.scan`` over the fit step ran at 0.10-0.13x one step per call (XLA's CPU backend
-  runs a loop body about 10x slower); unrolled, ``K = 8``, MNIST batch 16, 64, 256: 1.20,
-  1.07, 1.30-1.50x with glibc's defaults (most of it the page faults above, paid once per call
-  instead of per step) and 1.05, 1.09, 1.05x with freed memory kept; a whole fit epoch at
-  batch 64: 1.04-1.20x (four runs; 1.03 and 1.13x in two more with freed memory kept).
-  Compilation takes ``K`` times as long, and the result differs from single steps by float
-  rounding (1e-9 after 8 steps), so ``K = 1`` stays the default.
-
-Tried and not kept:
-
-- Every stride-1 forward pass with ``C_out`` padded to 17 (YNNPACK): analytic 1.16-1.66x
-  the committed autodiff twin and analytic/autodiff 1.5-1.7 in this benchmark, but only
-  because the twin, sharing that forward, got 1.2-1.5x slower: JAX differentiates the
-  padded convolution into convolutions with 17 input channels, and YNNPACK is
-  pathologically slow for an odd ``C_in`` (batch 64, 32x32, 5x5, 17 outputs: ``C_in`` 3:
-  692, 5: 356, 7: 420, 9: 501, against 1: 26, 2: 47, 4: 56). Padding to 20 instead: the
-  twin still 0.75x at batch 256; padding ``C_in`` to 20: both 1.5-2.3x slower. Padding the
-  CIFAR-10 conv1 (3 -> 16) to 4 -> 17: its forward 151 -> 56 in isolation, but the twin
-  0.84-0.90x. A forward that handicaps the baseline is not a faster rule, so the forward
-  is padded only where the twin gains too (one input channel).
-- ``dL/dx`` through YNNPACK (``C_out`` padded to 17): loaded 37-42 against 49-54 for Eigen,
-  but quiet the whole step was 1.03x, 1.08x, 1.14x slower (batch 16, 64, 256) than with
-  Eigen, so ``dL/dx`` stays one plain transposed convolution.
-- conv1 forward as 25 fused multiply-adds (an idea from the issue): 13 against 24 for
-  YNNPACK in isolation, but XLA duplicates that cheap elementwise producer into every
-  consumer fusion (ReLU output, pooling, pool backward), so the whole step got slower: 206
-  vs 165 (batch 16), 192 vs 138 (64), 244 vs 218 (256), loaded. ``lax.optimization_barrier``
-  does not stop it on CPU (the barrier is gone before fusion) and ``sum(stack(...))`` is
-  simplified back into the same adds. The twin's derived ``dL/dw`` of that forward is 25
-  reductions: its whole step was 3-4x slower.
-- conv1 forward by other routes (loaded): im2col + dot 41-133, the patches op + dot
-  32-110, im2col over the kernel width only 43-68, one convolution per kernel row 124-274,
-  ``C_in`` padded to 4/8/16 on Eigen 108-249, ``C_out`` padded to 24 or 32: 23-35 (17:
-  21-24).
-- conv2 forward (loaded): im2col + dot 47-408 (building the patch matrix in XLA costs far
-  more than the product), im2col over the kernel width 54-276, 25 shifted small dots
-  82-243, one convolution per kernel row 38-98, ``C_out`` padded to 24 or 32: 46-61 (17:
-  37-42, Eigen 48-54).
-- ``dL/dw`` (loaded, conv1/conv2, batch 16-256): 25 per-offset dots 75-387, im2col 64-460,
-  im2col built transposed for a canonical (YNNPACK) dot 45-520, one dot per kernel row
-  43-353; the convolution with the batch as feature axis: 13-54.
-- Pool residual (loaded, batch 64): int32 argmax 137, int8 argmax 144, recomputing it from
-  the input 143.
-- ReLU residual ``y`` (the output) instead of ``x``: no measurable difference (185 vs 187).
-
-Why the analytic rules are not 1.5x autodiff here: the twin's forward passes are already
-what JAX differentiates well, and JAX's transposes of ``conv_general_dilated`` are the very
-correlations the rules write out, compiled to the same kernels. What is left to the rules is
-kernel choice in the backward pass (``dL/dw`` at small batches) and a cheaper pooling
-backward: analytic/autodiff 1.03-1.10 at batch 16, 1.16-1.17 at 64 and 1.22-1.28 at 256 on
-MNIST (two quiet runs), 1.02-1.06 on the modified CIFAR-10 network, whose convolutions
-dominate. Against PyTorch eager (oneDNN) the MNIST network runs at about parity; the
-CIFAR-10 shapes run about twice as fast in oneDNN as in XLA's kernels.
+A table goes to the terminal and everything, raw windows included, to ``--json``, with the
+load average: figures from a shared machine are noisy, PyTorch's OpenMP threads most. What was
+tried and measured over time: ``docs/performance.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import itertools
 import json
 import os
@@ -155,31 +49,38 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-from jaxnet import allocator, architectures, parallel
-from jaxnet.network import Architecture, Conv, Dense, MaxPool, init
+from jaxnet import allocator, architectures, autodiff, parallel
+from jaxnet import layers as analytic_layers
+from jaxnet.network import Architecture, Conv, Dense, MaxPool, init, parameter_rows
 from jaxnet.optim import momentum
 from jaxnet.train import make_train_step
 
 DEFAULT_NETS = ("mnist", "cifar10_modified")
 DEFAULT_BATCHES = (16, 64, 256)
-METHODS = ("analytic", "autodiff", "torch")
 LEARNING_RATE = 0.01
 MOMENTUM = 0.9
 WEIGHT_DECAY = 5e-4
+MEAN = 0.5  # every step turns uint8 pixels into x / 255 - MEAN
 MATMUL_N = 1024
 DATA_BATCHES = 4  # distinct batches each method cycles through
 EPOCH_IMAGES = {False: 58000, True: 4096}  # MNIST's 60000 less a 2000-image validation split
 STEPS_PER_CALL = 8  # the epoch check's second fit run: steps per compiled call
+TORCH_FORMAT = "channels_last"  # the PyTorch formulation kept (docs/performance.md)
+TORCH_FOREACH = True
+CONV_ENV = "JAXNET_CONV"  # set to "xla" to keep jaxnet's convolutions on XLA
 
 
 @dataclass(frozen=True)
@@ -192,9 +93,39 @@ class Settings:
 
 FULL = Settings(windows=9, window_s=0.4)
 QUICK = Settings(windows=3, window_s=0.1)
+LAYERS_FULL = Settings(windows=5, window_s=0.05)
+LAYERS_QUICK = Settings(windows=2, window_s=0.01)
 
 Runner = Callable[[int], None]
 """``run(k)``: take ``k`` steps (or products) and wait until the device is done."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one benchmark run times.
+
+    Attributes:
+        nets: architecture names (:func:`jaxnet.architectures.get`).
+        batches: batch sizes, each >= 1.
+        settings: rounds and seconds per window for whole steps.
+        layer_settings: the same for the per-layer times; ``None`` leaves them out.
+        devices: more than 1 adds the analytic rules data-parallel over that many devices.
+        torch_compile: include ``torch.compile`` (about half a minute of compilation per
+            network and batch on 2 cores).
+        torch_variants: include the PyTorch formulations not kept, to compare.
+        epoch: include the ``fit()`` epoch check.
+        quick: the epoch check on a small data set.
+    """
+
+    nets: tuple[str, ...] = DEFAULT_NETS
+    batches: tuple[int, ...] = DEFAULT_BATCHES
+    settings: Settings = FULL
+    layer_settings: Settings | None = LAYERS_FULL
+    devices: int = 1
+    torch_compile: bool = True
+    torch_variants: bool = False
+    epoch: bool = True
+    quick: bool = False
 
 
 def cpu_threads() -> int:
@@ -224,13 +155,42 @@ def load_average() -> float | None:
         return None
 
 
-def import_torch() -> Any | None:
-    """``torch`` if it is installed (the optional extra), else ``None``."""
+def one_line(error: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:160] if text else '(no message)'}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The optional peers
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Peers:
+    """The optional libraries that imported, and a line for each one left out.
+
+    Attributes:
+        torch: :mod:`experiments.peers.pytorch_peer` (``torch`` is its ``.torch``), or ``None``.
+        equinox: :mod:`experiments.peers.equinox_peer`, or ``None``.
+        onednn: ``jaxnet.backends.onednn`` where it exists and is ``available()``, or ``None``.
+        torch_device: PyTorch's device, matching JAX's (:func:`torch_device`).
+        notes: one line per peer left out, saying why.
+    """
+
+    torch: ModuleType | None = None
+    equinox: ModuleType | None = None
+    onednn: ModuleType | None = None
+    torch_device: str = "cpu"
+    notes: tuple[str, ...] = ()
+
+
+def _import(module: str) -> tuple[ModuleType | None, str]:
+    """``module`` imported, or ``None`` and the name of what is missing."""
     try:
-        import torch
-    except ImportError:
-        return None
-    return torch
+        return importlib.import_module(module), ""
+    except ImportError as error:
+        return None, error.name or module
 
 
 def torch_device(torch: Any) -> str | None:
@@ -247,10 +207,39 @@ def torch_device(torch: Any) -> str | None:
     return None
 
 
-def torch_sync(torch: Any, device: str) -> None:
-    """Wait until PyTorch's queued work on ``device`` is done (CUDA runs asynchronously)."""
-    if device == "cuda":
-        torch.cuda.synchronize()
+def import_peers(use_torch: bool = True, use_equinox: bool = True) -> Peers:
+    """Import the peers that are installed (and wanted), and jaxnet's oneDNN backend if any.
+
+    Args:
+        use_torch: try PyTorch.
+        use_equinox: try Equinox.
+
+    Returns:
+        The :class:`Peers`; a peer that is not installed is ``None`` with a line in ``notes``.
+    """
+    notes = []
+    torch_peer, equinox_peer = None, None
+    device = "cpu"
+    if use_torch:
+        torch_peer, missing = _import("experiments.peers.pytorch_peer")
+        if torch_peer is None:
+            notes.append(f'PyTorch: left out ({missing} not installed: pip install -e ".[peers]")')
+        elif (found := torch_device(torch_peer.torch)) is None:
+            notes.append(f"PyTorch: left out (no device to match JAX's {jax.default_backend()})")
+            torch_peer = None
+        else:
+            device = found
+    if use_equinox:
+        equinox_peer, missing = _import("experiments.peers.equinox_peer")
+        if equinox_peer is None:
+            notes.append(f'Equinox: left out ({missing} not installed: pip install -e ".[peers]")')
+    onednn, _ = _import("jaxnet.backends.onednn")  # absent from this jaxnet: no line
+    if onednn is not None and not onednn.available():
+        notes.append(
+            "jaxnet's oneDNN convolutions: not available here (the analytic rules use XLA's)"
+        )
+        onednn = None
+    return Peers(torch_peer, equinox_peer, onednn, device, tuple(notes))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,175 +277,209 @@ def step_flops(arch: Architecture, batch: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Runners: each takes k steps and syncs
+# What is timed: one case (network, batch, peers) and its methods
 # ---------------------------------------------------------------------------------------------
 
 
-def _batches(arch: Architecture, batch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``DATA_BATCHES`` float32 image batches ``(K, B, H, W, C)`` (centred) and int32 labels."""
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 256, (DATA_BATCHES, batch, *arch.input_shape)).astype(np.float32)
-    x = x / 255.0 - 0.5
-    y = rng.integers(0, arch.num_classes, (DATA_BATCHES, batch)).astype(np.int32)
-    return x.astype(np.float32), y
+@dataclass(frozen=True)
+class Case:
+    """One network at one batch size, with the peers that imported.
 
-
-def jax_runner(
-    arch: Architecture, batch: int, rules: str, seed: int = 0, devices: int = 1
-) -> tuple[Runner, float]:
-    """A runner for ``jaxnet.make_train_step(arch, momentum(...), rules)`` and its first call.
-
-    Args:
+    Attributes:
         arch: the network.
         batch: images per step.
-        rules: ``"analytic"`` or ``"autodiff"``.
-        seed: initial weights and data.
-        devices: more than 1: data-parallel over that many devices (each batch split over
-            them, :mod:`jaxnet.parallel`).
-
-    Returns:
-        ``(run, first_call_s)``: ``run(k)`` takes ``k`` steps on float32 batches already on
-        the device and blocks until they are done; ``first_call_s`` is the time of the first
-        step, compilation included.
+        peers: the optional libraries.
+        seed: jaxnet's initial weights and the random data.
     """
-    optimizer = momentum(LEARNING_RATE, MOMENTUM, WEIGHT_DECAY)
-    mesh = parallel.make_mesh(devices) if devices > 1 else None
-    step = make_train_step(arch, optimizer, rules=rules, mesh=mesh)
-    params = init(arch, jax.random.PRNGKey(seed))
-    opt_state = optimizer.init(params)
-    xs, ys = _batches(arch, batch, seed)
-    put = jax.device_put if mesh is None else partial(parallel.shard_batch, mesh=mesh)
-    xs_dev = [put(x) for x in xs]
-    ys_dev = [put(y) for y in ys]
-    state = {"params": params, "opt_state": opt_state, "i": 0}
+
+    arch: Architecture
+    batch: int
+    peers: Peers = field(default_factory=Peers)
+    seed: int = 0
+
+    def data(self) -> tuple[np.ndarray, np.ndarray]:
+        """``DATA_BATCHES`` uint8 image batches ``(K, B, H, W, C)`` and int32 labels ``(K, B)``."""
+        rng = np.random.default_rng(self.seed)
+        x = rng.integers(0, 256, (DATA_BATCHES, self.batch, *self.arch.input_shape), np.uint8)
+        y = rng.integers(0, self.arch.num_classes, (DATA_BATCHES, self.batch)).astype(np.int32)
+        return x, y
+
+    def params(self) -> dict:
+        """jaxnet's initial parameters, the starting point of every method."""
+        return init(self.arch, jax.random.PRNGKey(self.seed))
+
+
+@dataclass(frozen=True)
+class Method:
+    """A row of the benchmark: a name and how to build its runner.
+
+    Attributes:
+        name: the row's name (and its key in the JSON record).
+        build: ``build(case)`` -> a :data:`Runner` whose first call compiles, or ``None``
+            where the method does not apply to the case (a batch that does not split).
+        layers: ``layers(case)`` -> its per-layer pieces (:func:`layer_times`), or ``None``.
+        optional: a failure to build or run it is recorded in one line instead of raised.
+    """
+
+    name: str
+    build: Callable[[Case], Runner | None]
+    layers: Callable[[Case], dict[tuple[str, str], Runner]] | None = None
+    optional: bool = False
+
+
+def _jax_loop(step: Callable, state: tuple, xs: list, ys: list) -> Runner:
+    """A runner that calls ``step(a, b, x, y) -> (a, b, metrics)`` on the batches in turn."""
+    holder = {"state": state, "i": 0}
 
     def run(k: int) -> None:
-        p, s, i = state["params"], state["opt_state"], state["i"]
+        (a, b), i = holder["state"], holder["i"]
         for _ in range(k):
-            p, s, _ = step(p, s, xs_dev[i % DATA_BATCHES], ys_dev[i % DATA_BATCHES])
+            a, b, _ = step(a, b, xs[i % DATA_BATCHES], ys[i % DATA_BATCHES])
             i += 1
-        jax.block_until_ready(p)
-        state.update(params=p, opt_state=s, i=i)
+        jax.block_until_ready((a, b))
+        holder.update(state=(a, b), i=i)
 
-    start = time.perf_counter()
-    run(1)
-    return run, time.perf_counter() - start
+    return run
 
 
-def torch_model(
-    torch: Any, arch: Architecture, seed: int = 0, device: str = "cpu"
-) -> tuple[Callable, list]:
-    """The network in PyTorch with jaxnet's initial weights: ``(loss_fn, params)``.
+@contextmanager
+def _conv_choice(value: str | None) -> Iterator[None]:
+    """``$JAXNET_CONV`` set to ``value`` (``None``: unset, the default path) for a while."""
+    before = os.environ.get(CONV_ENV)
+    if value is None:
+        os.environ.pop(CONV_ENV, None)
+    else:
+        os.environ[CONV_ENV] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(CONV_ENV, None)
+        else:
+            os.environ[CONV_ENV] = before
 
-    Kernels go from HWIO to OIHW in ``channels_last`` memory; a dense layer flattens its input
-    in NHWC order, as jaxnet does, so the same weights give the same logits.
+
+def _under(conv: str | None, run: Runner) -> Runner:
+    """``run`` with jaxnet's convolution backend chosen by ``$JAXNET_CONV = conv`` as it traces."""
+
+    def wrapped(k: int) -> None:
+        with _conv_choice(conv):
+            run(k)
+
+    return wrapped
+
+
+def jaxnet_runner(
+    case: Case, rules: str, devices: int = 1, conv: str | None = None
+) -> Runner | None:
+    """``jaxnet.make_train_step(arch, jaxnet.momentum(...), rules, mean=MEAN)`` on uint8 batches.
 
     Args:
-        torch: the ``torch`` module.
-        arch: the network.
-        seed: jaxnet's initialisation seed.
-        device: where the tensors live (``"cpu"`` or ``"cuda"``).
+        case: the network, batch and seed.
+        rules: ``"analytic"`` or ``"autodiff"``.
+        devices: more than 1: data-parallel over that many devices (each batch split over
+            them, :mod:`jaxnet.parallel`); ``None`` is returned when they do not divide it.
+        conv: ``$JAXNET_CONV`` while the step traces (``"xla"`` keeps XLA's convolutions);
+            ``None`` leaves jaxnet's default.
 
     Returns:
-        ``loss_fn(x, y) -> (loss, logits)`` for ``x`` of shape ``(N, C, H, W)`` and the
-        parameter tensors in layer order (``w, b`` per layer), each requiring grad.
+        The runner (params and optimizer state donated and carried from call to call).
     """
-    import torch.nn.functional as F
+    if devices > 1 and case.batch % devices:
+        return None
+    optimizer = momentum(LEARNING_RATE, MOMENTUM, WEIGHT_DECAY)
+    mesh = parallel.make_mesh(devices) if devices > 1 else None
+    step = make_train_step(case.arch, optimizer, rules=rules, mean=MEAN, mesh=mesh)
+    params = case.params()
+    xs, ys = case.data()
+    put = jax.device_put if mesh is None else partial(parallel.shard_batch, mesh=mesh)
+    run = _jax_loop(
+        step, (params, optimizer.init(params)), [put(x) for x in xs], list(map(put, ys))
+    )
+    return run if conv is None else _under(conv, run)
 
-    params = init(arch, jax.random.PRNGKey(seed))
-    weights: dict[str, tuple[Any, Any]] = {}
-    flat = []
-    for layer in arch.parametrised:
-        w = np.asarray(params[layer.name]["w"])
-        b = np.asarray(params[layer.name]["b"])
-        if isinstance(layer, Conv):
-            tw = torch.from_numpy(w.transpose(3, 2, 0, 1).copy()).to(device)
-            tw = tw.contiguous(memory_format=torch.channels_last)
-        else:
-            tw = torch.from_numpy(w.copy()).to(device)
-        tb = torch.from_numpy(b.copy()).to(device)
-        tw.requires_grad_(True)
-        tb.requires_grad_(True)
-        weights[layer.name] = (tw, tb)
-        flat += [tw, tb]
 
-    def loss_fn(x: Any, y: Any) -> tuple[Any, Any]:
-        h = x
-        for layer in arch.layers:
-            if isinstance(layer, Conv):
-                w, b = weights[layer.name]
-                h = F.conv2d(h, w, b, stride=layer.stride, padding=layer.padding)
-            elif isinstance(layer, Dense):
-                w, b = weights[layer.name]
-                if h.dim() == 4:
-                    h = h.permute(0, 2, 3, 1).reshape(h.shape[0], -1)
-                h = F.linear(h, w, b)
-            elif isinstance(layer, MaxPool):
-                h = F.max_pool2d(h, layer.window, layer.stride)
-            else:
-                h = F.relu(h)
-        return F.cross_entropy(h, y), h
+def equinox_runner(case: Case, donate: str = "none") -> Runner:
+    """The Equinox peer's ``eqx.filter_jit`` step on uint8 NCHW batches.
 
-    return loss_fn, flat
+    Args:
+        case: the network, batch and seed.
+        donate: ``eqx.filter_jit``'s ``donate``: ``"none"`` as in Equinox's examples.
+
+    Returns:
+        The runner (model and optimizer state carried from call to call).
+    """
+    eqx_peer = case.peers.equinox
+    optimizer = momentum(LEARNING_RATE, MOMENTUM, WEIGHT_DECAY)
+    model = eqx_peer.CNN(case.arch, case.params())
+    opt_state = optimizer.init(eqx_peer.eqx.filter(model, eqx_peer.eqx.is_array))
+    step = eqx_peer.make_train_step(optimizer, MEAN, donate=donate)
+    xs, ys = case.data()
+    xs_dev = [jax.device_put(x.transpose(0, 3, 1, 2)) for x in xs]
+    return _jax_loop(step, (model, opt_state), xs_dev, [jax.device_put(y) for y in ys])
+
+
+def _torch_loop(case: Case, step: Callable, memory_format: Any) -> Runner:
+    """A runner that calls a PyTorch ``step(x, y)`` on the case's batches in turn."""
+    tp = case.peers.torch
+    device = case.peers.torch_device
+    xs, ys = case.data()
+    xs_t = [tp.images(x, device, memory_format) for x in xs]
+    ys_t = [tp.torch.from_numpy(y.astype(np.int64)).to(device) for y in ys]
+    counter = itertools.count()
+
+    def run(k: int) -> None:
+        for _ in range(k):
+            i = next(counter) % DATA_BATCHES
+            step(xs_t[i], ys_t[i])
+        torch_sync(tp.torch, device)
+
+    return run
+
+
+def torch_sync(torch: Any, device: str) -> None:
+    """Wait until PyTorch's queued work on ``device`` is done (CUDA runs asynchronously)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 def torch_runner(
-    torch: Any, arch: Architecture, batch: int, threads: int, seed: int = 0, device: str = "cpu"
-) -> tuple[Runner, float]:
-    """A runner for one PyTorch eager train step with the seed's momentum update.
-
-    The update is written out as in :func:`jaxnet.momentum`:
-    ``m = mu*m + (1-mu)*g; w -= lr*(m + wd*w)``.
+    case: Case,
+    memory_format: str = TORCH_FORMAT,
+    foreach: bool = TORCH_FOREACH,
+    compile: bool = False,
+) -> Runner:
+    """The PyTorch peer: ``nn.Sequential``, ``torch.optim.SGD``, uint8 batches.
 
     Args:
-        torch: the ``torch`` module.
-        arch: the network.
-        batch: images per step.
-        threads: ``torch.set_num_threads`` (XLA's thread count).
-        seed: initial weights and data.
-        device: ``"cpu"`` or ``"cuda"`` (:func:`torch_device`).
+        case: the network, batch and seed.
+        memory_format: ``"channels_last"`` or ``"contiguous_format"``, of weights and images.
+        foreach: ``torch.optim.SGD(foreach=)``.
+        compile: run the model through ``torch.compile`` (compiled on the first call).
 
     Returns:
-        ``(run, first_call_s)`` as :func:`jax_runner`.
+        The runner.
     """
-    torch.set_num_threads(threads)
-    loss_fn, params = torch_model(torch, arch, seed, device)
-    moments = [torch.zeros_like(p) for p in params]
-    xs, ys = _batches(arch, batch, seed)
-    xs_t = [
-        torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
-        .to(device)
-        .contiguous(memory_format=torch.channels_last)
-        for x in xs
-    ]
-    ys_t = [torch.from_numpy(y.astype(np.int64)).to(device) for y in ys]
-    state = {"i": 0}
-
-    def one(x: Any, y: Any) -> None:
-        loss, logits = loss_fn(x, y)
-        loss.backward()
-        with torch.no_grad():
-            (logits.argmax(dim=1) == y).float().mean()  # the accuracy jaxnet's step returns
-            for p, m in zip(params, moments, strict=True):
-                m.mul_(MOMENTUM).add_(p.grad, alpha=1 - MOMENTUM)
-                p.sub_((m + WEIGHT_DECAY * p).mul_(LEARNING_RATE))
-                p.grad = None
-
-    def run(k: int) -> None:
-        i = state["i"]
-        for _ in range(k):
-            one(xs_t[i % DATA_BATCHES], ys_t[i % DATA_BATCHES])
-            i += 1
-        torch_sync(torch, device)
-        state["i"] = i
-
-    start = time.perf_counter()
-    run(1)
-    return run, time.perf_counter() - start
+    tp = case.peers.torch
+    fmt = getattr(tp.torch, memory_format)
+    model = tp.sequential(case.arch, case.params(), case.peers.torch_device, fmt)
+    optimizer = tp.sgd(model, LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, foreach)
+    step = tp.make_train_step(tp.torch.compile(model) if compile else model, optimizer, MEAN)
+    return _torch_loop(case, step, fmt)
 
 
-def matmul_runners(torch: Any | None, threads: int, device: str = "cpu") -> dict[str, Runner]:
-    """Runners for one float32 ``MATMUL_N``-cubed product in XLA (and PyTorch if given)."""
+def torch_hand_written_runner(case: Case) -> Runner:
+    """The benchmark's earlier PyTorch runner (``F.*`` calls, the update written out)."""
+    tp = case.peers.torch
+    step, _ = tp.hand_written_step(
+        case.arch, case.params(), LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, MEAN,
+        device=case.peers.torch_device,
+    )  # fmt: skip
+    return _torch_loop(case, step, tp.torch.channels_last)
+
+
+def matmul_runners(peers: Peers) -> dict[str, Runner]:
+    """Runners for one float32 ``MATMUL_N``-cubed product in XLA (and PyTorch if it imported)."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((MATMUL_N, MATMUL_N)).astype(np.float32)
     b = rng.standard_normal((MATMUL_N, MATMUL_N)).astype(np.float32)
@@ -469,10 +492,9 @@ def matmul_runners(torch: Any | None, threads: int, device: str = "cpu") -> dict
             out = product(a_dev, b_dev)
         jax.block_until_ready(out)
 
-    run_xla(1)
     runners = {"matmul_xla": run_xla}
-    if torch is not None:
-        torch.set_num_threads(threads)
+    if peers.torch is not None:
+        torch, device = peers.torch.torch, peers.torch_device
         a_t, b_t = torch.from_numpy(a).to(device), torch.from_numpy(b).to(device)
 
         def run_torch(k: int) -> None:
@@ -480,9 +502,328 @@ def matmul_runners(torch: Any | None, threads: int, device: str = "cpu") -> dict
                 torch.mm(a_t, b_t)
             torch_sync(torch, device)
 
-        run_torch(1)
         runners["matmul_torch"] = run_torch
+    for run in runners.values():
+        run(1)
     return runners
+
+
+# ---------------------------------------------------------------------------------------------
+# The methods
+# ---------------------------------------------------------------------------------------------
+
+
+def step_methods(peers: Peers, plan: Plan) -> list[Method]:
+    """The rows of one run, the reference (jaxnet's default analytic path) first.
+
+    Args:
+        peers: the libraries that imported.
+        plan: the run's options (``devices``, ``torch_compile``, ``torch_variants``).
+
+    Returns:
+        The methods, in table order.
+    """
+    analytic = partial(jaxnet_runner, rules="analytic")
+    if peers.onednn is not None:
+        methods = [
+            Method("analytic (oneDNN convs)", analytic, partial(jaxnet_layers, rules="analytic")),
+            Method(
+                "analytic (XLA convs)",
+                partial(analytic, conv="xla"),
+                partial(jaxnet_layers, rules="analytic", conv="xla"),
+            ),
+        ]
+    else:
+        methods = [Method("analytic", analytic, partial(jaxnet_layers, rules="analytic"))]
+    methods.append(
+        Method(
+            "autodiff",
+            partial(jaxnet_runner, rules="autodiff"),
+            partial(jaxnet_layers, rules="autodiff"),
+        )
+    )
+    if plan.devices > 1:
+        methods.append(Method(f"analytic x{plan.devices}", partial(analytic, devices=plan.devices)))
+    if peers.equinox is not None:
+        methods.append(Method("Equinox", equinox_runner, equinox_layers))
+    if peers.torch is not None:
+        methods.append(Method("PyTorch", torch_runner, torch_layers))
+        if plan.torch_compile:
+            methods.append(
+                Method("torch.compile", partial(torch_runner, compile=True), optional=True)
+            )
+        if plan.torch_variants:
+            methods += [
+                Method("PyTorch hand-written", torch_hand_written_runner),
+                Method(
+                    "PyTorch contiguous", partial(torch_runner, memory_format="contiguous_format")
+                ),
+                Method("PyTorch for-loop SGD", partial(torch_runner, foreach=False)),
+                Method(
+                    "PyTorch contiguous, for-loop SGD",
+                    partial(torch_runner, memory_format="contiguous_format", foreach=False),
+                ),
+            ]
+    return methods
+
+
+def ratio_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
+    """The speed ratios a group reports, ``(faster?, than)``: the reference against each method;
+    a data-parallel row against one device; each PyTorch variant against the PyTorch kept."""
+    reference = names[0]
+    pairs = []
+    for name in names[1:]:
+        if name.startswith("analytic x"):
+            pairs.append((name, reference))
+        else:
+            pairs.append((reference, name))
+        if name.startswith("PyTorch ") and "PyTorch" in names:
+            pairs.append((name, "PyTorch"))
+    return pairs
+
+
+# ---------------------------------------------------------------------------------------------
+# Where time goes: each layer's forward and backward pass on its own
+# ---------------------------------------------------------------------------------------------
+
+Pieces = dict[tuple[str, str], Runner]
+"""``(row, "forward" | "backward") -> runner``: rows input, the layers, loss, update."""
+
+
+def _repeat(fn: Callable, *args: Any) -> Runner:
+    """A runner that calls the jitted ``fn(*args)`` ``k`` times and waits for the last result."""
+
+    def run(k: int) -> None:
+        out = None
+        for _ in range(k):
+            out = fn(*args)
+        jax.block_until_ready(out)
+
+    return run
+
+
+def jax_pieces(
+    prepare: Callable,
+    layers: Sequence[tuple[str, Callable, Any]],
+    loss: Callable,
+    update: Runner,
+    x: jax.Array,
+    y: jax.Array,
+) -> Pieces:
+    """Each piece of a JAX train step jitted on its own.
+
+    A layer's forward piece is ``jit(f)(p, h)``; its backward piece applies the pullback of
+    ``jax.vjp`` (its residuals computed beforehand) to a random cotangent: ``dL/dp`` and, but
+    for the first layer, ``dL/dh``, as in the step.
+
+    Args:
+        prepare: uint8 batch -> float input.
+        layers: ``(row, f(p, h) -> output, p)`` in order; ``p`` is ``None`` without parameters.
+        loss: ``loss(logits, y)`` -> the scalar mean loss.
+        update: the runner of the optimizer update alone.
+        x, y: one uint8 batch and its labels, on the device.
+
+    Returns:
+        The pieces.
+    """
+    pull = jax.jit(lambda vjp, g: vjp(g))
+    pieces = {("input", "forward"): _repeat(jax.jit(prepare), x)}
+    h = jax.jit(prepare)(x)
+    for i, (row, f, p) in enumerate(layers):
+        if i == 0:  # nothing needs dL/dx of the input
+            out, vjp = jax.jit(lambda p, h, f=f: jax.vjp(lambda q: f(q, h), p))(p, h)
+        else:
+            out, vjp = jax.jit(partial(jax.vjp, f))(p, h)
+        g = jax.random.normal(jax.random.PRNGKey(i), out.shape, out.dtype)
+        pieces[(row, "forward")] = _repeat(jax.jit(f), p, h)
+        pieces[(row, "backward")] = _repeat(pull, vjp, g)
+        h = out
+    _, vjp = jax.jit(lambda z, y: jax.vjp(lambda z: loss(z, y), z))(h, y)
+    pieces[("loss", "forward")] = _repeat(jax.jit(loss), h, y)
+    pieces[("loss", "backward")] = _repeat(pull, vjp, jnp.ones((), h.dtype))
+    pieces[("update", "forward")] = update
+    return pieces
+
+
+def _jax_update(optimizer: optax.GradientTransformation, params: Any) -> Runner:
+    """The optimizer update and new params alone, for gradients shaped like ``params``."""
+    state = optimizer.init(params)
+    grads = jax.tree.map(jnp.ones_like, params)
+
+    def apply(g, s, p):
+        updates, s = optimizer.update(g, s, p)
+        return optax.apply_updates(p, updates), s
+
+    return _repeat(jax.jit(apply), grads, state, params)
+
+
+def _jaxnet_layer(layer: Any, ops: ModuleType) -> Callable:
+    """``f(p, h)``: one layer spec applied through ``ops`` (the analytic or the autodiff layers)."""
+    if isinstance(layer, Conv):
+        return lambda p, h: ops.conv2d(h, p["w"], p["b"], layer.padding, layer.stride)
+    if isinstance(layer, Dense):
+        return lambda p, h: ops.dense(h, p["w"], p["b"])
+    if isinstance(layer, MaxPool):
+        return lambda p, h: ops.maxpool2d(h, layer.window, layer.stride)
+    return lambda p, h: ops.relu(h)
+
+
+def jaxnet_layers(case: Case, rules: str, conv: str | None = None) -> Pieces:
+    """The pieces of ``jaxnet.make_train_step``'s step (see :func:`jax_pieces`).
+
+    Args:
+        case: the network, batch and seed.
+        rules: ``"analytic"`` or ``"autodiff"``.
+        conv: ``$JAXNET_CONV`` while the pieces trace (see :func:`jaxnet_runner`).
+
+    Returns:
+        The pieces.
+    """
+    from jaxnet.train import prepare_images
+
+    ops = analytic_layers if rules == "analytic" else autodiff
+    params = case.params()
+    xs, ys = case.data()
+    layers = [(lay.name, _jaxnet_layer(lay, ops), params.get(lay.name)) for lay in case.arch.layers]
+    optimizer = momentum(LEARNING_RATE, MOMENTUM, WEIGHT_DECAY)
+    with _conv_choice(conv):
+        pieces = jax_pieces(
+            lambda x: prepare_images(x, MEAN, jnp.float32),
+            layers,
+            ops.softmax_cross_entropy,
+            _jax_update(optimizer, params),
+            jax.device_put(xs[0]),
+            jax.device_put(ys[0]),
+        )
+    return pieces if conv is None else {key: _under(conv, run) for key, run in pieces.items()}
+
+
+def _with_flatten_merged(modules: Sequence[Any], is_flatten: Callable[[Any], bool]) -> list[list]:
+    """The peer's layers grouped one group per jaxnet layer: a flatten joins the layer after it."""
+    groups, pending = [], []
+    for module in modules:
+        pending.append(module)
+        if not is_flatten(module):
+            groups.append(pending)
+            pending = []
+    return groups
+
+
+def equinox_layers(case: Case) -> Pieces:
+    """The pieces of the Equinox peer's step: each layer ``jax.vmap``-ed over the batch."""
+    eq = case.peers.equinox
+    eqx = eq.eqx
+    model = eq.CNN(case.arch, case.params())
+    groups = _with_flatten_merged(model.layers, lambda m: m is jnp.ravel)
+    layers = []
+    for layer, group in zip(case.arch.layers, groups, strict=True):
+        params, static = eqx.partition(group, eqx.is_array)
+
+        def f(p, h, static=static):
+            modules = eqx.combine(p, static)
+
+            def one(x):
+                for module in modules:
+                    x = module(x)
+                return x
+
+            return jax.vmap(one)(h)
+
+        layers.append((layer.name, f, params))
+    xs, ys = case.data()
+    optimizer = momentum(LEARNING_RATE, MOMENTUM, WEIGHT_DECAY)
+    return jax_pieces(
+        lambda x: x.astype(jnp.float32) * (1 / 255) - MEAN,
+        layers,
+        lambda z, y: optax.softmax_cross_entropy_with_integer_labels(z, y).mean(),
+        _jax_update(optimizer, eqx.filter(model, eqx.is_array)),
+        jax.device_put(xs[0].transpose(0, 3, 1, 2)),
+        jax.device_put(ys[0]),
+    )
+
+
+def torch_layers(case: Case) -> Pieces:
+    """The pieces of the PyTorch peer's step, each module run on its own.
+
+    A backward piece is ``torch.autograd.grad`` of the module's output (graph retained) with
+    respect to its parameters and, but for the first layer, its input.
+    """
+    tp = case.peers.torch
+    torch, device = tp.torch, case.peers.torch_device
+    fmt = getattr(torch, TORCH_FORMAT)
+    model = tp.sequential(case.arch, case.params(), device, fmt)
+    groups = _with_flatten_merged(list(model), lambda m: isinstance(m, torch.nn.Flatten))
+    xs, ys = case.data()
+    x, y = tp.images(xs[0], device, fmt), torch.from_numpy(ys[0].astype(np.int64)).to(device)
+
+    def repeat(fn: Callable[[], Any]) -> Runner:
+        def run(k: int) -> None:
+            for _ in range(k):
+                fn()
+            torch_sync(torch, device)
+
+        return run
+
+    def prepare() -> Any:
+        return x.float().mul_(1 / 255).sub_(MEAN)
+
+    pieces, h = {("input", "forward"): repeat(prepare)}, prepare()
+    for i, (layer, group) in enumerate(zip(case.arch.layers, groups, strict=True)):
+        module = torch.nn.Sequential(*group)
+        inp = h.detach().requires_grad_(i > 0)
+        out = module(inp)
+        wrt = ([inp] if i > 0 else []) + list(module.parameters())
+        g = torch.randn_like(out)
+        pieces[(layer.name, "forward")] = repeat(partial(module, inp))
+        pieces[(layer.name, "backward")] = repeat(
+            partial(torch.autograd.grad, out, wrt, g, retain_graph=True)
+        )
+        h = out.detach()
+    logits, loss_fn = h.requires_grad_(True), torch.nn.CrossEntropyLoss()
+    loss = loss_fn(logits, y)
+    pieces[("loss", "forward")] = repeat(partial(loss_fn, logits, y))
+    pieces[("loss", "backward")] = repeat(
+        partial(torch.autograd.grad, loss, [logits], retain_graph=True)
+    )
+    other = tp.sequential(case.arch, case.params(), device, fmt)  # the graphs above keep model's
+    optimizer = tp.sgd(other, LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, TORCH_FOREACH)
+    for p in other.parameters():
+        p.grad = torch.zeros_like(p)
+    pieces[("update", "forward")] = repeat(optimizer.step)
+    return pieces
+
+
+def layer_times(case: Case, methods: Sequence[Method], settings: Settings) -> dict[str, list]:
+    """Every piece of every method's step timed on its own, in interleaved windows.
+
+    Args:
+        case: the network, batch and peers.
+        methods: those with ``layers`` are timed.
+        settings: rounds and seconds per window.
+
+    Returns:
+        ``{method: [row, ...]}``, a row per piece in step order (``input``, each layer,
+        ``loss``, ``update``): ``layer``, ``kind``, ``forward_ms`` and ``backward_ms``
+        (``None`` for input and update), medians over the rounds.
+    """
+    runners = {}
+    for method in methods:
+        if method.layers is not None:
+            for (row, phase), run in method.layers(case).items():
+                runners[f"{method.name}|{row}|{phase}"] = run
+    for run in runners.values():
+        run(1)  # compile
+    timed = interleaved(runners, settings)
+    kinds = {"input": "uint8 -> float", "loss": "softmax cross-entropy", "update": "optimizer"}
+    kinds.update({row.layer: row.kind for row in parameter_rows(case.arch)})
+    out: dict[str, list] = {}
+    for key, (_, seconds) in timed.items():
+        method, row, phase = key.split("|")
+        rows = out.setdefault(method, [])
+        if not rows or rows[-1]["layer"] != row:
+            rows.append({"layer": row, "kind": kinds[row], "forward_ms": None, "backward_ms": None})
+        rows[-1][f"{phase}_ms"] = statistics.median(seconds) * 1e3
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -510,7 +851,7 @@ def interleaved(
         settings: rounds and seconds per window.
 
     Returns:
-        name -> ``(calls per window, [seconds per call in each round])``.
+        name -> ``(calls per window, [seconds per call in each round])``, in ``runners``' order.
     """
     names = list(runners)
     calls = {name: calibrate(runners[name], settings.window_s) for name in names}
@@ -535,53 +876,50 @@ def median_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> fl
 
 
 def bench_group(
-    net: str,
-    batch: int,
-    settings: Settings,
-    torch: Any | None,
-    threads: int,
-    devices: int = 1,
-    device: str = "cpu",
+    case: Case, methods: Sequence[Method], settings: Settings, layer_settings: Settings | None
 ) -> dict[str, Any]:
-    """Time the three methods (and the matrix product) on one network and batch size.
+    """Time every method (and the matrix product) on one network and batch size.
 
     Args:
-        net: an architecture name (:func:`jaxnet.architectures.get`).
-        batch: images per step.
+        case: the network, batch and peers.
+        methods: the rows (:func:`step_methods`), the reference first.
         settings: rounds and seconds per window.
-        torch: the ``torch`` module, or ``None`` to leave PyTorch out.
-        threads: PyTorch's thread count.
-        devices: more than 1 adds the method ``"analytic xN"``: the analytic rules
-            data-parallel over N devices (where N divides ``batch``), and its ratio to one device.
-        device: PyTorch's device (:func:`torch_device`).
+        layer_settings: the same for :func:`layer_times`; ``None`` leaves them out.
 
     Returns:
         The group's JSON record: ``net``, ``batch``, ``flops_per_step``, ``methods`` (per
         method ``images_per_s``, ``step_ms``, ``gflops``, ``compile_s``, ``calls_per_window``,
-        ``window_step_s``), ``matmul_gflops`` (per library) and ``ratios``.
+        ``window_step_s``), ``failed`` (optional method -> why), ``matmul_gflops`` (per
+        library), ``ratios`` (``"a/b"``: how many times as fast ``a`` ran as ``b``) and
+        ``layers`` (:func:`layer_times`, or ``None``).
     """
-    arch = architectures.get(net)
     runners: dict[str, Runner] = {}
     first: dict[str, float] = {}
-    for rules in ("analytic", "autodiff"):
-        runners[rules], first[rules] = jax_runner(arch, batch, rules)
-    parallel_name = f"analytic x{devices}"
-    if devices > 1 and batch % devices == 0:
-        runners[parallel_name], first[parallel_name] = jax_runner(
-            arch, batch, "analytic", devices=devices
-        )
-    if torch is not None:
-        runners["torch"], first["torch"] = torch_runner(torch, arch, batch, threads, device=device)
-    runners.update(matmul_runners(torch, threads, device))
+    failed: dict[str, str] = {}
+    for method in methods:
+        try:
+            run = method.build(case)
+            if run is None:
+                continue
+            start = time.perf_counter()
+            run(1)
+            first[method.name] = time.perf_counter() - start
+        except Exception as error:
+            if not method.optional:
+                raise
+            failed[method.name] = one_line(error)
+            continue
+        runners[method.name] = run
+    runners.update(matmul_runners(case.peers))
     timed = interleaved(runners, settings)
 
-    flops = step_flops(arch, batch)
-    methods = {}
-    for name in (m for m in (*METHODS, parallel_name) if m in timed):
+    flops = step_flops(case.arch, case.batch)
+    records = {}
+    for name in first:
         calls, seconds = timed[name]
         step_s = statistics.median(seconds)
-        methods[name] = {
-            "images_per_s": batch / step_s,
+        records[name] = {
+            "images_per_s": case.batch / step_s,
             "step_ms": step_s * 1e3,
             "gflops": flops / step_s / 1e9,
             "compile_s": max(first[name] - step_s, 0.0),
@@ -593,20 +931,21 @@ def bench_group(
         for name in timed
         if name.startswith("matmul_")
     }
-    ratios = {"analytic/autodiff": median_ratio(timed["analytic"][1], timed["autodiff"][1])}
-    if "torch" in timed:
-        ratios["analytic/torch"] = median_ratio(timed["analytic"][1], timed["torch"][1])
-    if parallel_name in timed:
-        ratios[f"{parallel_name}/analytic"] = median_ratio(
-            timed[parallel_name][1], timed["analytic"][1]
-        )
+    ratios = {
+        f"{a}/{b}": median_ratio(timed[a][1], timed[b][1]) for a, b in ratio_pairs(list(first))
+    }
+    layers = None
+    if layer_settings is not None:
+        layers = layer_times(case, [m for m in methods if m.name in first], layer_settings)
     return {
-        "net": arch.name,
-        "batch": batch,
+        "net": case.arch.name,
+        "batch": case.batch,
         "flops_per_step": flops,
-        "methods": methods,
+        "methods": records,
+        "failed": failed,
         "matmul_gflops": matmul,
         "ratios": ratios,
+        "layers": layers,
     }
 
 
@@ -715,27 +1054,17 @@ def bench_epoch(
 
 
 def run_benchmark(
-    nets: Sequence[str] = DEFAULT_NETS,
-    batches: Sequence[int] = DEFAULT_BATCHES,
-    settings: Settings = FULL,
-    use_torch: bool = True,
-    epoch: bool = True,
-    quick: bool = False,
+    plan: Plan = Plan(),
+    peers: Peers | None = None,
     log: Callable[[str], None] = print,
-    devices: int = 1,
     reuse_freed_memory: bool = False,
 ) -> dict[str, Any]:
     """Run the whole benchmark and return its JSON record.
 
     Args:
-        nets: architecture names.
-        batches: batch sizes.
-        settings: rounds and seconds per window.
-        use_torch: include PyTorch eager when it imports.
-        epoch: include the full-epoch check.
-        quick: a small data set for the epoch check.
+        plan: what to time.
+        peers: the optional libraries (default: :func:`import_peers`, all that are installed).
         log: called with one line of progress per group.
-        devices: more than 1 adds a data-parallel row per group (see :func:`bench_group`).
         reuse_freed_memory: recorded in the metadata: whether the caller made glibc keep
             freed memory (:func:`jaxnet.allocator.reuse_freed_memory`).
 
@@ -744,16 +1073,22 @@ def run_benchmark(
         :func:`bench_group` and :func:`bench_epoch`. Each method of each group also gets
         ``fraction_of_ceiling``.
     """
-    torch = import_torch() if use_torch else None
-    device = None if torch is None else torch_device(torch)
-    if torch is not None and device is None:
-        log(f"PyTorch has no device to match JAX's {jax.default_backend()}: left out")
-        torch = None
+    peers = import_peers() if peers is None else peers
     threads = cpu_threads()
+    if peers.torch is not None:
+        peers.torch.torch.set_num_threads(threads)
+    methods = step_methods(peers, plan)
     meta = {
         "jax": jax.__version__,
-        "torch": None if torch is None else torch.__version__,
-        "torch_device": device,
+        "torch": None if peers.torch is None else peers.torch.torch.__version__,
+        "equinox": None if peers.equinox is None else peers.equinox.eqx.__version__,
+        "torch_device": peers.torch_device if peers.torch is not None else None,
+        "pytorch_formulation": f"nn.Sequential, {TORCH_FORMAT}, torch.optim.SGD(dampening=mu, "
+        f"foreach={TORCH_FOREACH}), nn.CrossEntropyLoss",
+        "equinox_formulation": "eqx.nn layers on one NCHW image, jax.vmap over the batch, "
+        "eqx.filter_jit + eqx.filter_value_and_grad, jaxnet.momentum",
+        "reference": methods[0].name,
+        "notes": list(peers.notes),
         "python": platform.python_version(),
         "cpu": cpu_model(),
         "threads": threads,
@@ -761,18 +1096,19 @@ def run_benchmark(
         "device_count": jax.device_count(),
         "reuse_freed_memory": reuse_freed_memory,
         "load_average_start": load_average(),
-        "windows": settings.windows,
-        "window_s": settings.window_s,
+        "windows": plan.settings.windows,
+        "window_s": plan.settings.window_s,
         "matmul_n": MATMUL_N,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    for note in peers.notes:
+        log(note)
     groups = []
-    for net in nets:
-        for batch in batches:
+    for net in plan.nets:
+        for batch in plan.batches:
             log(f"timing {net} at batch {batch} ...")
-            groups.append(
-                bench_group(net, batch, settings, torch, threads, devices, device or "cpu")
-            )
+            case = Case(architectures.get(net), batch, peers)
+            groups.append(bench_group(case, methods, plan.settings, plan.layer_settings))
     ceiling = max(
         statistics.median([g["matmul_gflops"][lib] for g in groups])
         for lib in groups[0]["matmul_gflops"]
@@ -781,89 +1117,143 @@ def run_benchmark(
         for record in group["methods"].values():
             record["fraction_of_ceiling"] = record["gflops"] / ceiling
     epoch_record = None
-    if epoch:
+    if plan.epoch:
         log("timing a full MNIST epoch through jaxnet.fit.fit ...")
-        epoch_record = bench_epoch(quick)
+        epoch_record = bench_epoch(plan.quick)
     meta["load_average_end"] = load_average()
     return {"meta": meta, "ceiling_gflops": ceiling, "groups": groups, "epoch": epoch_record}
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """The benchmark as Markdown: the ceiling, one row per network and batch, the epoch check."""
-    meta = result["meta"]
+    """The benchmark as Markdown: set-up, one row per method, targets, layers, the epoch check."""
+    meta, groups = result["meta"], result["groups"]
+    ref = meta["reference"]
     lines = [
         f"CPU: {meta['cpu']}, {meta['threads']} threads (XLA and PyTorch); jax {meta['jax']}, "
-        f"torch {meta['torch'] or 'not installed'}; load average {_fmt(meta['load_average_start'])}"
-        f" -> {_fmt(meta['load_average_end'])}; malloc: "
+        f"torch {meta['torch'] or 'not installed'}, equinox {meta['equinox'] or 'not installed'}"
+        f"; load average {_fmt(meta['load_average_start'])} -> {_fmt(meta['load_average_end'])}"
+        "; malloc: "
         + ("freed memory kept for reuse" if meta.get("reuse_freed_memory") else "glibc defaults"),
+        f"PyTorch: {meta['pytorch_formulation']}",
+        f"Equinox: {meta['equinox_formulation']}",
+        *meta["notes"],
     ]
     matmul = ", ".join(
-        f"{lib} {statistics.median(g['matmul_gflops'][lib] for g in result['groups']):.0f}"
-        for lib in result["groups"][0]["matmul_gflops"]
+        f"{lib} {statistics.median(g['matmul_gflops'][lib] for g in groups):.0f}"
+        for lib in groups[0]["matmul_gflops"]
     )
-    lines.append(
+    lines += [
         f"float32 {meta['matmul_n']}^3 matrix product, GFLOP/s: {matmul}; "
-        f"ceiling {result['ceiling_gflops']:.0f}"
-    )
-    lines.append("")
-    lines.append(
-        "| network | batch | analytic img/s | autodiff img/s | torch img/s | analytic/autodiff "
-        "| analytic/torch | GFLOP/s (% of ceiling) analytic / autodiff / torch "
-        "| compile s analytic / autodiff |"
-    )
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---|---|")
-    for g in result["groups"]:
-        m = g["methods"]
-
-        def ips(name: str, m: dict = m) -> str:
-            return f"{m[name]['images_per_s']:.0f}" if name in m else "-"
-
-        def gf(name: str, m: dict = m) -> str:
-            if name not in m:
-                return "-"
-            return f"{m[name]['gflops']:.1f} ({100 * m[name]['fraction_of_ceiling']:.0f}%)"
-
-        torch_ratio = g["ratios"].get("analytic/torch")
-        lines.append(
-            f"| {g['net']} | {g['batch']} | {ips('analytic')} | {ips('autodiff')} "
-            f"| {ips('torch')} | {g['ratios']['analytic/autodiff']:.2f} "
-            f"| {'-' if torch_ratio is None else f'{torch_ratio:.2f}'} "
-            f"| {gf('analytic')} / {gf('autodiff')} / {gf('torch')} "
-            f"| {m['analytic']['compile_s']:.1f} / {m['autodiff']['compile_s']:.1f} |"
-        )
-    for g in result["groups"]:
-        for name, ratio in g["ratios"].items():
-            if name.startswith("analytic x"):
-                lines.append("")
-                record = g["methods"][name.split("/")[0]]
-                lines.append(
-                    f"data-parallel, {g['net']} at batch {g['batch']}: {name.split('/')[0]} "
-                    f"devices {record['images_per_s']:.0f} img/s, {ratio:.2f}x one device"
-                )
-    epoch = result.get("epoch")
-    if epoch:
-        lines.append("")
-        lines.append(
-            f"MNIST epoch through jaxnet.fit.fit (batch {epoch['batch']}, {epoch['steps']} steps,"
-            f" {epoch['train_images']} images): {epoch['epoch_s']:.2f} s (mean of "
-            f"{len(epoch['epochs_s'])}); steps x step time in a tight loop "
-            f"{epoch['steps_x_step_s']:.2f} s ({epoch['step_ms']:.2f} ms/step); ratio "
-            f"{epoch['ratio']:.3f} (target <= 1.10)"
-        )
-        several = epoch["several"]
-        lines.append(
-            f"the same with {several['steps_per_call']} steps per compiled call "
-            f"(fit(steps_per_call={several['steps_per_call']})): {several['epoch_s']:.2f} s, "
-            f"{several['speedup']:.2f}x one step per call"
-        )
+        f"ceiling {result['ceiling_gflops']:.0f}",
+        "",
+        f"| network | batch | method | img/s | ms/step | GFLOP/s | % of ceiling | {ref} / it "
+        "| first call s |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for g in groups:
+        for name, m in g["methods"].items():
+            ratio = g["ratios"].get(f"{ref}/{name}")
+            lines.append(
+                f"| {g['net']} | {g['batch']} | {name} | {m['images_per_s']:.0f} "
+                f"| {m['step_ms']:.2f} | {m['gflops']:.1f} | {100 * m['fraction_of_ceiling']:.0f}% "
+                f"| {'-' if ratio is None else f'{ratio:.2f}'} | {m['compile_s']:.1f} |"
+            )
+    for g in groups:
+        for name, why in g["failed"].items():
+            lines.append(f"{name} on {g['net']} at batch {g['batch']}: failed, {why}")
+    lines += ["", *_targets(result)]
+    for g in groups:
+        lines += _other_ratios(g, ref)
+        if g["layers"]:
+            lines += ["", *format_layers(g)]
+    lines += _epoch_lines(result.get("epoch"))
     load = meta["load_average_start"]
     if load is not None and load > meta["threads"]:
-        lines.append("")
-        lines.append(
+        lines += [
+            "",
             f"note: the load average ({load:.1f}) exceeds the {meta['threads']} CPUs: other "
-            "processes shared them, so the figures are noisy (PyTorch's OpenMP threads most)."
-        )
+            "processes shared them, so the figures are noisy (PyTorch's OpenMP threads most).",
+        ]
     return "\n".join(lines) + "\n"
+
+
+def _targets(result: dict[str, Any]) -> list[str]:
+    """The issue's targets per group: the reference against PyTorch and Equinox, % of ceiling."""
+    ref = result["meta"]["reference"]
+    lines = [
+        f"| targets: {ref} | batch | / PyTorch (>= 1.0) | / Equinox (>= 1.5) "
+        "| % of ceiling (CIFAR-10 >= 45%) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for g in result["groups"]:
+        cells = []
+        for peer, target in (("PyTorch", 1.0), ("Equinox", 1.5)):
+            r = g["ratios"].get(f"{ref}/{peer}")
+            cells.append("-" if r is None else f"{r:.2f} {'met' if r >= target else 'not met'}")
+        fraction = g["methods"][ref]["fraction_of_ceiling"]
+        mark = (" met" if fraction >= 0.45 else " not met") if g["net"].startswith("cifar") else ""
+        lines.append(
+            f"| {g['net']} | {g['batch']} | {' | '.join(cells)} | {100 * fraction:.0f}%{mark} |"
+        )
+    return lines
+
+
+def _other_ratios(group: dict[str, Any], ref: str) -> list[str]:
+    """Lines for the ratios that are not the reference against a method."""
+    lines = []
+    for key, ratio in group["ratios"].items():
+        a, b = key.split("/", 1)
+        if a != ref:
+            lines.append(
+                f"{group['net']} at batch {group['batch']}: {a} ran {ratio:.2f}x as fast as {b}"
+            )
+    return ["", *lines] if lines else []
+
+
+def format_layers(group: dict[str, Any]) -> list[str]:
+    """Where time goes in one group: forward / backward ms of every piece, per method."""
+    names = list(group["layers"])
+    lines = [
+        f"where time goes, {group['net']} at batch {group['batch']} (ms, forward / backward, "
+        "each piece on its own):",
+        "",
+        "| piece | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    rows = group["layers"][names[0]]
+    for i, row in enumerate(rows):
+        cells = [_fwd_bwd(group["layers"][name][i]) for name in names]
+        lines.append(f"| {row['layer']} ({row['kind']}) | " + " | ".join(cells) + " |")
+    sums = [
+        sum((r["forward_ms"] or 0) + (r["backward_ms"] or 0) for r in group["layers"][name])
+        for name in names
+    ]
+    lines.append("| sum of the pieces | " + " | ".join(f"{s:.2f}" for s in sums) + " |")
+    steps = [group["methods"][name]["step_ms"] for name in names]
+    lines.append("| whole step | " + " | ".join(f"{s:.2f}" for s in steps) + " |")
+    return lines
+
+
+def _fwd_bwd(row: dict[str, Any]) -> str:
+    backward = row["backward_ms"]
+    return f"{row['forward_ms']:.3f}" + ("" if backward is None else f" / {backward:.3f}")
+
+
+def _epoch_lines(epoch: dict[str, Any] | None) -> list[str]:
+    if not epoch:
+        return []
+    several = epoch["several"]
+    return [
+        "",
+        f"MNIST epoch through jaxnet.fit.fit (batch {epoch['batch']}, {epoch['steps']} steps,"
+        f" {epoch['train_images']} images): {epoch['epoch_s']:.2f} s (mean of "
+        f"{len(epoch['epochs_s'])}); steps x step time in a tight loop "
+        f"{epoch['steps_x_step_s']:.2f} s ({epoch['step_ms']:.2f} ms/step); ratio "
+        f"{epoch['ratio']:.3f} (target <= 1.10)",
+        f"the same with {several['steps_per_call']} steps per compiled call "
+        f"(fit(steps_per_call={several['steps_per_call']})): {several['epoch_s']:.2f} s, "
+        f"{several['speedup']:.2f}x one step per call",
+    ]
 
 
 def _fmt(value: float | None) -> str:
@@ -874,7 +1264,8 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the flags, run the benchmark, print the table and write the JSON."""
     parser = argparse.ArgumentParser(
         prog="python -m experiments.benchmark",
-        description="Train-step throughput of jaxnet (analytic rules, autodiff) and PyTorch.",
+        description="Train-step throughput of jaxnet (analytic rules, autodiff), PyTorch and "
+        "Equinox, and where the time goes per layer.",
     )
     parser.add_argument("--quick", action="store_true", help="fewer, shorter windows")
     parser.add_argument(
@@ -885,6 +1276,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--windows", type=int, default=None, help="timed rounds per group")
     parser.add_argument("--window-s", type=float, default=None, help="seconds per window")
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
+    parser.add_argument("--no-equinox", action="store_true", help="leave Equinox out")
+    parser.add_argument(
+        "--no-torch-compile",
+        action="store_true",
+        help="leave torch.compile out (left out with --quick: ~30 s to compile each shape)",
+    )
+    parser.add_argument(
+        "--torch-variants",
+        action="store_true",
+        help="also time the PyTorch formulations not kept (hand-written update, contiguous "
+        "memory, for-loop SGD)",
+    )
+    parser.add_argument("--no-layers", action="store_true", help="skip the per-layer times")
     parser.add_argument("--no-epoch", action="store_true", help="skip the full-epoch check")
     parser.add_argument(
         "--reuse-freed-memory",
@@ -917,21 +1321,26 @@ def main(argv: list[str] | None = None) -> int:
     if any(b < 1 for b in args.batches):
         parser.error(f"--batches must be positive, got {args.batches}")
     try:
-        nets = [architectures.get(name).name for name in args.nets]
+        nets = tuple(architectures.get(name).name for name in args.nets)
     except ValueError as error:
         parser.error(str(error))
-
-    result = run_benchmark(
-        nets,
-        args.batches,
-        settings,
-        use_torch=not args.no_torch,
+    layer_settings = LAYERS_QUICK if args.quick else LAYERS_FULL
+    if args.windows is not None or args.window_s is not None:  # shorter pieces, same rounds
+        layer_settings = replace(settings, window_s=settings.window_s / 8)
+    plan = Plan(
+        nets=nets,
+        batches=tuple(args.batches),
+        settings=settings,
+        layer_settings=None if args.no_layers else layer_settings,
+        devices=args.devices,
+        torch_compile=not (args.no_torch_compile or args.quick),
+        torch_variants=args.torch_variants,
         epoch=not args.no_epoch,
         quick=args.quick,
-        log=lambda line: print(line, file=sys.stderr, flush=True),
-        devices=args.devices,
-        reuse_freed_memory=reuse,
     )
+    log = partial(print, file=sys.stderr, flush=True)
+    peers = import_peers(use_torch=not args.no_torch, use_equinox=not args.no_equinox)
+    result = run_benchmark(plan, peers, log, reuse_freed_memory=reuse)
     print(format_table(result), end="")
     args.json.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.json}")

@@ -1,19 +1,43 @@
-"""Smoke test of ``python -m experiments.benchmark``: structure, never speed."""
+"""``python -m experiments.benchmark`` and its peers: structure and equal work, never speed."""
 
 from __future__ import annotations
 
 import json
+import os
 import platform
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from experiments import benchmark
-from jaxnet import architectures, init
-from jaxnet.train import loss_and_logits
+from experiments.peers import nchw_weights
+from jaxnet import architectures, init, momentum
+from jaxnet.train import loss_and_logits, make_train_step
 
 TINY = benchmark.Settings(windows=1, window_s=0.001)
+NETS = ["mnist", "cifar10_modified"]
+LR, MU, WD = 0.1, 0.9, 5e-3
+
+
+def _batch(arch, n=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (n, *arch.input_shape), dtype=np.uint8)
+    x[:, :4] = 0  # a black band, as real images have: ReLU and pooling ties
+    return x, rng.integers(0, arch.num_classes, n).astype(np.int32)
+
+
+def _jaxnet_after_one_step(arch, optimizer, x, y):
+    params = init(arch, jax.random.PRNGKey(0))
+    step = make_train_step(arch, optimizer, mean=benchmark.MEAN)
+    params, _, metrics = step(params, optimizer.init(params), x, y)
+    return nchw_weights(arch, params), float(metrics["loss"])
 
 
 def test_step_flops_counts_forward_dw_and_dx_but_not_the_first_dx():
@@ -41,9 +65,22 @@ def test_interleaved_gives_one_time_per_round_for_every_runner():
     assert benchmark.median_ratio([1.0, 2.0, 4.0], [2.0, 2.0, 2.0]) == 1.0
 
 
-def test_group_record_has_every_method_and_ratio():
-    group = benchmark.bench_group("mnist", 2, TINY, torch=None, threads=1)
-    assert group["net"] == "mnist" and group["batch"] == 2
+def test_ratio_pairs_put_the_reference_against_each_method():
+    names = ["analytic", "autodiff", "analytic x2", "PyTorch", "PyTorch hand-written"]
+    assert benchmark.ratio_pairs(names) == [
+        ("analytic", "autodiff"),
+        ("analytic x2", "analytic"),
+        ("analytic", "PyTorch"),
+        ("analytic", "PyTorch hand-written"),
+        ("PyTorch hand-written", "PyTorch"),
+    ]
+
+
+def test_group_record_has_every_method_ratio_and_layer():
+    case = benchmark.Case(architectures.mnist(), 2)
+    methods = benchmark.step_methods(benchmark.Peers(), benchmark.Plan())
+    group = benchmark.bench_group(case, methods, TINY, TINY)
+    assert group["net"] == "mnist" and group["batch"] == 2 and group["failed"] == {}
     assert set(group["methods"]) == {"analytic", "autodiff"}
     for record in group["methods"].values():
         for key in ("images_per_s", "step_ms", "gflops", "compile_s", "window_step_s"):
@@ -51,42 +88,175 @@ def test_group_record_has_every_method_and_ratio():
         assert record["images_per_s"] > 0
     assert set(group["ratios"]) == {"analytic/autodiff"}
     assert group["matmul_gflops"]["xla"] > 0
+    expected = ["input", *(layer.name for layer in case.arch.layers), "loss", "update"]
+    for rows in group["layers"].values():
+        assert [row["layer"] for row in rows] == expected
+        assert all(row["forward_ms"] > 0 for row in rows)
+        assert [row["backward_ms"] is None for row in rows] == [
+            name in ("input", "update") for name in expected
+        ]
 
 
-def test_torch_model_gives_jaxnet_loss_with_the_same_weights():
-    torch = pytest.importorskip("torch")
-    arch = architectures.cifar10_modified()
-    x = np.random.default_rng(0).standard_normal((3, 32, 32, 3)).astype(np.float32)
-    y = np.array([0, 4, 9], np.int32)
-    loss_fn, params = benchmark.torch_model(torch, arch, seed=0)
-    x_t = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
-    loss_t, logits_t = loss_fn(x_t, torch.from_numpy(y.astype(np.int64)))
-    loss_j, logits_j = loss_and_logits(arch, init(arch, jax.random.PRNGKey(0)), x, y)
-    np.testing.assert_allclose(logits_t.detach().numpy(), logits_j, rtol=1e-4, atol=1e-4)
-    assert abs(loss_t.item() - float(loss_j)) < 1e-4
-    assert len(params) == 2 * len(arch.parametrised)
+def test_a_failing_optional_method_is_one_line_and_the_run_goes_on():
+    def broken(case):
+        raise RuntimeError("no C++ compiler\nlong traceback")
+
+    methods = [
+        *benchmark.step_methods(benchmark.Peers(), benchmark.Plan()),
+        benchmark.Method("torch.compile", broken, optional=True),
+    ]
+    group = benchmark.bench_group(benchmark.Case(architectures.mnist(), 2), methods, TINY, None)
+    assert group["failed"] == {"torch.compile": "RuntimeError: no C++ compiler"}
+    assert "torch.compile" not in group["methods"] and group["layers"] is None
+    with pytest.raises(RuntimeError):  # a method that must work raises
+        benchmark.bench_group(
+            benchmark.Case(architectures.mnist(), 2), [benchmark.Method("x", broken)], TINY, None
+        )
+
+
+def test_missing_peers_are_left_out_with_a_line(monkeypatch, capsys):
+    for name in ("torch", "equinox"):
+        monkeypatch.setitem(sys.modules, name, None)  # import torch -> ImportError
+    for name in ("experiments.peers.pytorch_peer", "experiments.peers.equinox_peer"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    peers = benchmark.import_peers()
+    assert peers.torch is None and peers.equinox is None
+    assert peers.notes == (
+        'PyTorch: left out (torch not installed: pip install -e ".[peers]")',
+        'Equinox: left out (equinox not installed: pip install -e ".[peers]")',
+    )
+    plan = benchmark.Plan(("mnist",), (2,), TINY, layer_settings=None, epoch=False)
+    result = benchmark.run_benchmark(plan, peers, log=lambda line: None, reuse_freed_memory=False)
+    table = benchmark.format_table(result)
+    assert all(note in table for note in peers.notes)
+    assert set(result["groups"][0]["methods"]) == {"analytic", "autodiff"}
+
+
+def test_with_onednn_the_analytic_rules_run_on_each_kernel_set(monkeypatch):
+    methods = benchmark.step_methods(benchmark.Peers(onednn=SimpleNamespace()), benchmark.Plan())
+    assert [m.name for m in methods[:3]] == [
+        "analytic (oneDNN convs)",
+        "analytic (XLA convs)",
+        "autodiff",
+    ]
+    monkeypatch.setenv(benchmark.CONV_ENV, "before")
+    seen = []
+    run = benchmark._under("xla", lambda k: seen.append(os.environ.get(benchmark.CONV_ENV)))
+    run(1)
+    benchmark._under(None, lambda k: seen.append(os.environ.get(benchmark.CONV_ENV)))(1)
+    assert seen == ["xla", None] and os.environ[benchmark.CONV_ENV] == "before"
+
+
+@pytest.mark.parametrize("net", NETS)
+def test_peers_compute_jaxnet_loss_with_the_same_weights(net):
+    torch_peer = pytest.importorskip("experiments.peers.pytorch_peer")
+    equinox_peer = pytest.importorskip("experiments.peers.equinox_peer")
+    torch = torch_peer.torch
+    arch = architectures.get(net)
+    params = init(arch, jax.random.PRNGKey(0))
+    x, y = _batch(arch)
+    xf = x / 255.0 - benchmark.MEAN
+    loss_j, logits_j = loss_and_logits(arch, params, jnp.asarray(xf, jnp.float32), y)
+    model = torch_peer.sequential(arch, params)
+    logits_t = model(torch_peer.images(x).float() / 255 - benchmark.MEAN).detach().numpy()
+    loss_e, logits_e = equinox_peer.loss(
+        equinox_peer.CNN(arch, params), jnp.asarray(xf.transpose(0, 3, 1, 2), jnp.float32), y
+    )
+    for logits in (logits_t, logits_e):
+        np.testing.assert_allclose(logits, logits_j, rtol=1e-5, atol=1e-5)
+    loss_t = torch.nn.functional.cross_entropy(
+        torch.from_numpy(logits_t), torch.from_numpy(y).long()
+    )
+    assert abs(loss_t.item() - float(loss_j)) < 1e-5 and abs(float(loss_e) - float(loss_j)) < 1e-5
+
+
+def _assert_same_params(got, expected):
+    assert got.keys() == expected.keys()
+    for name in expected:
+        for a, b in zip(got[name], expected[name], strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("net", NETS)
+def test_equinox_step_updates_like_jaxnet(net):
+    equinox_peer = pytest.importorskip("experiments.peers.equinox_peer")
+    eqx = equinox_peer.eqx
+    arch = architectures.get(net)
+    x, y = _batch(arch, 4)
+    optimizer = momentum(LR, MU, WD)
+    expected, loss_j = _jaxnet_after_one_step(arch, optimizer, x, y)
+    model = equinox_peer.CNN(arch, init(arch, jax.random.PRNGKey(0)))
+    step = equinox_peer.make_train_step(optimizer, benchmark.MEAN)
+    state = optimizer.init(eqx.filter(model, eqx.is_array))
+    model, _, metrics = step(model, state, x.transpose(0, 3, 1, 2), y)
+    layers = [m for m in model.layers if isinstance(m, (eqx.nn.Conv2d, eqx.nn.Linear))]
+    got = {
+        layer.name: (np.asarray(m.weight), np.asarray(m.bias).ravel())
+        for layer, m in zip(arch.parametrised, layers, strict=True)
+    }
+    _assert_same_params(got, expected)
+    assert abs(float(metrics["loss"]) - loss_j) < 1e-5
+
+
+@pytest.mark.parametrize("net", NETS)
+@pytest.mark.parametrize("weight_decay", [0.0, WD])
+def test_pytorch_steps_update_like_jaxnet_or_as_documented(net, weight_decay):
+    """SGD(dampening=mu), momentum buffer from zero: the seed's rule without weight decay; with
+    it, decay before the average. The hand-written step is the seed's rule exactly."""
+    torch_peer = pytest.importorskip("experiments.peers.pytorch_peer")
+    arch = architectures.get(net)
+    x, y = _batch(arch, 4)
+    params = init(arch, jax.random.PRNGKey(0))
+    torch_decay_first = optax.chain(
+        optax.add_decayed_weights(weight_decay), optax.ema(MU, debias=False), optax.scale(-LR)
+    )
+    expected, loss_j = _jaxnet_after_one_step(arch, torch_decay_first, x, y)
+    model = torch_peer.sequential(arch, params)
+    optimizer = torch_peer.sgd(model, LR, MU, weight_decay)
+    torch_peer.zero_momentum(optimizer)
+    loss, _ = torch_peer.make_train_step(model, optimizer, benchmark.MEAN)(
+        torch_peer.images(x), torch_peer.torch.from_numpy(y.astype(np.int64))
+    )
+    pairs = [m for m in model if hasattr(m, "weight")]
+    got = {
+        layer.name: (m.weight.detach().numpy(), m.bias.detach().numpy())
+        for layer, m in zip(arch.parametrised, pairs, strict=True)
+    }
+    _assert_same_params(got, expected)
+    assert abs(loss.item() - loss_j) < 1e-5
+
+    expected, _ = _jaxnet_after_one_step(arch, momentum(LR, MU, weight_decay), x, y)
+    step, weights = torch_peer.hand_written_step(arch, params, LR, MU, weight_decay, benchmark.MEAN)
+    step(torch_peer.images(x), torch_peer.torch.from_numpy(y.astype(np.int64)))
+    got = {name: tuple(t.detach().numpy() for t in pair) for name, pair in weights.items()}
+    _assert_same_params(got, expected)
 
 
 def test_command_writes_json_and_table(tmp_path, capsys):
     path = tmp_path / "bench.json"
     argv = ["--quick", "--nets", "mnist", "--batches", "2", "--json", str(path)]
     argv += ["--windows", "1", "--window-s", "0.001", "--no-epoch"]
-    if benchmark.import_torch() is None:
-        argv.append("--no-torch")
     assert benchmark.main(argv) == 0
     out = capsys.readouterr().out
-    assert "| mnist | 2 |" in out and "ceiling" in out
+    assert "| mnist | 2 | analytic |" in out and "ceiling" in out and "where time goes" in out
     result = json.loads(path.read_text())
     assert set(result) == {"meta", "ceiling_gflops", "groups", "epoch"}
-    assert result["epoch"] is None
+    assert result["epoch"] is None and result["meta"]["reference"] == "analytic"
     assert result["meta"]["threads"] >= 1 and result["ceiling_gflops"] > 0
     assert result["meta"]["reuse_freed_memory"] is False and "glibc defaults" in out
     (group,) = result["groups"]
-    assert {"analytic", "autodiff"} <= set(group["methods"])
+    assert (
+        {"analytic", "autodiff"}
+        <= set(group["methods"])
+        <= set(group["layers"]) | {"torch.compile"}
+    )
     for record in group["methods"].values():
         assert 0 < record["fraction_of_ceiling"]
+    assert "torch.compile" not in group["methods"]  # left out with --quick
     if result["meta"]["torch"] is not None:
-        assert "torch" in group["methods"] and "analytic/torch" in group["ratios"]
+        assert "PyTorch" in group["methods"] and "analytic/PyTorch" in group["ratios"]
+    if result["meta"]["equinox"] is not None:
+        assert "Equinox" in group["methods"] and "analytic/Equinox" in group["ratios"]
 
 
 def test_epoch_check_reports_epoch_and_step_times(monkeypatch):
@@ -113,35 +283,15 @@ def test_bad_flags_exit_with_status_2():
 
 def test_data_parallel_row_on_two_virtual_devices(tmp_path):
     """--devices 2 adds the analytic rules on 2 virtual CPU devices, made before JAX starts."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "bench.json"
     env = {**os.environ, "PYTHONPATH": str(root)}
     env.pop("XLA_FLAGS", None)
+    argv = ["--quick", "--no-torch", "--no-equinox", "--no-epoch", "--no-layers"]
+    argv += ["--nets", "mnist", "--batches", "8", "--windows", "1", "--devices", "2"]
+    argv += ["--reuse-freed-memory", "--json", str(out)]  # a fresh process: the real call
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.benchmark",
-            "--quick",
-            "--no-torch",
-            "--no-epoch",
-            "--nets",
-            "mnist",
-            "--batches",
-            "8",
-            "--windows",
-            "1",
-            "--devices",
-            "2",
-            "--reuse-freed-memory",  # a fresh process: the real call
-            "--json",
-            str(out),
-        ],
+        [sys.executable, "-m", "experiments.benchmark", *argv],
         cwd=root,
         env=env,
         capture_output=True,
@@ -156,7 +306,7 @@ def test_data_parallel_row_on_two_virtual_devices(tmp_path):
     (group,) = record["groups"]
     assert group["methods"]["analytic x2"]["images_per_s"] > 0
     assert "analytic x2/analytic" in group["ratios"]
-    assert "data-parallel, mnist at batch 8" in result.stdout
+    assert "mnist at batch 8: analytic x2 ran" in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -164,8 +314,6 @@ def test_data_parallel_row_on_two_virtual_devices(tmp_path):
     [("cpu", False, "cpu"), ("gpu", True, "cuda"), ("gpu", False, None), ("tpu", True, None)],
 )
 def test_pytorch_runs_on_the_device_that_matches_jax(monkeypatch, backend, cuda, expected):
-    from types import SimpleNamespace
-
     monkeypatch.setattr(jax, "default_backend", lambda: backend)
     fake_torch = SimpleNamespace(cuda=SimpleNamespace(is_available=lambda: cuda))
     assert benchmark.torch_device(fake_torch) == expected

@@ -3,7 +3,8 @@
 - :func:`sequential`: ``nn.Conv2d`` / ``nn.ReLU`` / ``nn.MaxPool2d`` / ``nn.Flatten`` /
   ``nn.Linear`` in the architecture's order, with jaxnet's initial weights, in
   ``channels_last`` memory (the faster format here; see ``docs/performance.md``).
-- :func:`sgd`: ``torch.optim.SGD(momentum=mu, dampening=mu, weight_decay=lambda)``, foreach.
+- :func:`sgd`: ``torch.optim.SGD(momentum=mu, dampening=mu, weight_decay=lambda)``, PyTorch's
+  default update (a for-loop over the parameters on CPU, the faster one here).
 - :func:`make_train_step`: uint8 images scaled inside the step, ``zero_grad(set_to_none=True)``,
   ``nn.CrossEntropyLoss``, ``backward``, ``optimizer.step()``, the batch accuracy.
 - :func:`hand_written_step`: the benchmark's earlier PyTorch runner (``F.*`` calls and the
@@ -81,14 +82,19 @@ def sequential(
 
 
 def sgd(
-    model: nn.Module, lr: float, momentum: float, weight_decay: float, foreach: bool = True
+    model: nn.Module,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    foreach: bool | None = None,
 ) -> torch.optim.SGD:
     """``torch.optim.SGD`` with ``dampening=momentum``: the seed's moving average of gradients.
 
     Args:
         model: the parameters' owner.
         lr, momentum, weight_decay: ``alpha``, ``mu``, ``lambda``.
-        foreach: one fused multi-tensor update (PyTorch's default on CUDA) or a loop.
+        foreach: ``True``: one multi-tensor update; ``False``: a loop over the parameters;
+            ``None``: PyTorch's default (the loop on CPU, foreach on CUDA).
 
     Returns:
         The optimizer; see the module docstring for how it differs from the seed's rule.

@@ -62,9 +62,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxnet import allocator, architectures, autodiff, parallel
-from jaxnet import layers as analytic_layers
-from jaxnet.network import Architecture, Conv, Dense, MaxPool, init, parameter_rows
+from jaxnet import allocator, architectures, parallel
+from jaxnet.network import Architecture, init, layer_ops, parameter_rows
 from jaxnet.optim import momentum
 from jaxnet.train import make_train_step
 
@@ -264,15 +263,9 @@ def step_flops(arch: Architecture, batch: int) -> int:
     """
     total, first = 0, True
     for layer, shape in zip(arch.layers, arch.output_shapes, strict=True):
-        if isinstance(layer, Conv):
-            ho, wo = shape[0], shape[1]
-            one = 2 * batch * ho * wo * layer.kh * layer.kw * layer.c_in * layer.c_out
-        elif isinstance(layer, Dense):
-            one = 2 * batch * layer.n_in * layer.n_out
-        else:
-            continue
-        total += one * (2 if first else 3)
-        first = False
+        if layer.fan_in:
+            total += batch * layer.flops(shape) * (2 if first else 3)
+            first = False
     return total
 
 
@@ -657,17 +650,6 @@ def _jax_update(optimizer: optax.GradientTransformation, params: Any) -> Runner:
     return _repeat(jax.jit(apply), grads, state, params)
 
 
-def _jaxnet_layer(layer: Any, ops: ModuleType) -> Callable:
-    """``f(p, h)``: one layer spec applied through ``ops`` (the analytic or the autodiff layers)."""
-    if isinstance(layer, Conv):
-        return lambda p, h: ops.conv2d(h, p["w"], p["b"], layer.padding, layer.stride)
-    if isinstance(layer, Dense):
-        return lambda p, h: ops.dense(h, p["w"], p["b"])
-    if isinstance(layer, MaxPool):
-        return lambda p, h: ops.maxpool2d(h, layer.window, layer.stride)
-    return lambda p, h: ops.relu(h)
-
-
 def jaxnet_layers(case: Case, rules: str, conv: str | None = None) -> Pieces:
     """The pieces of ``jaxnet.make_train_step``'s step (see :func:`jax_pieces`).
 
@@ -681,10 +663,13 @@ def jaxnet_layers(case: Case, rules: str, conv: str | None = None) -> Pieces:
     """
     from jaxnet.train import prepare_images
 
-    ops = analytic_layers if rules == "analytic" else autodiff
+    ops = layer_ops(rules)
     params = case.params()
     xs, ys = case.data()
-    layers = [(lay.name, _jaxnet_layer(lay, ops), params.get(lay.name)) for lay in case.arch.layers]
+    layers = [
+        (layer.name, partial(layer.apply, ops=ops), params.get(layer.name))
+        for layer in case.arch.layers
+    ]
     optimizer = momentum(LEARNING_RATE, MOMENTUM, WEIGHT_DECAY)
     with _conv_choice(conv):
         pieces = jax_pieces(

@@ -7,7 +7,7 @@ but never above 32 MiB) with a fresh ``mmap`` and hands it back with ``munmap``:
 gets new pages, and the kernel faults in and zeroes every 4 KiB page of them again. From
 batch 256 on MNIST (a temporary block of about 40 MiB) that is about 9000-12000 page faults
 per train step, which then takes about 1.5x as long as with the pages kept (CIFAR-10's
-modified network at batch 256: 14000 faults, 1.2x; ``experiments/benchmark.py``).
+modified network at batch 256: 14000 faults, 1.2x; ``docs/performance.md``).
 
 :func:`reuse_freed_memory` asks glibc to serve every block from its heap and to keep freed
 memory there rather than return it to the system, so each step reuses the pages of the one

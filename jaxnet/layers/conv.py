@@ -15,7 +15,7 @@ pay: the forward pass of a one-channel input (``C_out`` to 17; 3-4x faster, for 
 twin as well), and ``dL/dw`` at batch <= 16 (see :func:`_conv2d_bwd`). Padding the other
 forward passes too was faster for the analytic rules but slowed the autodiff twin's derived
 backward by up to 1.5x (odd-channel convolutions), so it was left out. Figures and
-everything else tried: ``experiments/benchmark.py``.
+everything else tried: ``docs/performance.md``.
 """
 
 from __future__ import annotations

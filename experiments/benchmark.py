@@ -31,7 +31,7 @@ needs (:func:`step_flops`).
 
 Where time goes (:func:`layer_times`): every layer's forward and backward pass timed on its
 own at the same batch, for each JAX method and PyTorch. The ``fit()`` check
-(:func:`bench_epoch`): full MNIST epochs through ``jaxnet.fit.fit`` against steps x step time.
+(:func:`bench_epoch`): full MNIST epochs through ``jaxnet.training.fit`` against steps x step time.
 
 A table goes to the terminal and everything, raw windows included, to ``--json``, with the
 load average: figures from a shared machine are noisy, PyTorch's OpenMP threads most. What was
@@ -65,7 +65,7 @@ import optax
 from jaxnet import allocator, architectures, parallel
 from jaxnet.network import Architecture, init, layer_ops, parameter_rows
 from jaxnet.optim import momentum
-from jaxnet.train import make_train_step
+from jaxnet.step import make_train_step
 
 DEFAULT_NETS = ("mnist", "cifar10_modified")
 DEFAULT_BATCHES = (16, 64, 256)
@@ -661,7 +661,7 @@ def jaxnet_layers(case: Case, rules: str, conv: str | None = None) -> Pieces:
     Returns:
         The pieces.
     """
-    from jaxnet.train import prepare_images
+    from jaxnet.step import preprocess
 
     ops = layer_ops(rules)
     params = case.params()
@@ -673,7 +673,7 @@ def jaxnet_layers(case: Case, rules: str, conv: str | None = None) -> Pieces:
     optimizer = momentum(LEARNING_RATE, MOMENTUM, WEIGHT_DECAY)
     with _conv_choice(conv):
         pieces = jax_pieces(
-            lambda x: prepare_images(x, MEAN, jnp.float32),
+            lambda x: preprocess(x, MEAN, 1 / 255, jnp.float32),
             layers,
             ops.softmax_cross_entropy,
             _jax_update(optimizer, params),
@@ -937,7 +937,7 @@ def bench_group(
 def bench_epoch(
     quick: bool = False, batch: int = 64, epochs: int = 2, steps_per_call: int = STEPS_PER_CALL
 ) -> dict[str, Any]:
-    """Full MNIST epochs through :func:`jaxnet.fit.fit` against steps x step time.
+    """Full MNIST epochs through :func:`jaxnet.training.fit` against steps x step time.
 
     The settings are the default MNIST experiment's (batch 64, cosine schedule, random shifts
     of up to 2 pixels); the images are random uint8 of MNIST's shape (58000 training images,
@@ -960,8 +960,8 @@ def bench_epoch(
         the same for ``steps_per_call`` steps per call, with ``speedup`` (one step per call's
         epoch time over this one's).
     """
-    from jaxnet import data as data_lib
-    from jaxnet.fit import FitConfig, TrainData, fit, initial_state, make_fit_step
+    from jaxnet.training import FitConfig, TrainData, fit, initial_state, make_fit_step
+    from jaxnet.training.data import epoch_batches
 
     arch = architectures.mnist()
     n = EPOCH_IMAGES[quick]
@@ -986,9 +986,9 @@ def bench_epoch(
         checkpoint_every=(epochs + 2) * steps,
     )
 
-    step = make_fit_step(arch, config, config.input_mean(mean))
+    step = make_fit_step(arch, config, mean)
     images_dev, labels_dev = jax.device_put(images), jax.device_put(labels)
-    order = jax.device_put(data_lib.epoch_batches(n, batch, config.seed, 0))
+    order = jax.device_put(epoch_batches(n, batch, config.seed, 0))
     holder = {"state": initial_state(arch, config), "i": 0}
 
     def tight_loop(k: int) -> float:
@@ -1103,7 +1103,7 @@ def run_benchmark(
             record["fraction_of_ceiling"] = record["gflops"] / ceiling
     epoch_record = None
     if plan.epoch:
-        log("timing a full MNIST epoch through jaxnet.fit.fit ...")
+        log("timing a full MNIST epoch through jaxnet.training.fit ...")
         epoch_record = bench_epoch(plan.quick)
     meta["load_average_end"] = load_average()
     return {"meta": meta, "ceiling_gflops": ceiling, "groups": groups, "epoch": epoch_record}
@@ -1230,7 +1230,7 @@ def _epoch_lines(epoch: dict[str, Any] | None) -> list[str]:
     several = epoch["several"]
     return [
         "",
-        f"MNIST epoch through jaxnet.fit.fit (batch {epoch['batch']}, {epoch['steps']} steps,"
+        f"MNIST epoch through jaxnet.training.fit (batch {epoch['batch']}, {epoch['steps']} steps,"
         f" {epoch['train_images']} images): {epoch['epoch_s']:.2f} s (mean of "
         f"{len(epoch['epochs_s'])}); steps x step time in a tight loop "
         f"{epoch['steps_x_step_s']:.2f} s ({epoch['step_ms']:.2f} ms/step); ratio "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from experiments.common import Experiment, Preset, main
+from experiments.cli import Experiment, Preset, main
 
 
 def _our_schedule(epochs: int, warmup: int) -> Preset:

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from experiments.common import Experiment, Preset, main
+from experiments.cli import Experiment, Preset, main
 
 PRESETS = {
     "best": Preset(

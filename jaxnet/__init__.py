@@ -15,7 +15,7 @@ from jaxnet.network import (
     parameter_table,
 )
 from jaxnet.optim import momentum
-from jaxnet.train import EvalResult, evaluate, loss_fn, make_train_step
+from jaxnet.step import EvalResult, evaluate, loss_fn, make_train_step
 
 __version__ = "0.1.0"
 

@@ -409,7 +409,7 @@ def network_cases(
     """
     from jaxnet import architectures
     from jaxnet.network import init
-    from jaxnet.train import prepare_images
+    from jaxnet.step import preprocess
 
     cases = []
     for name in ("mnist", "cifar10_baseline", "cifar10_modified"):
@@ -420,7 +420,7 @@ def network_cases(
             images = zero_background_images(arch.input_shape, batch, seed)
         else:
             images = jax.random.randint(key_x, (batch, *arch.input_shape), 0, 256)
-        x = prepare_images(jnp.asarray(images, jnp.uint8), 0.0, jnp.float64)
+        x = preprocess(jnp.asarray(images, jnp.uint8), 0.0, 1 / 255, jnp.float64)
         y = jax.random.randint(key_y, (batch,), 0, arch.num_classes)
         what = "zero-background images" if zero_background else "all parameters"
         cases.append(network_case(f"network {name} ({what})", arch, params, x, y, fd_samples))

@@ -192,7 +192,7 @@ def plot_misclassified(
         path: where to write the PNG.
         max_images: at most this many images are drawn (``>= 1``).
         mean: ``None``, or the scalar / ``(C,)`` training mean that float ``images`` had
-            subtracted (``jaxnet.data.channel_mean``).
+            subtracted (``jaxnet.training.data.channel_mean``).
         title: the figure's title.
 
     Returns:
@@ -406,7 +406,7 @@ def plot_learning_curves(
     ``val_loss``, ``val_accuracy``; other keys are ignored. A validation value may be NaN,
     ``None``, ``""`` or missing on rows where no validation ran: validation is drawn as markers
     joined through the rows where it exists. Accuracy is plotted as given (a fraction in
-    ``[0, 1]`` from :func:`jaxnet.train.evaluate`). The loss axis is logarithmic when every loss
+    ``[0, 1]`` from :func:`jaxnet.step.evaluate`). The loss axis is logarithmic when every loss
     is positive, so late progress stays visible.
 
     Args:

@@ -32,9 +32,9 @@ import numpy as np
 import optax
 
 from jaxnet import Architecture, Conv, Dense, MaxPool, ReLU, architectures, init, momentum, parallel
-from jaxnet import train as jtrain
-from jaxnet.fit import FitConfig, TrainData, fit
-from jaxnet.train import evaluate, make_train_step
+from jaxnet import step as jstep
+from jaxnet.step import evaluate, make_train_step
+from jaxnet.training import FitConfig, TrainData, fit
 
 
 def tiny() -> Architecture:
@@ -196,7 +196,7 @@ def _equivalence_runs(saved, arch, x, y) -> None:
     evaluate(small, p, jnp.asarray(xs[:5]), jnp.asarray(ys[:5]), batch_size=4, mean=0.3, mesh=4)
     saved["eval_one_predictions"], saved["eval_one_loss"] = one.predictions, one.loss
     saved["eval_four_predictions"], saved["eval_four_loss"] = four.predictions, four.loss
-    saved["eval_four_cache"] = jtrain._sharded_eval_batch(parallel.make_mesh())._cache_size()
+    saved["eval_four_cache"] = jstep._sharded_eval_batch(parallel.make_mesh())._cache_size()
 
 
 def multihost(out: str, address: str, num_processes: int, process_id: int) -> None:

@@ -19,7 +19,7 @@ import pytest
 from experiments import benchmark
 from experiments.peers import nchw_weights
 from jaxnet import architectures, init, momentum
-from jaxnet.train import loss_and_logits, make_train_step
+from jaxnet.step import loss_and_logits, make_train_step
 
 TINY = benchmark.Settings(windows=1, window_s=0.001)
 NETS = ["mnist", "cifar10_modified"]

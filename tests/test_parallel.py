@@ -24,7 +24,7 @@ from jax.sharding import Mesh
 from parallel_worker import data  # the same data the multi-device worker trains on
 
 from jaxnet import Architecture, Conv, Dense, MaxPool, ReLU, evaluate, init, momentum, parallel
-from jaxnet.train import make_train_step
+from jaxnet.step import make_train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "parallel_worker.py"

@@ -64,13 +64,13 @@ def test_every_preset_builds_a_valid_config():
     import argparse
 
     from experiments import mnist
-    from experiments.common import build_parser, resolve_config
+    from experiments.cli import build_parser, fit_config
 
     experiments = [mnist.EXPERIMENT] + [cifar10.experiment(a) for a in cifar10.PRESETS]
     for exp in experiments:
         for name in exp.presets:
             args = build_parser(exp, "prog", "").parse_args(["--preset", name])
             assert isinstance(args, argparse.Namespace)
-            config = resolve_config(exp, args, n_train=48000)
-            config.validate(48000)
+            config = fit_config(exp, args, n_train=48000)
+            config.check_training_set(48000)
             assert config.iterations >= 1000, (exp.name, name)

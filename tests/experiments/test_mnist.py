@@ -98,7 +98,7 @@ def test_learns_the_small_set(idx_dir, tmp_path, malloc_calls):
         (("--batch-size", "5000"), "larger than the training set"),
         (("--momentum", "1.5"), "momentum must be in"),
         (("--iterations", "-3"), "iterations must be a positive integer"),
-        (("--steps-per-call", "0"), "steps-per-call must be at least 1"),
+        (("--steps-per-call", "0"), "steps-per-call must be a positive integer"),
     ],
 )
 def test_bad_settings_exit_2(idx_dir, tmp_path, capsys, flags, message):

@@ -1,10 +1,12 @@
-"""The loss, one jitted train step, and evaluation over a whole set.
+"""The loss, the one train-step body, and evaluation over a whole set.
 
+- :func:`preprocess`: the one image preprocessing (uint8 pixels scaled, the mean subtracted),
+  done inside the jit so the data set stays uint8 in memory.
 - :func:`loss_fn` / :func:`loss_and_logits`: the mean softmax cross-entropy of a batch, through
   the analytic or the autodiff layers.
-- :func:`make_train_step`: one ``jax.jit`` region that takes a batch (uint8 images are scaled
-  there, so the data set stays uint8 in memory), computes loss and gradient, applies any optax
-  optimizer, and returns the new params, optimizer state and metrics. It compiles once.
+- :func:`train_step`: the one body of every train step: loss, gradient, any optax optimizer.
+- :func:`make_train_step`: that body in one ``jax.jit`` region that returns the new params,
+  optimizer state and metrics. It compiles once.
 - :func:`evaluate`: predictions, mean loss and accuracy over a set of any size, in fixed-size
   batches (the last one padded and masked), so it compiles once per batch size.
 
@@ -13,7 +15,7 @@ device count) to run data-parallel: params and optimizer state replicated, batch
 the mesh's ``"data"`` axis, the loss (a mean over the global batch) and its gradient reduced
 across devices by XLA.
 
-The fit loop (epochs, logging, checkpoints) builds on these and lives elsewhere.
+The fit loop (epochs, logging, checkpoints) builds on these in :mod:`jaxnet.training`.
 """
 
 from __future__ import annotations
@@ -61,24 +63,24 @@ def _params_dtype(params: Params) -> jnp.dtype:
     return jnp.result_type(leaves[0])
 
 
-def prepare_images(
-    x: jax.Array, mean: jax.Array | float, dtype: jnp.dtype, scale: jax.Array | float = 1 / 255
+def preprocess(
+    x: jax.Array, mean: jax.Array | float, scale: jax.Array | float, dtype: jnp.dtype
 ) -> jax.Array:
-    """Turn a batch of images into the network's input.
+    """The one image preprocessing: uint8 pixels times ``scale``, minus ``mean``.
 
-    A uint8 batch is scaled and centred: ``x.astype(dtype) * scale - mean``; the default scale
-    maps pixels to ``[0, 1]`` (the MNIST starter), ``scale=1`` keeps raw pixel values (the
-    CIFAR-10 starter). A floating batch is taken as already prepared and returned unchanged
-    (neither ``scale`` nor ``mean`` is applied to it).
+    The default ``scale`` of the step and of :func:`evaluate`, 1/255, maps pixels to ``[0, 1]``
+    (the MNIST starter); ``scale=1`` keeps raw pixel values (the CIFAR-10 starter). A floating
+    batch is taken as already prepared and returned unchanged. Plots undo it with
+    ``x + mean`` (images shown in ``[0, 1]``).
 
     Args:
         x: ``(N, H, W, C)``, uint8 or floating point.
         mean: a scalar or a per-channel ``(C,)`` mean, in units of the scaled image.
-        dtype: the floating dtype of the result (the params' dtype) for uint8 input.
         scale: the factor applied to uint8 pixel values before the mean is subtracted.
+        dtype: the floating dtype of the result (the params' dtype) for uint8 input.
 
     Returns:
-        ``(N, H, W, C)`` floating point.
+        ``(N, H, W, C)`` floating point: ``x.astype(dtype) * scale - mean`` for uint8 ``x``.
 
     Raises:
         TypeError: ``x`` is an integer batch other than uint8.
@@ -127,8 +129,45 @@ def loss_fn(
     return loss_and_logits(arch, params, x, y, rules)[0]
 
 
-def _accuracy(logits: jax.Array, y: jax.Array) -> jax.Array:
-    return jnp.mean(jnp.argmax(logits, axis=-1) == y).astype(logits.dtype)
+def train_step(
+    arch: Architecture,
+    optimizer: optax.GradientTransformation,
+    rules: str,
+    mean: np.ndarray | jax.Array,
+    scale: float,
+    params: Params,
+    opt_state: optax.OptState,
+    x: jax.Array,
+    y: jax.Array,
+) -> tuple[Params, optax.OptState, Metrics]:
+    """The one train-step body: preprocess, loss and gradient, optimizer update (traceable).
+
+    Every step jaxnet runs is this function: :func:`make_train_step` jits it (on one device or
+    over a mesh), and the fit loop's step calls it after gathering and augmenting its batch.
+
+    Args:
+        arch: the network.
+        optimizer: any optax ``GradientTransformation``.
+        rules: ``"analytic"`` or ``"autodiff"``.
+        mean: subtracted after scaling, ``()`` or ``(C,)`` (see :func:`preprocess`).
+        scale: the factor applied to uint8 pixels.
+        params: ``{layer name: {"w", "b"}}``.
+        opt_state: the optimizer's state for ``params``.
+        x: ``(B, H, W, C)`` uint8 images or an already prepared float batch.
+        y: ``(B,)`` integer labels.
+
+    Returns:
+        ``(params, opt_state, {"loss": (), "accuracy": ()})``, the metrics of the batch before
+        the update.
+    """
+    x = preprocess(x, mean, scale, _params_dtype(params))
+    (loss, logits), grads = jax.value_and_grad(
+        lambda p: loss_and_logits(arch, p, x, y, rules), has_aux=True
+    )(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == y).astype(logits.dtype)
+    return params, opt_state, {"loss": loss, "accuracy": accuracy}
 
 
 def make_train_step(
@@ -189,16 +228,7 @@ def make_train_step(
     layer_ops(rules)  # ValueError for an unknown rules, before any tracing
     mean_np = _check_mean(arch, mean)
 
-    def step(params, opt_state, x, y):
-        """One update on the batch ``x (B, H, W, C)``, ``y (B,)``; see make_train_step."""
-        x = prepare_images(x, mean_np, _params_dtype(params), scale)
-        (loss, logits), grads = jax.value_and_grad(
-            lambda p: loss_and_logits(arch, p, x, y, rules), has_aux=True
-        )(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return params, opt_state, {"loss": loss, "accuracy": _accuracy(logits, y)}
-
+    step = partial(train_step, arch, optimizer, rules, mean_np, scale)
     if mesh is None:
         return jax.jit(step, donate_argnums=(0, 1))
     mesh = parallel.as_mesh(mesh)
@@ -257,7 +287,7 @@ class EvalResult(NamedTuple):
 
 def _eval_batch_impl(arch, rules, params, x, y, valid, mean, scale):
     """Summed loss over the ``valid`` rows ``()`` and predictions ``(B,)`` of one batch."""
-    x = prepare_images(x, mean, _params_dtype(params), scale)
+    x = preprocess(x, mean, scale, _params_dtype(params))
     per_example = jax.vmap(lambda xi, yi: loss_and_logits(arch, params, xi[None], yi[None], rules))
     losses, logits = per_example(x, y)  # (B,), (B, 1, K)
     loss_sum = jnp.sum(jnp.where(valid, losses, jnp.zeros((), losses.dtype)))

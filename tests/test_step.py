@@ -1,4 +1,4 @@
-"""The jitted train step, evaluation, and the whole networks: analytic rules against autodiff."""
+"""The step module: preprocessing, the jitted step, evaluation, whole networks against autodiff."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import optax
 import pytest
 from parallel_worker import counting, data  # the same helpers drive the multi-device runs
 
-import jaxnet.train
+import jaxnet.step
 from jaxnet import (
     Architecture,
     Conv,
@@ -24,6 +24,7 @@ from jaxnet import (
     make_train_step,
     momentum,
 )
+from jaxnet.step import preprocess
 
 
 def tiny(input_shape=(8, 8, 3)) -> Architecture:
@@ -138,6 +139,20 @@ def test_make_train_step_errors(kwargs, error, match):
         make_train_step(**args)
 
 
+def test_preprocess_scales_uint8_and_passes_floats_through():
+    images = np.random.default_rng(1).integers(0, 256, (4, 3, 5, 3), dtype=np.uint8)
+    mean = np.array([0.1, 0.2, 0.3], np.float32)
+    out = jax.jit(preprocess, static_argnums=3)(images, mean, 1 / 255, jnp.float32)
+    assert out.shape == images.shape and out.dtype == jnp.float32
+    np.testing.assert_allclose(out, images / np.float32(255) - mean, rtol=0, atol=1e-6)
+    raw = preprocess(jnp.asarray(images), 100.0, 1.0, jnp.float32)  # the CIFAR-10 starter
+    np.testing.assert_allclose(raw, images.astype(np.float32) - 100.0, atol=1e-5)
+    prepared = jnp.asarray(out)
+    assert preprocess(prepared, mean, 1 / 255, jnp.float32) is prepared
+    with pytest.raises(TypeError, match="uint8 or floating-point"):
+        preprocess(jnp.asarray(images, jnp.int16), mean, 1 / 255, jnp.float32)
+
+
 def test_step_refuses_other_integer_images():
     arch = tiny()
     optimizer = momentum(0.1)
@@ -160,7 +175,7 @@ def test_evaluate_a_set_of_any_size_with_one_compilation(monkeypatch):
         traces.append(1)
         return forward(*args, **kwargs)
 
-    monkeypatch.setattr(jaxnet.train, "forward", counting_forward)
+    monkeypatch.setattr(jaxnet.step, "forward", counting_forward)
     result = evaluate(arch, params, x, y, batch_size=4, mean=0.25)  # batches 4, 4, 3 (padded)
     for n in (5, 3, 1, 8):  # smaller than, equal to, and multiples of the batch size
         evaluate(arch, params, x[:n], y[:n], batch_size=4, mean=0.25)

@@ -1,18 +1,43 @@
-"""The starters' batches and transforms: split, epoch order, channel mean, preprocess, augment.
+"""The training data's host-side order and statistics, and the on-device augmentation.
 
-Loading the data sets is :mod:`jaxnet.datasets`. Images stay uint8 NHWC in host memory;
-:func:`preprocess` (scale, subtract the training mean) and :func:`augment` (random crop and flip)
-are JAX functions meant to run inside the jitted train step.
+- :class:`TrainData`: the arrays a run trains and validates on.
+- :func:`train_val_split`: a seeded hold-out of validation examples.
+- :func:`epoch_batches`: each epoch's seeded order, cut into full batches; it depends only on
+  the seed and the epoch, so a resumed run sees the same batches.
+- :func:`channel_mean`: the training split's per-channel mean, summed exactly.
+- :func:`augment`: random crops and flips inside the jitted step.
+
+Images stay uint8; the one preprocessing (scale, subtract the mean) is
+:func:`jaxnet.step.preprocess`, inside the step.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["augment", "channel_mean", "epoch_batches", "preprocess", "train_val_split"]
+
+class TrainData(NamedTuple):
+    """What :func:`jaxnet.training.fit` trains and validates on.
+
+    Attributes:
+        train_images: uint8 ``(N, H, W, C)``.
+        train_labels: int ``(N,)``.
+        val_images: uint8 ``(V, H, W, C)``; ``V`` may be 0 (no validation).
+        val_labels: int ``(V,)``.
+        mean: float32 ``(C,)``, the training split's mean in the units the network sees
+            (:func:`channel_mean` with the run's ``pixel_scale``).
+    """
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    val_images: np.ndarray
+    val_labels: np.ndarray
+    mean: np.ndarray
 
 
 def train_val_split(
@@ -72,14 +97,18 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
     return order[: steps * batch_size].reshape(steps, batch_size)
 
 
-def channel_mean(images: np.ndarray) -> np.ndarray:
-    """Per-channel mean of ``images / 255``; call it on the training split only.
+def channel_mean(images: np.ndarray, scale: float = 1 / 255) -> np.ndarray:
+    """Per-channel mean of ``images * scale``; call it on the training split only.
+
+    With the step's ``scale`` it is the mean to subtract (:func:`jaxnet.step.preprocess`):
+    the default gives the mean of ``images / 255``.
 
     Summed exactly in integers (a histogram per channel), so the result does not depend on
     summation order.
 
     Args:
         images: uint8 ``(N, H, W, C)``.
+        scale: the factor the step applies to pixels (1/255: ``[0, 1]``; 1: raw values).
 
     Returns:
         float32 ``(C,)``: the scalar mean for MNIST (``C = 1``), the RGB means for CIFAR-10.
@@ -96,37 +125,7 @@ def channel_mean(images: np.ndarray) -> np.ndarray:
     pixels = images.reshape(-1, images.shape[-1])
     levels = np.arange(256, dtype=np.float64)
     sums = [np.bincount(pixels[:, c], minlength=256) @ levels for c in range(pixels.shape[1])]
-    return (np.asarray(sums) / (pixels.shape[0] * 255.0)).astype(np.float32)
-
-
-def preprocess(images: jax.Array | np.ndarray, mean: jax.Array | np.ndarray) -> jax.Array:
-    """Scale uint8 images to [0, 1] and subtract the training mean; jax-traceable.
-
-    Meant to run inside the jitted train step, so images stay uint8 in memory until then.
-
-    Args:
-        images: uint8 ``(N, H, W, C)``.
-        mean: float ``(C,)`` (or a scalar), from :func:`channel_mean` on the training split.
-
-    Returns:
-        float32 ``(N, H, W, C)``: ``images / 255 - mean``.
-
-    Raises:
-        ValueError: ``images`` is not 4-d, or ``mean`` is neither ``(C,)`` nor a scalar.
-        TypeError: ``images`` is not uint8 (scaling a float image twice is a silent bug).
-    """
-    images = jnp.asarray(images)
-    mean = jnp.asarray(mean, dtype=jnp.float32)
-    if images.ndim != 4:
-        raise ValueError(f"images must be (N, H, W, C), got shape {images.shape}")
-    if images.dtype != jnp.uint8:
-        raise TypeError(f"images must be uint8, got {images.dtype}")
-    if mean.shape not in ((), (images.shape[-1],)):
-        raise ValueError(
-            f"mean must have shape ({images.shape[-1]},) or (), got {mean.shape} for images of "
-            f"shape {images.shape}"
-        )
-    return images.astype(jnp.float32) / 255.0 - mean
+    return (np.asarray(sums) / pixels.shape[0] * scale).astype(np.float32)
 
 
 def augment(

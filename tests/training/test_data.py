@@ -1,16 +1,12 @@
-"""Tests for jaxnet.data: the split, epoch order, channel mean, preprocess and augment.
-
-The loaders' tests are in tests/datasets/.
-"""
+"""The training data's split, epoch order, mean and on-device augmentation."""
 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxnet import data
+from jaxnet.training import data as training_data
 
 # ------------------------------------------------------------------------------------------
 # Split, shuffling, mean
@@ -19,62 +15,48 @@ from jaxnet import data
 def test_train_val_split():
     images = np.arange(100, dtype=np.uint8).reshape(100, 1, 1, 1) * np.ones((1, 2, 2, 3), np.uint8)
     labels = np.arange(100, dtype=np.int32)
-    tx, ty, vx, vy = data.train_val_split(images, labels, 20, seed=0)
+    tx, ty, vx, vy = training_data.train_val_split(images, labels, 20, seed=0)
     assert tx.shape == (80, 2, 2, 3) and vx.shape == (20, 2, 2, 3)
     assert tx.dtype == np.uint8 and ty.dtype == np.int32
     assert sorted([*ty, *vy]) == list(range(100))  # disjoint and complete
     assert (np.diff(ty) > 0).all() and (np.diff(vy) > 0).all()  # original order kept
     np.testing.assert_array_equal(tx[:, 0, 0, 0], ty)  # images follow their labels
-    again = data.train_val_split(images, labels, 20, seed=0)
+    again = training_data.train_val_split(images, labels, 20, seed=0)
     np.testing.assert_array_equal(again[3], vy)
-    assert not np.array_equal(data.train_val_split(images, labels, 20, seed=1)[3], vy)
+    assert not np.array_equal(training_data.train_val_split(images, labels, 20, seed=1)[3], vy)
     with pytest.raises(ValueError, match="n_val"):
-        data.train_val_split(images, labels, 100, seed=0)
+        training_data.train_val_split(images, labels, 100, seed=0)
     with pytest.raises(ValueError, match="labels has 99"):
-        data.train_val_split(images, labels[:99], 10, seed=0)
+        training_data.train_val_split(images, labels[:99], 10, seed=0)
 
 
 def test_epoch_batches():
-    order = data.epoch_batches(103, 10, seed=7, epoch=0)
+    order = training_data.epoch_batches(103, 10, seed=7, epoch=0)
     assert order.shape == (10, 10) and order.dtype == np.int32
     assert len(np.unique(order)) == 100 and order.max() < 103
-    np.testing.assert_array_equal(order, data.epoch_batches(103, 10, seed=7, epoch=0))
-    assert not np.array_equal(order, data.epoch_batches(103, 10, seed=7, epoch=1))
-    assert not np.array_equal(order, data.epoch_batches(103, 10, seed=8, epoch=0))
+    np.testing.assert_array_equal(order, training_data.epoch_batches(103, 10, seed=7, epoch=0))
+    assert not np.array_equal(order, training_data.epoch_batches(103, 10, seed=7, epoch=1))
+    assert not np.array_equal(order, training_data.epoch_batches(103, 10, seed=8, epoch=0))
     with pytest.raises(ValueError, match="batch_size"):
-        data.epoch_batches(5, 6, seed=0, epoch=0)
+        training_data.epoch_batches(5, 6, seed=0, epoch=0)
 
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_channel_mean(channels):
     images = np.random.default_rng(0).integers(0, 256, (17, 5, 6, channels), dtype=np.uint8)
-    mean = data.channel_mean(images)
+    mean = training_data.channel_mean(images)
     assert mean.shape == (channels,) and mean.dtype == np.float32
     np.testing.assert_allclose(mean, images.astype(np.float64).mean(axis=(0, 1, 2)) / 255, 1e-6)
+    raw = training_data.channel_mean(images, scale=1.0)  # the CIFAR-10 starter's raw pixels
+    np.testing.assert_allclose(raw, images.astype(np.float64).mean(axis=(0, 1, 2)), 1e-6)
     with pytest.raises(TypeError, match="uint8"):
-        data.channel_mean(images.astype(np.float32))
+        training_data.channel_mean(images.astype(np.float32))
     with pytest.raises(ValueError, match="N, H, W, C"):
-        data.channel_mean(images[0])
+        training_data.channel_mean(images[0])
 
 
 # ------------------------------------------------------------------------------------------
-# preprocess and augment (JAX, on device)
-
-
-def test_preprocess():
-    images = np.random.default_rng(1).integers(0, 256, (4, 3, 5, 3), dtype=np.uint8)
-    mean = np.array([0.1, 0.2, 0.3], np.float32)
-    out = jax.jit(data.preprocess)(images, mean)
-    assert out.shape == images.shape and out.dtype == jnp.float32
-    np.testing.assert_allclose(out, images / np.float32(255) - mean, rtol=0, atol=1e-6)
-    scalar = data.preprocess(images[..., :1], np.float32(0.5))
-    np.testing.assert_allclose(scalar, images[..., :1] / np.float32(255) - 0.5, atol=1e-6)
-    with pytest.raises(TypeError, match="uint8"):
-        data.preprocess(images.astype(np.float32), mean)
-    with pytest.raises(ValueError, match=r"mean must have shape \(3,\)"):
-        data.preprocess(images, mean[:2])
-    with pytest.raises(ValueError, match="N, H, W, C"):
-        data.preprocess(images[0], mean)
+# augment (JAX, on device)
 
 
 def _candidates(image: np.ndarray, pad: int) -> list[np.ndarray]:
@@ -88,7 +70,7 @@ def _candidates(image: np.ndarray, pad: int) -> list[np.ndarray]:
 @pytest.mark.parametrize("pad", [0, 2])
 def test_augment_is_a_crop_and_flip(dtype, pad):
     images = np.random.default_rng(2).integers(1, 256, (6, 7, 5, 3)).astype(dtype)
-    out = jax.jit(data.augment, static_argnames="pad")(jax.random.key(0), images, pad=pad)
+    out = jax.jit(training_data.augment, static_argnames="pad")(jax.random.key(0), images, pad=pad)
     assert out.shape == images.shape and out.dtype == dtype
     out = np.asarray(out)
     for image, result in zip(images, out, strict=True):
@@ -97,7 +79,7 @@ def test_augment_is_a_crop_and_flip(dtype, pad):
 
 def test_augment_seeded_and_varied():
     images = np.random.default_rng(3).integers(1, 256, (256, 8, 8, 3), dtype=np.uint8)
-    aug = jax.jit(data.augment)
+    aug = jax.jit(training_data.augment)
     a = np.asarray(aug(jax.random.key(1), images))
     np.testing.assert_array_equal(a, np.asarray(aug(jax.random.key(1), images)))
     assert not np.array_equal(a, np.asarray(aug(jax.random.key(2), images)))
@@ -111,6 +93,6 @@ def test_augment_seeded_and_varied():
     assert 0.35 < (picks >= 81).mean() < 0.65
     assert len(np.unique(picks % 81)) > 60
     with pytest.raises(ValueError, match="pad"):
-        data.augment(jax.random.key(0), images, pad=-1)
+        training_data.augment(jax.random.key(0), images, pad=-1)
     with pytest.raises(ValueError, match="N, H, W, C"):
-        data.augment(jax.random.key(0), images[0])
+        training_data.augment(jax.random.key(0), images[0])

@@ -1,0 +1,444 @@
+"""What every experiment command shares: its flags, its presets, and :func:`main`.
+
+An experiment module (``experiments/mnist.py``, ``experiments/cifar10.py``) names its
+architecture, its presets and how to load its data; :func:`main` does the rest:
+
+1. parse the flags: one per :class:`~jaxnet.training.FitConfig` field (its type, check and
+   help text come from the field), plus the command's own; refuse a bad setting, or a folder
+   that holds another run without ``--resume`` or ``--overwrite``, with status 2, before any
+   work;
+2. load the data (a missing or bad file is one line on stderr and status 1), hold out the
+   validation split, and build the config: the preset, then the flags given;
+3. train with :func:`jaxnet.training.fit` (progress bar, checkpoints, Ctrl-C, NaN stop);
+4. evaluate the test set and write the run folder (:class:`experiments.run_folder.RunFolder`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import MISSING, Field, asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments.run_folder import RunFolder
+from jaxnet.training.config import FitConfig, flag_name, nonnegative_int, positive, positive_int
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named set of training settings.
+
+    Attributes:
+        fit: :class:`~jaxnet.training.FitConfig` fields it overrides; the flags given override
+            it in turn.
+        iterations: optimizer steps, or
+        epochs: passes over the training split, turned into iterations.
+        train_limit: keep only the first that many training images (before the validation
+            split), as the CIFAR-10 starter loads two of the five batches.
+        val_size: training images held out for validation.
+        description: one line for ``--help``.
+    """
+
+    fit: dict[str, Any]
+    iterations: int | None = None
+    epochs: float | None = None
+    train_limit: int | None = None
+    val_size: int = 2000
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment command.
+
+    Attributes:
+        name: default run folder name (``runs/<name>``) and title.
+        architecture: the ``jaxnet.architectures`` name.
+        presets: ``{"best": ..., "seed": ...}``; ``best`` is the default.
+        load: ``(args) -> jaxnet.datasets.Dataset``, may raise ``jaxnet.datasets.DataError``.
+        module: the command, for messages (``experiments.mnist``).
+        seed_accuracy: the seed report's test accuracy, for the summary line.
+        extra_args: adds the experiment's own flags to the parser.
+    """
+
+    name: str
+    architecture: str
+    presets: dict[str, Preset]
+    load: Callable[[argparse.Namespace], Any]
+    module: str
+    seed_accuracy: float | None = None
+    extra_args: Callable[[argparse.ArgumentParser], None] | None = None
+
+
+class Refused(Exception):
+    """A setting or run folder refused before any training: exit status 2, as argparse."""
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """``{attribute: its text}`` from the ``Attributes:`` section of a Google docstring."""
+    section = cls.__doc__.split("Attributes:", 1)[1].split("\n\n", 1)[0]
+    docs: dict[str, str] = {}
+    for name, text in re.findall(r"^ {8}(\w+): (.*(?:\n {12}.*)*)", section, re.M):
+        docs[name] = " ".join(text.split())
+    return docs
+
+
+def _checked(kind: type, name: str, check: Callable[[str, Any], None]) -> Callable[[str], Any]:
+    """An argparse ``type=``: ``kind(text)``, then ``check``; its message on failure."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            message = f"{name} must be a number ({kind.__name__}), got {text!r}"
+            raise argparse.ArgumentTypeError(message) from None
+        try:
+            check(name, value)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        return value
+
+    return parse
+
+
+def _add_setting(parser: argparse._ActionsContainer, f: Field, doc: str) -> None:
+    """The flag of one FitConfig field; absent from the namespace unless given."""
+    check, flag = f.metadata["check"], flag_name(f.name)
+    default = "" if f.default is MISSING else f" (default: the preset's, else {f.default})"
+    kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": doc + default}
+    if f.type == "bool":
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif hasattr(check, "choices"):
+        kwargs["choices"] = check.choices
+    else:
+        kind = {"int": int, "float": float}[f.type]
+        kwargs["type"] = _checked(kind, flag, check)
+    parser.add_argument(f"--{flag}", **kwargs)
+
+
+def build_parser(exp: Experiment, prog: str, description: str) -> argparse.ArgumentParser:
+    """The flags every experiment takes: the run's own, then one per FitConfig field."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    presets = "; ".join(f"{k}: {v.description}" for k, v in exp.presets.items())
+    p.add_argument(
+        "--preset",
+        choices=sorted(exp.presets),
+        default="best",
+        help=f"'seed': the report's own settings; 'best' (default): ours. {presets}",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs") / exp.name,
+        help="run folder for checkpoints, figures, tables and metrics",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="data root holding mnist/ and cifar10/ (default: $JAXNET_DATA, else a "
+        "per-user cache, downloading there when missing)",
+    )
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip the size and md5 check of data files found locally",
+    )
+    p.add_argument(
+        "--val-size",
+        type=_checked(int, "val-size", nonnegative_int),
+        default=None,
+        help="training images held out for validation (seeded split)",
+    )
+    p.add_argument(
+        "--devices",
+        type=_checked(int, "devices", positive_int),
+        default=None,
+        help="train data-parallel on this many devices (default: all local "
+        "devices); the batch size must be a multiple. On CPU, N virtual devices",
+    )
+    p.add_argument(
+        "--steps-per-call",
+        type=_checked(int, "steps-per-call", positive_int),
+        default=1,
+        help="optimizer steps per compiled call (K > 1: one launch per K "
+        "steps, the same training up to float rounding, K times longer compiling)",
+    )
+    p.add_argument(
+        "--reuse-freed-memory",
+        action="store_true",
+        help="make glibc keep freed memory (jaxnet.allocator.reuse_freed_memory()): "
+        "large-batch CPU steps 1.2-1.7x faster, peak memory 100-250 MiB higher",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run = p.add_mutually_exclusive_group()
+    run.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its newest checkpoint"
+    )
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a run already in --out (its outputs and checkpoints)",
+    )
+    length = p.add_mutually_exclusive_group()
+    length.add_argument(
+        "--epochs",
+        type=_checked(float, "epochs", positive),
+        default=None,
+        help="passes over the training split (converted to iterations)",
+    )
+    docs = field_docs(FitConfig)
+    for f in fields(FitConfig):
+        _add_setting(length if f.name == "iterations" else p, f, docs[f.name])
+    if exp.extra_args is not None:
+        exp.extra_args(p)
+    return p  # fmt: skip
+
+
+def fit_config(exp: Experiment, args: argparse.Namespace, n_train: int) -> FitConfig:
+    """The run's :class:`~jaxnet.training.FitConfig`: the preset, then the flags given.
+
+    Raises:
+        ValueError: a setting the config refuses (warm-up longer than the run, ...).
+    """
+    preset = exp.presets[args.preset]
+    given = {f.name: getattr(args, f.name) for f in fields(FitConfig) if hasattr(args, f.name)}
+    settings = {**preset.fit, **given}
+    if "iterations" not in given:
+        epochs = args.epochs if args.epochs is not None else preset.epochs
+        settings["iterations"] = (
+            max(1, round(epochs * (n_train // settings["batch_size"])))
+            if epochs is not None
+            else preset.iterations
+        )
+    if "warmup" not in given:  # a preset's warm-up, cut to fit a short run
+        settings["warmup"] = min(settings.get("warmup", 0), settings["iterations"] - 1)
+    return FitConfig(**settings)
+
+
+def main(exp: Experiment, argv: list[str] | None, prog: str, description: str) -> int:
+    """Run one experiment command; returns the process exit status."""
+    parser = build_parser(exp, prog, description)
+    args = parser.parse_args(argv)
+    folder = RunFolder(args.out)
+    try:
+        saved = _check_folder(exp, args, folder)
+        args.devices = _device_count(args.devices)
+        from jaxnet.datasets import DataError
+
+        try:
+            dataset = exp.load(args)
+        except DataError as err:
+            return _error(str(err), 1)
+        config, run_config, dataset, split = _settle(exp, args, saved, dataset)
+    except Refused as err:
+        parser.error(str(err))
+    from jaxnet import architectures
+
+    arch = architectures.get(exp.architecture)
+    if tuple(dataset.test_images.shape[1:]) != tuple(arch.input_shape):
+        return _error(
+            f"the data's images are {dataset.test_images.shape[1:]}, the "
+            f"{exp.architecture} network takes {tuple(arch.input_shape)}",
+            1,
+        )
+    from jaxnet import allocator
+
+    if args.reuse_freed_memory and allocator.reuse_freed_memory():
+        run_config["environment"]["malloc"] = "glibc, freed memory kept for reuse"
+    if args.overwrite:
+        folder.clear()
+    folder.write_config(run_config)
+    return _train_and_report(exp, arch, folder, args, config, dataset, split)
+
+
+def _check_folder(exp: Experiment, args: argparse.Namespace, folder: RunFolder) -> dict | None:
+    """Refuse a folder that is not free for this command; the saved config of a resumed run."""
+    if folder.path.exists() and not folder.path.is_dir():
+        raise Refused(f"--out {folder.path} exists and is not a folder")
+    if folder.occupied and not (args.resume or args.overwrite):
+        raise Refused(
+            f"{folder.path} holds another run: pass --resume to continue it or --overwrite to "
+            "replace it, or choose another --out"
+        )
+    if not args.resume:
+        return None
+    saved = folder.saved_config()
+    if saved is None:
+        raise Refused(f"--resume: {folder.path} holds no run to resume (no config.json)")
+    if saved.get("architecture") != exp.architecture:
+        raise Refused(
+            f"--resume: {folder.path} holds a run of {saved.get('architecture')!r}, "
+            f"not {exp.architecture!r}"
+        )
+    return saved
+
+
+def _device_count(asked: int | None) -> int:
+    """The devices to train on (``--devices``, else every local one); before JAX starts."""
+    if asked is not None and asked > 1:
+        from jaxnet.parallel import request_cpu_devices
+
+        request_cpu_devices(asked)  # before JAX starts its backend
+    import jax
+
+    devices = asked if asked is not None else jax.local_device_count()
+    if devices > jax.device_count():
+        raise Refused(
+            f"--devices {devices}: JAX sees only {jax.device_count()} device(s) "
+            f"({jax.devices()[0].platform})"
+        )
+    return devices
+
+
+def _settle(exp: Experiment, args: argparse.Namespace, saved: dict | None, dataset: Any):
+    """The config, ``config.json``'s content, the data set and its training split.
+
+    A resumed run keeps every setting it started with; a new one takes the preset and flags.
+    """
+    from jaxnet.training.data import train_val_split
+
+    if saved is not None:
+        names = {f.name for f in fields(FitConfig)}
+        config = FitConfig(**{k: v for k, v in saved["fit"].items() if k in names})
+        val_size, train_limit = int(saved["val_size"]), saved.get("train_limit")
+        print(f"resuming with the settings saved in {args.out / 'config.json'}", file=sys.stderr)
+    else:
+        preset = exp.presets[args.preset]
+        val_size = args.val_size if args.val_size is not None else preset.val_size
+        train_limit = preset.train_limit
+    images, labels = dataset.train_images[:train_limit], dataset.train_labels[:train_limit]
+    if val_size >= len(labels):
+        n = len(labels)
+        raise Refused(f"--val-size {val_size} leaves no training images (the set has {n})")
+    seed = config.seed if saved is not None else getattr(args, "seed", FitConfig.seed)
+    split = train_val_split(images, labels, val_size, seed)
+    # The split holds the training images now: let the loaded copy go (one data set less in
+    # memory while training). A fresh empty array, not a view, which would keep it alive.
+    empty = np.empty((0, *images.shape[1:]), images.dtype)
+    dataset = dataset._replace(train_images=empty, train_labels=np.empty((0,), labels.dtype))
+    try:
+        if saved is None:
+            config = fit_config(exp, args, n_train=len(split[1]))
+        config.check_training_set(len(split[1]))
+        for size in {config.batch_size, config.eval_batch_size}:
+            if size % args.devices:
+                raise ValueError(
+                    f"batch size {size} does not divide over {args.devices} devices: use a "
+                    f"multiple of {args.devices}, or --devices 1"
+                )
+    except ValueError as err:
+        raise Refused(str(err)) from None
+    run_config = saved or {
+        "experiment": exp.name,
+        "architecture": exp.architecture,
+        "preset": args.preset,
+        "val_size": val_size,
+        "train_limit": train_limit,
+        "data_dir": str(args.data_dir) if args.data_dir else None,
+        "fit": asdict(config),
+    }
+    return config, {**run_config, "environment": _environment()}, dataset, split
+
+
+def _train_and_report(exp, arch, folder, args, config, dataset, split) -> int:
+    """Train, then evaluate the test set and write the run folder; the exit status."""
+    from jaxnet.step import evaluate
+    from jaxnet.training import DivergedError, TrainData, fit
+    from jaxnet.training.data import channel_mean
+
+    train_x, train_y, val_x, val_y = split
+    mean = channel_mean(train_x, config.pixel_scale)
+    mesh = args.devices if args.devices > 1 else None
+    print(
+        f"{exp.name}: {config.iterations} iterations of batch {config.batch_size} on "
+        f"{len(train_y)} training images ({len(val_y)} held out for validation); "
+        f"run folder {folder.path}",
+        file=sys.stderr,
+    )
+    try:
+        run = fit(
+            arch, TrainData(train_x, train_y, val_x, val_y, mean), config, folder.checkpoints(),
+            resume=args.resume, progress=not args.no_progress, on_log=folder.write_history,
+            mesh=mesh, steps_per_call=args.steps_per_call,
+        )  # fmt: skip
+    except DivergedError as err:
+        return _error(str(err), 1)
+    folder.write_history(run.history)
+    if run.interrupted:
+        print(
+            f"interrupted: a checkpoint is saved in {folder.path / 'checkpoints'}; resume with\n"
+            f"  python -m {exp.module} --out {folder.path} --resume",
+            file=sys.stderr,
+        )
+        return 130
+    test = evaluate(
+        arch, run.params, dataset.test_images, dataset.test_labels, config.eval_batch_size,
+        mean, mesh=mesh, scale=config.pixel_scale,
+    )  # fmt: skip
+    val = [r["val_accuracy"] for r in run.history if not math.isnan(r["val_accuracy"])]
+    seconds = run.train_time_s
+    report = folder.write_results(exp.name, arch, run, dataset, test, {
+        "val_accuracy": val[-1] if val else None,
+        "iterations": config.iterations,
+        "train_time_s": seconds,
+        "images_per_second": config.iterations * config.batch_size / seconds if seconds else None,
+        "device": folder.config["environment"]["device"],
+        "peak_rss_mb": _peak_rss_mb(),
+    })  # fmt: skip
+    seed = f" (seed report: {exp.seed_accuracy:.1%})" if exp.seed_accuracy else ""
+    print(
+        f"{exp.name}: test accuracy {test.accuracy:.2%}{seed}, test loss {test.loss:.4f}, "
+        f"{report['parameter_count']} parameters, {seconds:.0f} s training, peak memory "
+        f"{report['peak_rss_mb']:.0f} MiB; outputs in {folder.path}"
+    )
+    return 0
+
+
+def _environment() -> dict[str, str]:
+    import jax
+    import jaxlib
+    import optax
+
+    device = jax.devices()[0]
+    processor = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                processor = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "processor": processor,
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "optax": optax.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": f"{device.platform}: {device.device_kind}",
+        "device_count": str(jax.device_count()),
+        "cpu_count": str(os.cpu_count()),
+    }
+
+
+def _error(message: str, status: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return status
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (Linux reports KiB, macOS bytes)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)

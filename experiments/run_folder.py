@@ -1,0 +1,116 @@
+"""A run folder: what one experiment command reads and writes, by name.
+
+``config.json`` (every setting and the environment), ``history.csv`` (one row per
+``log_every`` iterations), ``metrics.json`` (test results), ``params.npz`` (one array per
+parameter, keyed by its pytree path), four figures, two Markdown tables, and ``checkpoints/``.
+Every file is written atomically (:mod:`jaxnet.io`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxnet import io, metrics, network, plots
+from jaxnet.checkpoint import CheckpointManager, save_params
+from jaxnet.training import HISTORY_FIELDS
+
+FIGURES = ("kernels.png", "misclassified.png", "confusion_matrix.png", "learning_curves.png")
+TABLES = ("parameters.md", "per_class.md")
+OUTPUT_FILES = ("config.json", "history.csv", "metrics.json", "params.npz", *FIGURES, *TABLES)
+
+
+class RunFolder:
+    """The folder of one run and the files in it.
+
+    Args:
+        path: the folder (created when the config is first written).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.config_path = self.path / "config.json"
+        self.config: dict[str, Any] = {}
+
+    @property
+    def occupied(self) -> bool:
+        """Whether the folder holds a run (its config or checkpoints)."""
+        return self.config_path.exists() or (self.path / "checkpoints").exists()
+
+    def checkpoints(self) -> CheckpointManager:
+        """The run's checkpoints, the last three kept."""
+        return CheckpointManager(self.path / "checkpoints", keep=3)
+
+    def saved_config(self) -> dict[str, Any] | None:
+        """The ``config.json`` of the run in the folder, or ``None``."""
+        if not self.config_path.exists():
+            return None
+        return json.loads(self.config_path.read_text())
+
+    def clear(self) -> None:
+        """Remove a previous run's outputs and checkpoints (``--overwrite``)."""
+        shutil.rmtree(self.path / "checkpoints", ignore_errors=True)
+        for name in OUTPUT_FILES:
+            (self.path / name).unlink(missing_ok=True)
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        """Write ``config.json`` (and keep it as :attr:`config`)."""
+        self.config = config
+        io.write_json(self.config_path, config)
+
+    def write_history(self, history: list[dict[str, float]]) -> None:
+        """Write ``history.csv``: :data:`jaxnet.training.HISTORY_FIELDS` as its header."""
+        with io.atomic_write(self.path / "history.csv", "w") as f:
+            writer = csv.DictWriter(f, HISTORY_FIELDS, extrasaction="ignore", lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(history)
+
+    def write_results(
+        self, name: str, arch: network.Architecture, run: Any, dataset: Any, test: Any, report: dict
+    ) -> dict[str, Any]:
+        """Write ``metrics.json``, ``params.npz``, the figures and the tables.
+
+        Args:
+            name: the experiment, for the figures' titles.
+            arch: the network.
+            run: the finished :class:`jaxnet.training.Run` (params and history).
+            dataset: the loaded data set (test images and labels, class names).
+            test: the :class:`jaxnet.EvalResult` of the test set.
+            report: what ``metrics.json`` holds beyond the test set's results.
+
+        Returns:
+            What ``metrics.json`` holds.
+        """
+        names = list(dataset.class_names)
+        confusion = metrics.confusion_matrix(dataset.test_labels, test.predictions, len(names))
+        summary = metrics.summary(confusion, names)
+        results = {
+            "test_accuracy": test.accuracy,
+            "test_loss": test.loss,
+            "val_accuracy": report.pop("val_accuracy"),
+            "per_class": summary["per_class"],
+            "confusion_matrix": summary["confusion_matrix"],
+            "class_names": names,
+            "parameter_count": network.count_params(arch),
+            **report,
+        }
+        io.write_json(self.path / "metrics.json", results)
+        save_params(self.path / "params.npz", run.params)
+        first = np.asarray(run.params[arch.layers[0].name]["w"])
+        title = f"{name}: first-layer kernels"
+        plots.plot_kernels(first, self.path / "kernels.png", title=title)
+        plots.plot_misclassified(
+            dataset.test_images, dataset.test_labels, test.predictions, names,
+            self.path / "misclassified.png",
+        )  # fmt: skip
+        plots.plot_confusion_matrix(confusion, names, self.path / "confusion_matrix.png")
+        plots.plot_learning_curves(run.history, self.path / "learning_curves.png")
+        io.write_text(self.path / "parameters.md", network.parameter_table(arch) + "\n")
+        table = metrics.per_class_table(confusion, names)
+        io.write_text(self.path / "per_class.md", table + "\n")
+        return results

@@ -1,0 +1,157 @@
+"""Every setting of a training run, checked once, when the :class:`FitConfig` is made.
+
+Each field carries its own check (``metadata["check"]``): :class:`FitConfig` runs them all on
+construction, and the experiment commands run the same one on each flag as argparse parses it,
+so a bad value gets the same one-line message wherever it enters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import optax
+
+from jaxnet.optim import momentum
+
+Check = Callable[[str, Any], None]
+
+
+def positive_int(name: str, value: Any) -> None:
+    """ValueError naming ``name`` unless ``value`` is an int >= 1 (a bool is not)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value}")
+
+
+def nonnegative_int(name: str, value: Any) -> None:
+    """ValueError naming ``name`` unless ``value`` is an int >= 0 (a bool is not)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value}")
+
+
+def positive(name: str, value: Any) -> None:
+    """ValueError naming ``name`` unless ``value`` is a finite number > 0."""
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be positive, got {value}")
+
+
+def _at_least_zero(name: str, value: Any) -> None:
+    if not value >= 0.0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def _fraction(closed_at_zero: bool) -> Check:
+    def check(name: str, value: Any) -> None:
+        low_ok = value >= 0.0 if closed_at_zero else value > 0.0
+        if not (low_ok and value < 1.0):
+            interval = "[0, 1)" if closed_at_zero else "(0, 1)"
+            raise ValueError(f"{name} must be in {interval}, got {value}")
+
+    return check
+
+
+def _one_of(*choices: str) -> Check:
+    def check(name: str, value: Any) -> None:
+        if value not in choices:
+            names = " or ".join(repr(c) for c in choices)
+            raise ValueError(f"{name} must be {names}, got {value!r}")
+
+    check.choices = choices  # type: ignore[attr-defined]  # the CLI's argparse choices
+    return check
+
+
+def _any(name: str, value: Any) -> None:
+    return None
+
+
+def _setting(check: Check, default: Any = None) -> Any:
+    """A field with its check; ``default=None`` for a required one."""
+    meta = {"check": check}
+    return field(metadata=meta) if default is None else field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Every setting of a training run (saved in ``config.json`` and in each checkpoint).
+
+    Attributes:
+        iterations: optimizer steps in all.
+        batch_size: images per step.
+        learning_rate: the peak step size alpha.
+        momentum: mu in m = mu*m + (1-mu)*g (the report's eq. 30).
+        weight_decay: lambda in w -= alpha*(m + lambda*w) (eq. 31).
+        schedule: learning-rate schedule: constant (the seed's) or cosine (linear warm-up,
+            then cosine decay to zero).
+        warmup: warm-up iterations of the cosine schedule.
+        augment: random crop with zero padding (and, if flip, a horizontal flip) of training
+            images, on the device.
+        crop_pad: padding of the random crop, in pixels.
+        flip: mirror half of the augmented images left-right (not for digits).
+        pixel_scale: uint8 pixels are multiplied by this before the mean is subtracted: 1/255
+            gives [0, 1] (the MNIST starter), 1 raw values (the CIFAR-10 starter).
+        conv_init_gain: convolution kernels start at this times He's scale (the CIFAR-10
+            starter draws them at 0.1 times; dense layers always at He's scale).
+        seed: seed for initialisation, split, data order and augmentation.
+        rules: gradients from the hand-written rules (analytic) or from JAX (autodiff).
+        log_every: iterations per history row.
+        eval_every: iterations between validation evaluations (at history rows).
+        checkpoint_every: iterations between checkpoints (one is also saved at the end and at
+            Ctrl-C).
+        ema_decay: decay of the moving averages of the batch loss and accuracy.
+        eval_batch_size: images per evaluation batch.
+
+    Raises:
+        ValueError: on construction, a one-line message naming the first bad setting.
+    """
+
+    iterations: int = _setting(positive_int)
+    batch_size: int = _setting(positive_int)
+    learning_rate: float = _setting(positive)
+    momentum: float = _setting(_fraction(closed_at_zero=True), 0.9)
+    weight_decay: float = _setting(_at_least_zero, 0.0)
+    schedule: str = _setting(_one_of("constant", "cosine"), "constant")
+    warmup: int = _setting(nonnegative_int, 0)
+    augment: bool = _setting(_any, False)
+    crop_pad: int = _setting(nonnegative_int, 4)
+    flip: bool = _setting(_any, True)
+    pixel_scale: float = _setting(positive, 1 / 255)
+    conv_init_gain: float = _setting(positive, 1.0)
+    seed: int = _setting(_any, 0)
+    rules: str = _setting(_one_of("analytic", "autodiff"), "analytic")
+    log_every: int = _setting(positive_int, 100)
+    eval_every: int = _setting(positive_int, 500)
+    checkpoint_every: int = _setting(positive_int, 1000)
+    ema_decay: float = _setting(_fraction(closed_at_zero=False), 0.99)
+    eval_batch_size: int = _setting(positive_int, 1000)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            f.metadata["check"](flag_name(f.name), getattr(self, f.name))
+        if not self.warmup < self.iterations:
+            raise ValueError(f"warmup must be in [0, iterations), got {self.warmup}")
+
+    def check_training_set(self, n_train: int) -> None:
+        """ValueError unless a batch fits in the ``n_train`` training images."""
+        if self.batch_size > n_train:
+            raise ValueError(
+                f"batch-size {self.batch_size} is larger than the training set ({n_train} images)"
+            )
+
+    def learning_rate_schedule(self) -> optax.Schedule:
+        """The step size as a function of the iteration (an optax schedule)."""
+        if self.schedule == "constant":
+            return optax.constant_schedule(self.learning_rate)
+        return optax.warmup_cosine_decay_schedule(
+            0.0, self.learning_rate, max(self.warmup, 1), self.iterations, 0.0
+        )
+
+    def optimizer(self) -> optax.GradientTransformation:
+        """The seed's momentum scheme (:func:`jaxnet.momentum`) with this run's schedule."""
+        return momentum(self.learning_rate_schedule(), self.momentum, self.weight_decay)
+
+
+def flag_name(field_name: str) -> str:
+    """``batch_size`` -> ``batch-size``: how messages and the command line name a setting."""
+    return field_name.replace("_", "-")

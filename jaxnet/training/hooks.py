@@ -1,0 +1,223 @@
+"""What the loop does between steps, one small object per job, called in turn.
+
+At a *sync point* (a multiple of some hook's ``every``, the run's last iteration, or a Ctrl-C)
+the loop reads the state back and calls each hook with the :class:`~jaxnet.training.state.Run`;
+each hook checks whether the moment is its own. In the order :func:`jaxnet.training.fit` uses:
+
+- :class:`StopOnNaN`: the loss went NaN or infinite -> :class:`DivergedError` (before any
+  checkpoint, so the last good one is kept untouched);
+- :class:`Evaluation`: the validation set, at history rows every ``eval_every`` iterations;
+- :class:`History`: a row of moving averages, validation results, learning rate and time;
+- :class:`ProgressBar`: the tqdm bar with the latest row;
+- :class:`Checkpoints`: the whole state, every ``checkpoint_every`` iterations, at the end and
+  at Ctrl-C (which :class:`CtrlC` turns into a request the loop honours after its step).
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import jax
+
+from jaxnet.checkpoint import CheckpointManager
+from jaxnet.step import EvalResult
+from jaxnet.training.config import FitConfig
+from jaxnet.training.state import Run
+
+HISTORY_FIELDS = (
+    "iteration",
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "learning_rate",
+    "elapsed_s",
+)
+"""The columns of a history row (and of ``history.csv``)."""
+
+
+class DivergedError(RuntimeError):
+    """The loss became NaN or infinite; the message names the iteration."""
+
+
+class Hook:
+    """One job between steps. ``every``: the loop syncs at its multiples (0: never for it)."""
+
+    every = 0
+
+    def start(self, run: Run) -> None:
+        """Called once before the first step."""
+
+    def __call__(self, run: Run, last: bool) -> None:
+        """Called at each sync point; ``last``: the run's final iteration."""
+
+    def close(self) -> None:
+        """Called once when the loop ends, however it ends."""
+
+
+class StopOnNaN(Hook):
+    """Stop the run when a loss was not finite, naming the iteration and the kept checkpoint."""
+
+    def __init__(self, learning_rate: float, checkpoints: CheckpointManager | None) -> None:
+        self.learning_rate = learning_rate
+        self.checkpoints = checkpoints
+
+    def __call__(self, run: Run, last: bool) -> None:
+        bad = int(run.state.bad_iteration)
+        if bad < 0:
+            return
+        kept = ""
+        if self.checkpoints is not None and self.checkpoints.latest():
+            kept = f"; the last good checkpoint is kept in {self.checkpoints.directory}"
+        raise DivergedError(
+            f"the loss became NaN or infinite at iteration {bad + 1}: lower the learning rate "
+            f"(now {self.learning_rate:g}){kept}"
+        )
+
+
+class Evaluation(Hook):
+    """Evaluate the validation set at history rows every ``eval_every`` iterations, and last."""
+
+    def __init__(
+        self, evaluate: Callable[[Any], EvalResult], log_every: int, eval_every: int
+    ) -> None:
+        self.evaluate, self.log_every, self.eval_every = evaluate, log_every, eval_every
+        self.latest: tuple[int, EvalResult] | None = None
+
+    def __call__(self, run: Run, last: bool) -> None:
+        i = run.iteration
+        if last or (i % self.log_every == 0 and i % self.eval_every == 0):
+            self.latest = (i, self.evaluate(run.state.params))
+
+    def result_at(self, iteration: int) -> EvalResult | None:
+        """The evaluation made at ``iteration``, if there was one."""
+        return self.latest[1] if self.latest and self.latest[0] == iteration else None
+
+
+class History(Hook):
+    """Append a history row every ``every`` iterations and last; hand the history to a callback."""
+
+    def __init__(
+        self,
+        config: FitConfig,
+        steps_per_epoch: int,
+        evaluation: Evaluation | None,
+        on_row: Callable[[list[dict[str, float]]], None] | None = None,
+    ) -> None:
+        self.every, self.config, self.steps_per_epoch = config.log_every, config, steps_per_epoch
+        self.evaluation, self.on_row = evaluation, on_row
+        self.schedule = config.learning_rate_schedule()
+
+    def __call__(self, run: Run, last: bool) -> None:
+        i = run.iteration
+        if not (last or i % self.every == 0):
+            return
+        loss, accuracy = run.state.averages(i, self.config.ema_decay)
+        val = self.evaluation.result_at(i) if self.evaluation else None
+        run.history.append(
+            {
+                "iteration": i,
+                "epoch": i / self.steps_per_epoch,
+                "train_loss": loss,
+                "train_accuracy": accuracy,
+                "val_loss": val.loss if val else math.nan,
+                "val_accuracy": val.accuracy if val else math.nan,
+                "learning_rate": float(self.schedule(i - 1)),
+                "elapsed_s": run.train_time_s,
+            }
+        )
+        if self.on_row is not None:
+            self.on_row(run.history)
+
+
+class ProgressBar(Hook):
+    """A tqdm bar over the iterations, with the latest row's averages and validation accuracy."""
+
+    def __init__(self, total: int, every: int, enabled: bool = True) -> None:
+        self.total, self.every, self.enabled = total, every, enabled
+        self.bar: Any = None
+
+    def start(self, run: Run) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(
+            total=self.total,
+            initial=run.iteration,
+            disable=not self.enabled,
+            unit="it",
+            dynamic_ncols=True,
+        )
+
+    def __call__(self, run: Run, last: bool) -> None:
+        if not run.history or run.history[-1]["iteration"] != run.iteration:
+            return
+        row = run.history[-1]
+        postfix = {"loss": f"{row['train_loss']:.3f}", "acc": f"{row['train_accuracy']:.3f}"}
+        if not math.isnan(row["val_accuracy"]):
+            postfix["val_acc"] = f"{row['val_accuracy']:.3f}"
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(run.iteration - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Checkpoints(Hook):
+    """Save the whole run every ``every`` iterations, at the end and at Ctrl-C; resume from it."""
+
+    def __init__(self, manager: CheckpointManager, config: FitConfig) -> None:
+        self.manager, self.every, self.config = manager, config.checkpoint_every, config
+
+    def __call__(self, run: Run, last: bool) -> None:
+        if last or run.interrupted or run.iteration % self.every == 0:
+            info = {
+                "iteration": run.iteration,
+                "history": run.history,
+                "train_time_s": run.train_time_s,
+                "fit_config": asdict(self.config),
+            }
+            self.manager.save(run.iteration, jax.device_get(run.state), info)
+
+    def restore(self, fresh: Run) -> Run:
+        """The run saved in the newest checkpoint, or ``fresh`` when there is none yet."""
+        restored = self.manager.restore(fresh.state)
+        if restored is None:
+            print(
+                f"note: no checkpoint in {self.manager.directory} yet: starting from iteration 0",
+                file=sys.stderr,
+            )
+            return fresh
+        state, saved = restored
+        history = list(saved["history"])
+        return Run(state, int(saved["iteration"]), history, float(saved.get("train_time_s", 0)))
+
+
+class CtrlC:
+    """Turns the first Ctrl-C into a request the loop honours after the current step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> CtrlC:
+        def handler(signum: int, frame: Any) -> None:
+            if self.requested:  # a second Ctrl-C: stop at once
+                raise KeyboardInterrupt
+            self.requested = True
+
+        try:
+            self._previous = signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not the main thread: no handler, Ctrl-C behaves as usual
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)

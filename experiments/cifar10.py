@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from experiments.cli import Experiment, Preset, main
 
@@ -34,40 +35,39 @@ def _our_schedule(epochs: int, warmup: int) -> Preset:
     )
 
 
+def _the_seeds(
+    whose: str, batch: int, lr: float, iterations: int, more: str = "", **extra: Any
+) -> Preset:
+    """The seed's settings for either network: momentum 0.95, weight decay 0.001."""
+    fit = {"batch_size": batch, "learning_rate": lr, "momentum": 0.95, "weight_decay": 1e-3}
+    limit = extra.pop("train_limit", None)
+    return Preset(
+        fit={**fit, **extra},
+        iterations=iterations,
+        train_limit=limit,
+        description=f"the {whose} lr {lr:g}, batch {batch}, {iterations} iterations, momentum "
+        f"0.95, weight decay 0.001{more}",
+    )
+
+
 PRESETS = {
     "baseline": {
         "best": _our_schedule(epochs=10, warmup=200),
-        "seed": Preset(
-            fit={
-                "batch_size": 16,
-                "learning_rate": 1e-3,
-                "momentum": 0.95,
-                "weight_decay": 1e-3,
-                "pixel_scale": 1.0,
-                "conv_init_gain": 0.1,
-            },
-            iterations=5000,
-            val_size=2000,
+        "seed": _the_seeds(
+            "starter's",
+            16,
+            1e-3,
+            5000,
+            ", on the first 20000 images in raw pixel values minus the mean, kernels drawn at "
+            "0.1 times He's scale",
+            pixel_scale=1.0,
+            conv_init_gain=0.1,
             train_limit=20000,
-            description="the starter's lr 1e-3, batch 16, 5000 iterations, momentum 0.95, "
-            "weight decay 0.001, on the first 20000 images in raw pixel values minus the mean, "
-            "kernels drawn at 0.1 times He's scale",
         ),
     },
     "modified": {
         "best": _our_schedule(epochs=15, warmup=300),
-        "seed": Preset(
-            fit={
-                "batch_size": 32,
-                "learning_rate": 1e-2,
-                "momentum": 0.95,
-                "weight_decay": 1e-3,
-            },
-            iterations=6000,
-            val_size=2000,
-            description="the report's lr 1e-2, batch 32, 6000 iterations, momentum 0.95, "
-            "weight decay 0.001",
-        ),
+        "seed": _the_seeds("report's", 32, 1e-2, 6000),
     },
 }
 SEED_ACCURACY = {"baseline": 0.48, "modified": 0.58}

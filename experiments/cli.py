@@ -124,6 +124,59 @@ def _add_setting(parser: argparse._ActionsContainer, f: Field, doc: str) -> None
     parser.add_argument(f"--{flag}", **kwargs)
 
 
+_RUN_FLAGS: dict[str, dict[str, Any]] = {
+    "--data-dir": {
+        "type": Path,
+        "help": "data root holding mnist/ and cifar10/ (default: $JAXNET_DATA, else a per-user "
+        "cache, downloading there when missing)",
+    },
+    "--no-verify": {
+        "action": "store_true",
+        "help": "skip the size and md5 check of data files found locally",
+    },
+    "--val-size": {
+        "type": _checked(int, "val-size", nonnegative_int),
+        "help": "training images held out for validation (seeded split)",
+    },
+    "--devices": {
+        "type": _checked(int, "devices", positive_int),
+        "help": "train data-parallel on this many devices (default: all local devices); the "
+        "batch size must be a multiple. On CPU, N virtual devices are made for N > 1",
+    },
+    "--steps-per-call": {
+        "type": _checked(int, "steps-per-call", positive_int),
+        "default": 1,
+        "help": "optimizer steps per compiled call (K > 1: one launch per K steps, the same "
+        "training up to float rounding, a K times longer compilation)",
+    },
+    "--reuse-freed-memory": {
+        "action": "store_true",
+        "help": "make glibc keep freed memory for reuse (jaxnet.allocator.reuse_freed_memory()):"
+        " large-batch CPU steps 1.2-1.7x faster, peak memory 100-250 MiB higher",
+    },
+    "--no-progress": {"action": "store_true", "help": "no progress bar"},
+}
+"""The flags of a command that are not training settings (each group below is exclusive)."""
+_EITHER_OR = (
+    {
+        "--resume": {
+            "action": "store_true",
+            "help": "continue the run in --out from its newest checkpoint",
+        },
+        "--overwrite": {
+            "action": "store_true",
+            "help": "replace a run already in --out (its outputs and checkpoints)",
+        },
+    },
+    {
+        "--epochs": {
+            "type": _checked(float, "epochs", positive),
+            "help": "passes over the training split (converted to iterations)",
+        }
+    },
+)
+
+
 def build_parser(exp: Experiment, prog: str, description: str) -> argparse.ArgumentParser:
     """The flags every experiment takes: the run's own, then one per FitConfig field."""
     p = argparse.ArgumentParser(prog=prog, description=description)
@@ -140,67 +193,19 @@ def build_parser(exp: Experiment, prog: str, description: str) -> argparse.Argum
         default=Path("runs") / exp.name,
         help="run folder for checkpoints, figures, tables and metrics",
     )
-    p.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="data root holding mnist/ and cifar10/ (default: $JAXNET_DATA, else a "
-        "per-user cache, downloading there when missing)",
-    )
-    p.add_argument(
-        "--no-verify",
-        action="store_true",
-        help="skip the size and md5 check of data files found locally",
-    )
-    p.add_argument(
-        "--val-size",
-        type=_checked(int, "val-size", nonnegative_int),
-        default=None,
-        help="training images held out for validation (seeded split)",
-    )
-    p.add_argument(
-        "--devices",
-        type=_checked(int, "devices", positive_int),
-        default=None,
-        help="train data-parallel on this many devices (default: all local "
-        "devices); the batch size must be a multiple. On CPU, N virtual devices",
-    )
-    p.add_argument(
-        "--steps-per-call",
-        type=_checked(int, "steps-per-call", positive_int),
-        default=1,
-        help="optimizer steps per compiled call (K > 1: one launch per K "
-        "steps, the same training up to float rounding, K times longer compiling)",
-    )
-    p.add_argument(
-        "--reuse-freed-memory",
-        action="store_true",
-        help="make glibc keep freed memory (jaxnet.allocator.reuse_freed_memory()): "
-        "large-batch CPU steps 1.2-1.7x faster, peak memory 100-250 MiB higher",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    run = p.add_mutually_exclusive_group()
-    run.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its newest checkpoint"
-    )
-    run.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace a run already in --out (its outputs and checkpoints)",
-    )
-    length = p.add_mutually_exclusive_group()
-    length.add_argument(
-        "--epochs",
-        type=_checked(float, "epochs", positive),
-        default=None,
-        help="passes over the training split (converted to iterations)",
-    )
+    for flag, kwargs in _RUN_FLAGS.items():
+        p.add_argument(flag, **kwargs)
+    groups = [p.add_mutually_exclusive_group() for _ in _EITHER_OR]
+    for group, flags in zip(groups, _EITHER_OR, strict=True):
+        for flag, kwargs in flags.items():
+            group.add_argument(flag, **kwargs)
+    length = groups[1]
     docs = field_docs(FitConfig)
-    for f in fields(FitConfig):
+    for f in fields(FitConfig):  # --iterations or --epochs
         _add_setting(length if f.name == "iterations" else p, f, docs[f.name])
     if exp.extra_args is not None:
         exp.extra_args(p)
-    return p  # fmt: skip
+    return p
 
 
 def fit_config(exp: Experiment, args: argparse.Namespace, n_train: int) -> FitConfig:
@@ -351,7 +356,6 @@ def _settle(exp: Experiment, args: argparse.Namespace, saved: dict | None, datas
 
 def _train_and_report(exp, arch, folder, args, config, dataset, split) -> int:
     """Train, then evaluate the test set and write the run folder; the exit status."""
-    from jaxnet.step import evaluate
     from jaxnet.training import DivergedError, TrainData, fit
     from jaxnet.training.data import channel_mean
 
@@ -366,10 +370,16 @@ def _train_and_report(exp, arch, folder, args, config, dataset, split) -> int:
     )
     try:
         run = fit(
-            arch, TrainData(train_x, train_y, val_x, val_y, mean), config, folder.checkpoints(),
-            resume=args.resume, progress=not args.no_progress, on_log=folder.write_history,
-            mesh=mesh, steps_per_call=args.steps_per_call,
-        )  # fmt: skip
+            arch,
+            TrainData(train_x, train_y, val_x, val_y, mean),
+            config,
+            folder.checkpoints(),
+            resume=args.resume,
+            progress=not args.no_progress,
+            on_log=folder.write_history,
+            mesh=mesh,
+            steps_per_call=args.steps_per_call,
+        )
     except DivergedError as err:
         return _error(str(err), 1)
     folder.write_history(run.history)
@@ -380,20 +390,35 @@ def _train_and_report(exp, arch, folder, args, config, dataset, split) -> int:
             file=sys.stderr,
         )
         return 130
+    return _report(exp, arch, folder, config, dataset, run, mean, mesh)
+
+
+def _report(exp, arch, folder, config, dataset, run, mean, mesh) -> int:
+    """Evaluate the test set, write the run folder's results, print the summary line."""
+    from jaxnet.step import evaluate
+
     test = evaluate(
-        arch, run.params, dataset.test_images, dataset.test_labels, config.eval_batch_size,
-        mean, mesh=mesh, scale=config.pixel_scale,
-    )  # fmt: skip
+        arch,
+        run.params,
+        dataset.test_images,
+        dataset.test_labels,
+        config.eval_batch_size,
+        mean,
+        mesh=mesh,
+        scale=config.pixel_scale,
+    )
     val = [r["val_accuracy"] for r in run.history if not math.isnan(r["val_accuracy"])]
     seconds = run.train_time_s
-    report = folder.write_results(exp.name, arch, run, dataset, test, {
+    speed = config.iterations * config.batch_size / seconds if seconds > 0 else None
+    figures = {
         "val_accuracy": val[-1] if val else None,
         "iterations": config.iterations,
         "train_time_s": seconds,
-        "images_per_second": config.iterations * config.batch_size / seconds if seconds else None,
+        "images_per_second": speed,
         "device": folder.config["environment"]["device"],
         "peak_rss_mb": _peak_rss_mb(),
-    })  # fmt: skip
+    }
+    report = folder.write_results(exp.name, arch, run, dataset, test, figures)
     seed = f" (seed report: {exp.seed_accuracy:.1%})" if exp.seed_accuracy else ""
     print(
         f"{exp.name}: test accuracy {test.accuracy:.2%}{seed}, test loss {test.loss:.4f}, "

@@ -105,9 +105,12 @@ class RunFolder:
         title = f"{name}: first-layer kernels"
         plots.plot_kernels(first, self.path / "kernels.png", title=title)
         plots.plot_misclassified(
-            dataset.test_images, dataset.test_labels, test.predictions, names,
+            dataset.test_images,
+            dataset.test_labels,
+            test.predictions,
+            names,
             self.path / "misclassified.png",
-        )  # fmt: skip
+        )
         plots.plot_confusion_matrix(confusion, names, self.path / "confusion_matrix.png")
         plots.plot_learning_curves(run.history, self.path / "learning_curves.png")
         io.write_text(self.path / "parameters.md", network.parameter_table(arch) + "\n")

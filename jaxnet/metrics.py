@@ -1,5 +1,5 @@
 """Classification metrics in plain NumPy: confusion matrix, precision and recall, the per-class
-table, and the moving average the training loop prints.
+table, and their JSON summary.
 
 Conventions:
 
@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 __all__ = [
-    "MovingAverage",
     "accuracy",
     "confusion_matrix",
     "per_class_table",
@@ -278,98 +277,3 @@ def summary(confusion: Any, class_names: Sequence[str]) -> dict[str, Any]:
         },
         "confusion_matrix": [[int(v) for v in row] for row in c],
     }
-
-
-class MovingAverage:
-    """Exponential moving average with Adam-style debiasing, as the progress bar prints.
-
-    After ``t`` updates with values ``x_1 .. x_t``::
-
-        m_t   = decay * m_{t-1} + (1 - decay) * x_t,   m_0 = 0
-        value = m_t / (1 - decay**t)
-
-    The debiasing makes the first value exactly ``x_1`` and every value a weighted mean of the
-    values seen (weights ``(1 - decay) * decay**(t - i)``, normalised), so early prints are not
-    pulled towards 0. With ``decay = 0.99`` it averages over roughly the last 100 batches. All
-    arithmetic is Python float (float64), so :meth:`state` / :meth:`from_state` resume it
-    bit-identically, also through JSON. A NaN update poisons the average (a diverged run should
-    show as NaN, not be hidden).
-
-    Example::
-
-        loss_avg = MovingAverage(0.99)
-        for batch in ...:
-            shown = loss_avg.update(float(metrics["loss"]))
-
-    Args:
-        decay: in ``[0, 1)``; 0 makes the average the latest value.
-
-    Raises:
-        ValueError: ``decay`` is outside ``[0, 1)``.
-    """
-
-    __slots__ = ("_biased", "_count", "_decay")
-
-    def __init__(self, decay: float = 0.99) -> None:
-        decay = float(decay)
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"decay must lie in [0, 1), got {decay}")
-        self._decay = decay
-        self._biased = 0.0
-        self._count = 0
-
-    @property
-    def decay(self) -> float:
-        """The decay factor."""
-        return self._decay
-
-    @property
-    def count(self) -> int:
-        """How many values have been seen."""
-        return self._count
-
-    @property
-    def value(self) -> float:
-        """The debiased average; NaN before the first :meth:`update`."""
-        if self._count == 0:
-            return math.nan
-        return self._biased / (1.0 - self._decay**self._count)
-
-    def update(self, value: float) -> float:
-        """Fold in one value (a Python or NumPy/JAX scalar) and return the new average.
-
-        Raises:
-            TypeError: ``value`` is not a scalar that ``float()`` accepts.
-        """
-        try:
-            x = float(value)
-        except (TypeError, ValueError):
-            raise TypeError(f"MovingAverage.update takes a scalar, got {value!r}") from None
-        self._biased = self._decay * self._biased + (1.0 - self._decay) * x
-        self._count += 1
-        return self.value
-
-    def state(self) -> dict[str, float | int]:
-        """The exact state, a JSON-serialisable dict (Python floats round-trip JSON exactly)."""
-        return {"decay": self._decay, "biased": self._biased, "count": self._count}
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, Any]) -> MovingAverage:
-        """Rebuild the average from :meth:`state`'s dict; it continues bit-identically.
-
-        Raises:
-            ValueError: a key is missing, or ``count`` is negative or not a whole number.
-        """
-        missing = {"decay", "biased", "count"} - set(state)
-        if missing:
-            raise ValueError(f"MovingAverage state is missing {sorted(missing)}, got {dict(state)}")
-        count = state["count"]
-        if isinstance(count, bool) or int(count) != count or count < 0:
-            raise ValueError(f"MovingAverage state count must be an int >= 0, got {count!r}")
-        avg = cls(state["decay"])
-        avg._biased = float(state["biased"])
-        avg._count = int(count)
-        return avg
-
-    def __repr__(self) -> str:
-        return f"MovingAverage(decay={self._decay}, value={self.value}, count={self._count})"

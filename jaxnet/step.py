@@ -95,18 +95,7 @@ def preprocess(
 def loss_and_logits(
     arch: Architecture, params: Params, x: jax.Array, y: jax.Array, rules: str = "analytic"
 ) -> tuple[jax.Array, jax.Array]:
-    """The mean softmax cross-entropy of a batch, and the logits it came from.
-
-    Args:
-        arch: the network.
-        params: ``{layer name: {"w": ..., "b": ...}}`` as from :func:`jaxnet.init`.
-        x: a float batch ``(N, H, W, C)`` in the params' dtype.
-        y: integer labels ``(N,)`` in ``[0, num_classes)``.
-        rules: ``"analytic"`` or ``"autodiff"``, for every layer and the loss.
-
-    Returns:
-        ``(loss, logits)``: the scalar mean loss and the ``(N, num_classes)`` logits.
-    """
+    """``(loss, logits)``: :func:`loss_fn`'s scalar loss and the ``(N, num_classes)`` logits."""
     logits = forward(arch, params, x, rules)
     return layer_ops(rules).softmax_cross_entropy(logits, y), logits
 

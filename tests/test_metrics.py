@@ -10,7 +10,6 @@ import pytest
 
 from jaxnet import metrics
 from jaxnet.metrics import (
-    MovingAverage,
     accuracy,
     confusion_matrix,
     per_class_table,
@@ -190,57 +189,3 @@ def test_summary_is_strict_json():
     assert back["macro_precision"] == 0.5
     assert back["macro_recall"] == pytest.approx(4 / 9)
     assert back["confusion_matrix"] == CONF.tolist()
-
-
-def test_moving_average_hand_values():
-    avg = MovingAverage(0.5)
-    assert math.isnan(avg.value) and avg.count == 0
-    assert avg.update(1.0) == 1.0  # debiased: the first value exactly
-    # m = 0.5*0.5 + 0.5*2 = 1.25; debiased 1.25 / (1 - 0.25) = 5/3
-    assert avg.update(2.0) == pytest.approx(5 / 3)
-    assert avg.value == pytest.approx(5 / 3) and avg.count == 2
-
-
-def test_moving_average_constant_and_decay_zero():
-    avg = MovingAverage(0.99)
-    for _ in range(50):
-        v = avg.update(0.25)
-    assert v == pytest.approx(0.25, rel=1e-12)
-    last = MovingAverage(0.0)
-    last.update(3.0)
-    assert last.update(7.0) == 7.0
-
-
-def test_moving_average_accepts_numpy_scalars():
-    avg = MovingAverage()
-    assert avg.update(np.float32(2.0)) == 2.0
-    assert avg.update(np.array(2.0)) == pytest.approx(2.0)
-    with pytest.raises(TypeError):
-        avg.update(np.ones(3))
-
-
-def test_moving_average_state_resumes_bit_identically():
-    rng = np.random.default_rng(1)
-    values = rng.random(300).tolist()
-    straight = MovingAverage(0.99)
-    for v in values[:137]:
-        straight.update(v)
-    state = json.loads(json.dumps(straight.state()))  # through a checkpoint file
-    resumed = MovingAverage.from_state(state)
-    assert resumed.value == straight.value
-    for v in values[137:]:
-        assert resumed.update(v) == straight.update(v)  # exact equality, every step
-    assert resumed.state() == straight.state()
-
-
-@pytest.mark.parametrize("decay", [-0.1, 1.0, 1.5])
-def test_moving_average_rejects_bad_decay(decay):
-    with pytest.raises(ValueError, match="decay"):
-        MovingAverage(decay)
-
-
-def test_moving_average_rejects_bad_state():
-    with pytest.raises(ValueError, match="missing"):
-        MovingAverage.from_state({"decay": 0.9, "count": 1})
-    with pytest.raises(ValueError, match="count"):
-        MovingAverage.from_state({"decay": 0.9, "biased": 0.1, "count": -1})

@@ -58,9 +58,16 @@ def make_fit_step(
             key = jax.random.fold_in(aug_key, iteration)
             x = augment(key, x, config.crop_pad, config.flip)
         params, opt_state, metrics = train_step(
-            arch, optimizer, config.rules, mean, config.pixel_scale,
-            state.params, state.opt_state, x, y,
-        )  # fmt: skip
+            arch,
+            optimizer,
+            config.rules,
+            mean,
+            config.pixel_scale,
+            state.params,
+            state.opt_state,
+            x,
+            y,
+        )
         return state.advance(params, opt_state, metrics, iteration, config.ema_decay)
 
     def several(state: TrainState, images, labels, batches, iteration) -> TrainState:
@@ -135,9 +142,15 @@ def fit(
     evaluation = None
     if len(data.val_labels):
         validate = partial(
-            evaluate, arch, x=data.val_images, y=data.val_labels, mesh=mesh,
-            batch_size=config.eval_batch_size, mean=data.mean, scale=config.pixel_scale,
-        )  # fmt: skip
+            evaluate,
+            arch,
+            x=data.val_images,
+            y=data.val_labels,
+            mesh=mesh,
+            batch_size=config.eval_batch_size,
+            mean=data.mean,
+            scale=config.pixel_scale,
+        )
         evaluation = hooks_lib.Evaluation(validate, config.log_every, config.eval_every)
     saver = hooks_lib.Checkpoints(checkpoints, config) if checkpoints is not None else None
     hooks = [

@@ -1,21 +1,15 @@
 """Data parallelism with JAX's own sharding: one mesh axis, batches split, parameters replicated.
 
-The whole scheme is a 1-D :class:`jax.sharding.Mesh` whose single axis is called ``"data"``:
+A 1-D :class:`jax.sharding.Mesh` whose one axis is ``"data"``: a batch ``(B, ...)`` is split
+``B / D`` rows to each of the ``D`` devices (:func:`batch_sharding`, :func:`shard_batch`),
+parameters and optimizer state are copied whole to every device (:func:`replicated`,
+:func:`replicate`), and the train step is one ``jax.jit`` with those shardings. The loss is the
+mean over the global batch, so XLA all-reduces the partial sums: the gradient is one device's
+up to the order of the float additions.
 
-- a batch ``(B, ...)`` is split along its first axis, ``B / D`` rows to each of the ``D``
-  devices (:func:`batch_sharding`, :func:`shard_batch`);
-- parameters and optimizer state are copied whole to every device (:func:`replicated`,
-  :func:`replicate`);
-- the train step is one ``jax.jit`` with those shardings (``jaxnet.make_train_step(...,
-  mesh=...)``). The loss is the mean over the *global* batch, so XLA's partitioner computes each
-  device's partial sums and all-reduces them: the gradient is one device's gradient up to the
-  order of the float additions.
-
-Several hosts (processes) work the same way once :func:`initialize_distributed` has run on each:
-``jax.devices()`` then lists every process's devices, :func:`make_mesh` spans them all, and each
-process reads only its own rows of every global batch (:func:`local_batch_slice`) and hands them
-to :func:`shard_batch`, which assembles the global array without moving data between hosts.
-Every process runs the same program, step for step.
+Several hosts: after :func:`initialize_distributed` on each, :func:`make_mesh` spans every
+process's devices and each process feeds only its rows of every global batch
+(:func:`local_batch_slice`) to :func:`shard_batch`. Every process runs the same program.
 """
 
 from __future__ import annotations
@@ -76,14 +70,10 @@ def _cpu_threads() -> int:
 def _warn_if_cpu_threads_short(mesh: Mesh) -> None:
     """Warn where XLA's CPU runtime can deadlock in the step's all-reduce.
 
-    XLA's CPU client runs each device's share of a computation on one pool of
-    ``max(threads, local devices)`` threads, and launches the next computation from that pool
-    too. A launch that waits for its device's in-flight limit holds a thread. In a hung run
-    (4 virtual devices, 2 cores, pool of 4; seen with gdb) three devices' shares sat in the
-    all-reduce waiting for the fourth, the fourth thread was a launch blocked on that limit,
-    and the fourth share was queued with no thread to run it; XLA aborts after 40 s ("Expected
-    4 threads to join the rendezvous"). ``D`` shares plus up to ``D`` blocked launches need
-    ``2 D`` threads: pools of 4 to 7 hung in every run we tried, 8 in none.
+    XLA's CPU client runs the ``D`` devices' shares and the next launches from one pool of
+    ``max(threads, D)`` threads; ``D`` shares plus up to ``D`` launches blocked on the in-flight
+    limit need ``2 D`` threads, or the all-reduce waits for a share no thread runs (pools of 4
+    to 7 for 4 devices hung in every run tried, 8 in none).
     """
     local = [d for d in mesh.local_devices if d.platform == "cpu"]
     if len(local) < 2:
@@ -103,10 +93,8 @@ def _warn_if_cpu_threads_short(mesh: Mesh) -> None:
 def request_cpu_devices(n: int) -> None:
     """Ask XLA's CPU backend for ``n`` virtual devices and enough threads for their all-reduce.
 
-    Sets ``XLA_FLAGS=--xla_force_host_platform_device_count=n`` (unless a count is set
-    already) and ``PJRT_NPROC=2n`` (unless set): with fewer than ``2n`` threads the all-reduce
-    of ``n`` virtual devices can deadlock. Takes effect only if JAX has not started its backend
-    yet (no device was asked for), and only on CPU: a GPU or TPU shows its real devices.
+    Sets ``XLA_FLAGS=--xla_force_host_platform_device_count=n`` and ``PJRT_NPROC=2n`` unless
+    set; only before JAX starts its backend, and only on CPU (a GPU shows its real devices).
 
     Args:
         n: the number of devices wanted, >= 1 (1 changes nothing).
@@ -124,9 +112,9 @@ def make_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
     """A 1-D mesh with the single axis ``"data"``.
 
     Args:
-        devices: ``None`` for every device JAX sees (``jax.devices()``: on several hosts, all of
-            theirs); an int ``n`` for the first ``n`` of them (on several hosts, the first
-            ``n / process_count`` of each host's); or an explicit sequence of distinct devices.
+        devices: ``None`` for every device JAX sees (on several hosts, all of theirs); an int
+            ``n`` for the first ``n`` (the first ``n / process_count`` of each host's); or a
+            sequence of distinct devices.
 
     Returns:
         A :class:`jax.sharding.Mesh` of shape ``{"data": D}``.
@@ -167,14 +155,7 @@ def make_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
 
 
 def as_mesh(mesh: Mesh | int) -> Mesh:
-    """A data mesh from a mesh or a device count (the ``mesh=`` argument of the train step).
-
-    Args:
-        mesh: a :class:`jax.sharding.Mesh` whose only axis is ``"data"``, or a device count
-            given to :func:`make_mesh`.
-
-    Returns:
-        The mesh.
+    """The data mesh of a ``mesh=`` argument: a mesh whose only axis is ``"data"``, or a count.
 
     Raises:
         ValueError: a mesh with other axes, or a bad device count.
@@ -193,35 +174,17 @@ def as_mesh(mesh: Mesh | int) -> Mesh:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Split the first (batch) axis over the mesh's ``"data"`` axis: ``P("data")``.
-
-    Args:
-        mesh: a data mesh from :func:`make_mesh`.
-
-    Returns:
-        The sharding: an array ``(B, ...)`` gets ``B / D`` rows on each of the ``D`` devices.
-    """
+    """``P("data")``: an array ``(B, ...)`` gets ``B / D`` rows on each of the mesh's devices."""
     return NamedSharding(mesh, PartitionSpec(AXIS))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
-    """A whole copy on every device of the mesh: ``P()``.
-
-    Args:
-        mesh: a data mesh from :func:`make_mesh`.
-
-    Returns:
-        The sharding, for parameters, optimizer state and scalars of any shape.
-    """
+    """``P()``: a whole copy on every device (parameters, optimizer state, scalars)."""
     return NamedSharding(mesh, PartitionSpec())
 
 
 def check_batch(batch_size: int, mesh: Mesh) -> None:
-    """Refuse a batch size that the mesh's devices cannot share equally.
-
-    Args:
-        batch_size: rows in a global batch, >= 1.
-        mesh: a data mesh of ``D`` devices.
+    """Refuse a batch size that the mesh's ``D`` devices cannot share equally.
 
     Raises:
         ValueError: ``batch_size`` < 1 or not a multiple of ``D``.
@@ -246,15 +209,13 @@ def _local_device_count(mesh: Mesh) -> int:
 def shard_batch(batch: Tree, mesh: Mesh) -> Tree:
     """Put this process's rows of a global batch on its devices, split along ``"data"``.
 
-    On one process, ``batch`` is the whole global batch and this is ``jax.device_put`` with
-    :func:`batch_sharding`. On several, each process passes only its own rows (see
-    :func:`local_batch_slice`) and ``jax.make_array_from_process_local_data`` assembles the global
-    array, ``process_count`` times as long, without moving data between hosts. Every process
-    must call it with the same number of rows.
+    On one process this is ``jax.device_put`` with :func:`batch_sharding`; on several, each
+    passes the same number of its own rows (:func:`local_batch_slice`) and the global array,
+    ``process_count`` times as long, is assembled without moving data between hosts.
 
     Args:
-        batch: an array ``(b, ...)``, or a pytree of them with the same ``b`` (e.g. ``(x, y)``);
-            NumPy or JAX. ``b`` must divide over this process's devices in the mesh.
+        batch: an array ``(b, ...)`` or a pytree of them (e.g. ``(x, y)``), NumPy or JAX;
+            ``b`` must divide over this process's devices in the mesh.
         mesh: a data mesh from :func:`make_mesh`.
 
     Returns:
@@ -291,13 +252,8 @@ def shard_batch(batch: Tree, mesh: Mesh) -> Tree:
 def shard_global(x: np.ndarray | jax.Array, mesh: Mesh) -> jax.Array:
     """Split an array that every process holds whole along ``"data"``; each keeps its part.
 
-    Unlike :func:`shard_batch`, ``x`` is the *global* array on every process (as for an
-    evaluation set that each host loads in full); each process copies only its devices' rows
-    to them, with no cross-host traffic and no equality check.
-
-    Args:
-        x: ``(B, ...)``, identical on every process; ``B`` must divide over the mesh.
-        mesh: a data mesh of ``D`` devices.
+    Unlike :func:`shard_batch`, ``x`` is the whole ``(B, ...)`` array on every process (an
+    evaluation set each host loads); each copies only its devices' rows, with no check.
 
     Returns:
         ``(B, ...)`` as a ``jax.Array`` sharded ``P("data")``.
@@ -315,15 +271,8 @@ def shard_global(x: np.ndarray | jax.Array, mesh: Mesh) -> jax.Array:
 def replicate(tree: Tree, mesh: Mesh) -> Tree:
     """Copy a pytree of arrays whole to every device of the mesh.
 
-    On several processes every one must pass the same values (JAX checks this, with a
-    collective); arrays that are already global are resharded in place.
-
-    Args:
-        tree: a pytree of arrays (params ``{layer: {"w", "b"}}``, optimizer state), any shapes.
-        mesh: a data mesh from :func:`make_mesh`.
-
-    Returns:
-        The same pytree of ``jax.Array`` s with :func:`replicated` sharding, shapes unchanged.
+    On several processes every one passes the same values; global arrays are resharded.
+    Returns the same pytree of ``jax.Array`` s with :func:`replicated` sharding.
     """
     sharding = replicated(mesh)
     if jax.process_count() == 1:
@@ -342,18 +291,16 @@ def local_batch_slice(
 ) -> slice:
     """The rows of a global batch that one process reads and passes to :func:`shard_batch`.
 
-    Process ``i`` of ``P`` reads rows ``[i * b, (i + 1) * b)`` with ``b = global_batch / P``, so
-    the global batch is the processes' rows in process order, the same batch a single process
-    would have used.
+    Process ``i`` of ``P`` reads rows ``[i * b, (i + 1) * b)``, ``b = global_batch / P``: the
+    global batch is the processes' rows in order, the batch a single process would have used.
 
     Args:
         global_batch: rows in a global batch, a multiple of ``process_count``.
-        process_index: this process, in ``[0, process_count)``; default ``jax.process_index()``.
+        process_index: this process; default ``jax.process_index()``.
         process_count: the number of processes; default ``jax.process_count()``.
 
     Returns:
-        ``slice(i * b, (i + 1) * b)``: index a global batch's rows (or the offsets of a data
-        set's batch) with it.
+        ``slice(i * b, (i + 1) * b)``.
 
     Raises:
         ValueError: ``global_batch`` not a multiple of ``process_count``, or an index out of range.
@@ -394,13 +341,9 @@ def initialize_distributed(
 ) -> None:
     """Join this process to a multi-process (multi-host) JAX run: ``jax.distributed.initialize``.
 
-    Call it first thing in every process, before any other JAX call, with the same
-    ``coordinator_address`` and ``num_processes`` everywhere and a distinct ``process_id``.
-    Process 0 serves as the coordinator at that address (it must be reachable from every host);
-    the call returns once all ``num_processes`` have joined. Afterwards ``jax.devices()`` lists
-    every process's devices and :func:`make_mesh` spans them.
-
-    With no arguments, JAX detects the cluster itself (Slurm, Open MPI, Cloud TPU, ...).
+    Call it first in every process, with the same address and count and a distinct id;
+    process 0 is the coordinator at that address. With no arguments JAX detects the cluster
+    (Slurm, Open MPI, Cloud TPU, ...).
 
     Args:
         coordinator_address: ``"host:port"`` of process 0, e.g. ``"10.0.0.1:1234"``.

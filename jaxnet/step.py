@@ -1,21 +1,11 @@
 """The loss, the one train-step body, and evaluation over a whole set.
 
-- :func:`preprocess`: the one image preprocessing (uint8 pixels scaled, the mean subtracted),
-  done inside the jit so the data set stays uint8 in memory.
-- :func:`loss_fn` / :func:`loss_and_logits`: the mean softmax cross-entropy of a batch, through
-  the analytic or the autodiff layers.
-- :func:`train_step`: the one body of every train step: loss, gradient, any optax optimizer.
-- :func:`make_train_step`: that body in one ``jax.jit`` region that returns the new params,
-  optimizer state and metrics. It compiles once.
-- :func:`evaluate`: predictions, mean loss and accuracy over a set of any size, in fixed-size
-  batches (the last one padded and masked), so it compiles once per batch size.
-
-Both take ``mesh=`` (a :class:`jax.sharding.Mesh` from :func:`jaxnet.parallel.make_mesh`, or a
-device count) to run data-parallel: params and optimizer state replicated, batches split along
-the mesh's ``"data"`` axis, the loss (a mean over the global batch) and its gradient reduced
-across devices by XLA.
-
-The fit loop (epochs, logging, checkpoints) builds on these in :mod:`jaxnet.training`.
+:func:`preprocess` is the one image preprocessing; :func:`train_step` the one body of every train
+step (:func:`make_train_step` jits it; the fit loop calls it inside its own step);
+:func:`evaluate` runs a set of any size in fixed, padded batches, compiling once per batch size.
+With ``mesh=`` (a :func:`jaxnet.parallel.make_mesh` mesh or a device count) both run
+data-parallel: params replicated, batches split along ``"data"``, the loss (a mean over the
+global batch) and its gradient reduced across devices by XLA.
 """
 
 from __future__ import annotations
@@ -68,10 +58,8 @@ def preprocess(
 ) -> jax.Array:
     """The one image preprocessing: uint8 pixels times ``scale``, minus ``mean``.
 
-    The default ``scale`` of the step and of :func:`evaluate`, 1/255, maps pixels to ``[0, 1]``
-    (the MNIST starter); ``scale=1`` keeps raw pixel values (the CIFAR-10 starter). A floating
-    batch is taken as already prepared and returned unchanged. Plots undo it with
-    ``x + mean`` (images shown in ``[0, 1]``).
+    ``scale`` 1/255 maps pixels to ``[0, 1]`` (the MNIST starter), 1 keeps raw values (the
+    CIFAR-10 starter). A floating batch is taken as already prepared and returned unchanged.
 
     Args:
         x: ``(N, H, W, C)``, uint8 or floating point.
@@ -131,17 +119,9 @@ def train_step(
 ) -> tuple[Params, optax.OptState, Metrics]:
     """The one train-step body: preprocess, loss and gradient, optimizer update (traceable).
 
-    Every step jaxnet runs is this function: :func:`make_train_step` jits it (on one device or
-    over a mesh), and the fit loop's step calls it after gathering and augmenting its batch.
-
     Args:
-        arch: the network.
-        optimizer: any optax ``GradientTransformation``.
-        rules: ``"analytic"`` or ``"autodiff"``.
-        mean: subtracted after scaling, ``()`` or ``(C,)`` (see :func:`preprocess`).
-        scale: the factor applied to uint8 pixels.
-        params: ``{layer name: {"w", "b"}}``.
-        opt_state: the optimizer's state for ``params``.
+        arch, optimizer, rules, mean, scale: as :func:`make_train_step`.
+        params: ``{layer name: {"w", "b"}}``; opt_state: the optimizer's state for them.
         x: ``(B, H, W, C)`` uint8 images or an already prepared float batch.
         y: ``(B,)`` integer labels.
 
@@ -169,43 +149,31 @@ def make_train_step(
 ) -> TrainStep:
     """Build the jitted train step: loss, gradient, optimizer update and new params in one region.
 
-    The returned ``step(params, opt_state, x, y) -> (params, opt_state, metrics)``:
+    The returned ``step(params, opt_state, x, y) -> (params, opt_state, metrics)`` takes
+    ``(B, H, W, C)`` uint8 images (preprocessed inside the jit) or a prepared float batch and
+    ``(B,)`` labels; donates ``params`` and ``opt_state`` (carry on with the returned ones);
+    returns ``{"loss": (), "accuracy": ()}`` of the batch before the update, as jax scalars (no
+    host sync); and compiles once per input shape and dtype.
 
-    - takes ``x`` as ``(B, H, W, C)`` uint8 images (scaled inside the jit to
-      ``x / 255 - mean`` in the params' dtype) or as an already prepared float batch;
-      ``y`` is ``(B,)`` integer labels;
-    - donates ``params`` and ``opt_state``: their buffers are reused for the results, so pass
-      each value once and carry on with the returned ones;
-    - returns ``metrics = {"loss": (), "accuracy": ()}``, jax scalars of the batch *before* the
-      update (no host sync: read them when you need them);
-    - compiles once per input shape and dtype (a fixed batch size gives one compilation).
-
-    With a ``mesh`` the step is data-parallel over its ``D`` devices: the batch (``B`` a multiple
-    of ``D``, else ``ValueError``) is split ``B / D`` rows per device, params and optimizer state
-    are replicated (the first call copies them over; the results stay replicated), and XLA
-    all-reduces the loss and gradient, so the update equals the one-device update up to float
-    reduction order. NumPy batches are split on their way to the devices. On several processes,
-    pass ``jaxnet.parallel.shard_batch(local rows)`` and ``jaxnet.parallel.replicate(params)``
-    (and the optimizer state) instead: every process then runs the same step on the global batch.
+    With a ``mesh`` of ``D`` devices, ``B`` (a multiple of ``D``) is split ``B / D`` rows per
+    device, params and optimizer state are replicated (by the first call), and the update equals
+    the one-device update up to float reduction order. On several processes, pass
+    ``jaxnet.parallel.shard_batch(local rows)`` and ``jaxnet.parallel.replicate(...)`` instead.
 
     Args:
         arch: the network.
-        optimizer: any optax ``GradientTransformation``, e.g. :func:`jaxnet.momentum` or
-            ``optax.adam(1e-3)``; its state comes from ``optimizer.init(params)``.
+        optimizer: any optax ``GradientTransformation`` (:func:`jaxnet.momentum`, ``optax.adam``).
         rules: ``"analytic"`` or ``"autodiff"``.
-        mean: subtracted from uint8 images after scaling (by default to ``[0, 1]``): a float
-            or a per-channel ``(C,)`` array (the training split's mean, in scaled units).
-        mesh: ``None`` for one device (the default device, as plain ``jax.jit``); a data mesh
-            from :func:`jaxnet.parallel.make_mesh`; or an int ``D``, short for ``make_mesh(D)``.
+        mean: subtracted after scaling: a float or a per-channel ``(C,)`` array.
+        mesh: ``None`` (one device), a data mesh, or a device count ``D``.
         scale: the factor applied to uint8 pixels before ``mean`` is subtracted.
 
     Returns:
-        The jitted step function (with a mesh, a thin callable that checks the batch size and
-        forwards to it; ``step.mesh`` is the mesh).
+        The jitted step (with a mesh, a callable that checks the batch size; ``step.mesh``).
 
     Raises:
-        ValueError: an unknown ``rules``, a ``mean`` of the wrong shape, or a bad mesh or device
-            count; from the step with a mesh, a batch size that does not divide over it.
+        ValueError: an unknown ``rules``, a ``mean`` of the wrong shape, a bad mesh; from the
+            step with a mesh, a batch size that does not divide over it.
         TypeError: ``arch``, ``optimizer`` or ``mesh`` of the wrong kind.
     """
     if not isinstance(arch, Architecture):
@@ -234,10 +202,8 @@ def make_train_step(
 class _DataParallelStep:
     """The sharded jitted step behind a batch-size check; other attributes come from the jit.
 
-    The first call replicates ``params`` and ``opt_state`` onto the mesh unless they are there
-    already: the jit keys its trace cache on each argument's sharding and commitment, so fresh
-    single-device arrays (from :func:`jaxnet.init`, ``optimizer.init``) followed by the step's own
-    replicated results would otherwise trace and compile the step twice.
+    The first call replicates ``params`` and ``opt_state``: the jit keys its cache on each
+    argument's sharding, so single-device arrays and then replicated ones would compile twice.
     """
 
     def __init__(self, jitted: Callable, mesh: Mesh) -> None:
@@ -311,29 +277,18 @@ def evaluate(
 ) -> EvalResult:
     """Predictions, mean loss and accuracy of the network over a whole set.
 
-    The set is cut into batches of ``batch_size``; the last one is padded to full size and its
-    padding masked out, so every set size uses the same compiled function (one compilation per
-    ``batch_size``, input dtype and params dtype). Images are moved to the device one batch at a
-    time, so a uint8 set stays uint8 on the host.
-
-    With a ``mesh`` of ``D`` devices each batch is split ``batch_size / D`` rows per device and
-    the params are replicated; the results are the same up to float reduction order. On several
-    processes every process passes the whole set and gets the whole result; each copies only its
-    own devices' rows.
+    Batches of ``batch_size`` (the last padded and masked: one compilation per batch size and
+    dtypes) go to the device one at a time, so a uint8 set stays uint8 on the host. With a
+    ``mesh`` each batch is split over its devices; on several processes each passes the whole
+    set, copies only its devices' rows and gets the whole result.
 
     Args:
         arch: the network.
         params: ``{layer name: {"w": ..., "b": ...}}``.
-        x: ``(N, H, W, C)`` images, uint8 (turned into ``x * scale - mean``) or an already
-            prepared float batch in the params' dtype; ``N >= 1``.
+        x: ``(N, H, W, C)`` uint8 images or a prepared float batch, ``N >= 1``.
         y: ``(N,)`` integer labels in ``[0, num_classes)``.
-        batch_size: examples per compiled batch, >= 1.
-        mean: for uint8 images, a float or per-channel ``(C,)`` mean subtracted after scaling.
-        rules: ``"analytic"`` or ``"autodiff"`` (the same numbers; no gradient is taken).
-        mesh: ``None`` for one device; a data mesh from :func:`jaxnet.parallel.make_mesh`, or
-            an int device count. ``batch_size`` must be a multiple of its size.
-        scale: the factor applied to uint8 pixels before ``mean`` is subtracted (1/255:
-            pixels in ``[0, 1]``; 1: raw pixel values, as the CIFAR-10 starter).
+        batch_size: examples per compiled batch, >= 1 (a multiple of the mesh's size).
+        mean, rules, mesh, scale: as :func:`make_train_step`.
 
     Returns:
         An :class:`EvalResult`: ``predictions (N,)``, ``loss``, ``accuracy``.

@@ -23,18 +23,12 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxnet._validate import int_at_least
+
 AXIS = "data"
 """The name of the mesh's one axis, along which batches are split."""
 
 Tree = TypeVar("Tree")
-
-
-def _count(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def _first_per_process(n: int) -> list[jax.Device]:
@@ -99,7 +93,7 @@ def request_cpu_devices(n: int) -> None:
     Args:
         n: the number of devices wanted, >= 1 (1 changes nothing).
     """
-    n = _count("n", n, 1)
+    n = int_at_least("n", n, 1)
     if n == 1:
         return
     flags = os.environ.get("XLA_FLAGS", "")
@@ -127,7 +121,7 @@ def make_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
     if devices is None:
         devs = jax.devices()
     elif isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
-        n = _count("devices", devices, 1)
+        n = int_at_least("devices", devices, 1)
         available = jax.device_count()
         if n > available:
             raise ValueError(
@@ -190,7 +184,7 @@ def check_batch(batch_size: int, mesh: Mesh) -> None:
         ValueError: ``batch_size`` < 1 or not a multiple of ``D``.
         TypeError: ``batch_size`` not an int.
     """
-    b = _count("batch size", batch_size, 1)
+    b = int_at_least("batch size", batch_size, 1)
     d = mesh.size
     if b % d:
         raise ValueError(f"batch size {b} does not divide over {d} devices: use a multiple of {d}")
@@ -308,9 +302,9 @@ def local_batch_slice(
     """
     count = jax.process_count() if process_count is None else process_count
     index = jax.process_index() if process_index is None else process_index
-    count = _count("process_count", count, 1)
-    index = _count("process_index", index, 0)
-    g = _count("global_batch", global_batch, 1)
+    count = int_at_least("process_count", count, 1)
+    index = int_at_least("process_index", index, 0)
+    g = int_at_least("global_batch", global_batch, 1)
     if index >= count:
         raise ValueError(f"process_index must be in [0, {count}), got {index}")
     if g % count:
@@ -368,11 +362,11 @@ def initialize_distributed(
         )
     if all(given):
         _check_address(coordinator_address)
-        num_processes = _count("num_processes", num_processes, 1)
-        process_id = _count("process_id", process_id, 0)
+        num_processes = int_at_least("num_processes", num_processes, 1)
+        process_id = int_at_least("process_id", process_id, 0)
         if process_id >= num_processes:
             raise ValueError(f"process_id must be in [0, {num_processes}), got {process_id}")
-    timeout_s = _count("timeout_s", timeout_s, 1)
+    timeout_s = int_at_least("timeout_s", timeout_s, 1)
     try:
         jax.distributed.initialize(
             coordinator_address, num_processes, process_id, initialization_timeout=timeout_s

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnet.network import Conv, init
+from jaxnet.network import Architecture, init
 from jaxnet.training.config import FitConfig
 
 
@@ -48,11 +48,11 @@ class TrainState(NamedTuple):
         return float(ema[0]), float(ema[1])
 
 
-def initial_state(arch: Any, config: FitConfig) -> TrainState:
+def initial_state(arch: Architecture, config: FitConfig) -> TrainState:
     """A fresh :class:`TrainState` for ``arch``, seeded by ``config.seed``."""
     params = init(arch, jax.random.PRNGKey(config.seed))
     if config.conv_init_gain != 1.0:
-        convs = {layer.name for layer in arch.layers if isinstance(layer, Conv)}
+        convs = {layer.name for layer in arch.parametrised if layer.kind == "conv"}
         params = {
             name: {**p, "w": p["w"] * config.conv_init_gain} if name in convs else p
             for name, p in params.items()

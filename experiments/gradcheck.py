@@ -22,7 +22,7 @@ import numpy as np
 from jaxnet import architectures, datasets, gradcheck
 from jaxnet.network import init
 from jaxnet.optim import momentum
-from jaxnet.train import make_train_step, prepare_images
+from jaxnet.step import make_train_step, preprocess
 
 NETWORKS = {"mnist": "mnist", "cifar10_baseline": "cifar10", "cifar10_modified": "cifar10"}
 
@@ -57,7 +57,7 @@ def real_data_cases(data_dir: str | None, steps: int, batch: int) -> tuple[list,
         if data_name not in loaded:
             continue
         arch, data = architectures.get(net), loaded[data_name]
-        x = prepare_images(jnp.asarray(data.train_images[:batch]), 0.0, jnp.float64)
+        x = preprocess(jnp.asarray(data.train_images[:batch]), 0.0, 1 / 255, jnp.float64)
         y = jnp.asarray(data.train_labels[:batch])
         with jax.enable_x64(False):
             trained = train_briefly(arch, data.train_images, data.train_labels, steps, batch)

@@ -372,7 +372,7 @@ def network_case(
         fd_samples: finite differences at this many random coordinates of each array (all of
             them would take ``2 * 3`` forward passes per parameter).
     """
-    from jaxnet.train import loss_fn
+    from jaxnet.step import loss_fn
 
     leaves, treedef = jax.tree.flatten(params)
 

@@ -347,7 +347,7 @@ def main(exp: Experiment, argv: list[str] | None, prog: str, description: str) -
     import jax
 
     from jaxnet import allocator, architectures
-    from jaxnet.data import train_val_split
+    from jaxnet.data import channel_mean, train_val_split
     from jaxnet.datasets import DataError
     from jaxnet.fit import FitConfig
 
@@ -438,6 +438,12 @@ def main(exp: Experiment, argv: list[str] | None, prog: str, description: str) -
             shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
             for name in OUTPUT_FILES:
                 (out / name).unlink(missing_ok=True)
+    # What turns an image into this network's input and its output into names (predict, explain).
+    run_config["input"] = {
+        "scale": config.pixel_scale,
+        "mean": config.input_mean(channel_mean(train_x)).tolist(),
+    }
+    run_config["class_names"] = list(dataset.class_names)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "config.json", run_config)
 

@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +117,18 @@ def _probed_loss(arch, ops, params, x, probes, label):
     return ops.softmax_cross_entropy(x, label), outputs
 
 
+@cache
+def _gradient(arch: Any, rules: str) -> Callable:
+    """``(params, x, probes, labels) -> ((loss, outputs), (dparams, dx, dprobes))``, jitted."""
+    import jax
+
+    from jaxnet import autodiff, layers
+
+    ops = {"analytic": layers, "autodiff": autodiff}[rules]
+    loss = partial(_probed_loss, arch, ops)
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
+
+
 def walk(arch: Any, params: dict, x: Any, label: int, rules: str) -> Walk:
     """Forward and backward through ``arch`` for one prepared image, one jax.grad call.
 
@@ -133,13 +145,9 @@ def walk(arch: Any, params: dict, x: Any, label: int, rules: str) -> Walk:
     import jax
     import jax.numpy as jnp
 
-    from jaxnet import autodiff, layers
-
-    ops = {"analytic": layers, "autodiff": autodiff}[rules]
     probes = [jnp.zeros((1, *shape), x.dtype) for shape in arch.output_shapes]
     labels = jnp.asarray([label], jnp.int32)
-    grad = jax.value_and_grad(partial(_probed_loss, arch, ops), argnums=(0, 1, 2), has_aux=True)
-    (loss, outputs), (dparams, dinput, dy) = grad(params, x, probes, labels)
+    (loss, outputs), (dparams, dinput, dy) = _gradient(arch, rules)(params, x, probes, labels)
     to_np = partial(jax.tree.map, np.asarray)
     return Walk(float(loss), to_np(outputs), to_np(dy), np.asarray(dinput), to_np(dparams))
 

@@ -177,10 +177,7 @@ def to_digit(image: Image.Image, invert: str = "auto", size: int = 28, box: int 
     scaled = Image.fromarray(crop.astype(np.float32), "F").resize((new_w, new_h), _RESAMPLE)
     digit = np.clip(np.asarray(scaled, np.float64), 0.0, 255.0)  # Lanczos may overshoot
 
-    mass = digit.sum()
-    if not mass > 0:  # a speck that vanished in the resize: keep it as one full pixel
-        digit, mass = np.full((1, 1), 255.0), 255.0
-        new_w = new_h = 1
+    mass = digit.sum()  # > 0: the filter's weights sum to 1, so some output keeps the ink
     com_y = (digit.sum(axis=1) @ np.arange(new_h)) / mass
     com_x = (digit.sum(axis=0) @ np.arange(new_w)) / mass
     top = min(max(math.floor(size // 2 - com_y + 0.5), 0), size - new_h)

@@ -27,9 +27,12 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
+
+if TYPE_CHECKING:  # jax loads only when a command needs it: --help stays fast
+    from jaxnet.network import Architecture
 
 BATCH = 500  # images per forward call: bounds memory for long lists of files
 
@@ -51,7 +54,7 @@ class Run(NamedTuple):
     """
 
     folder: Path
-    arch: Any
+    arch: Architecture
     params: dict
     scale: float
     mean: np.ndarray

@@ -93,26 +93,11 @@ class Explanation:
     dtype: np.dtype
 
 
-def _apply(layer: Any, params: dict, x: Any, ops: Any) -> Any:
-    """One layer as :func:`jaxnet.forward` applies it, with ``ops`` the layer functions."""
-    from jaxnet.network import Conv, Dense, MaxPool
-
-    if isinstance(layer, Conv):
-        p = params[layer.name]
-        return ops.conv2d(x, p["w"], p["b"], padding=layer.padding, stride=layer.stride)
-    if isinstance(layer, Dense):
-        p = params[layer.name]
-        return ops.dense(x, p["w"], p["b"])
-    if isinstance(layer, MaxPool):
-        return ops.maxpool2d(x, window=layer.window, stride=layer.stride)
-    return ops.relu(x)
-
-
 def _probed_loss(arch, ops, params, x, probes, label):
     """The loss, with a zero probe added to each layer's output; also returns the outputs."""
     outputs = []
     for layer, probe in zip(arch.layers, probes, strict=True):
-        x = _apply(layer, params, x, ops) + probe
+        x = layer.apply(params.get(layer.name), x, ops) + probe
         outputs.append(x)
     return ops.softmax_cross_entropy(x, label), outputs
 
@@ -122,10 +107,9 @@ def _gradient(arch: Any, rules: str) -> Callable:
     """``(params, x, probes, labels) -> ((loss, outputs), (dparams, dx, dprobes))``, jitted."""
     import jax
 
-    from jaxnet import autodiff, layers
+    from jaxnet.network import layer_ops
 
-    ops = {"analytic": layers, "autodiff": autodiff}[rules]
-    loss = partial(_probed_loss, arch, ops)
+    loss = partial(_probed_loss, arch, layer_ops(rules))
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
 
 
@@ -448,9 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _test_image(run: Run, args: argparse.Namespace) -> tuple[np.ndarray, int]:
     """Test image ``args.index`` and its label, through the project's data loaders."""
-    from jaxnet import data
+    from jaxnet import datasets
 
-    load = data.load_mnist if run.arch.input_shape[2] == 1 else data.load_cifar10
+    load = datasets.load_mnist if run.arch.input_shape[2] == 1 else datasets.load_cifar10
     dataset = load(args.data_dir, verify=not args.no_verify)
     n = len(dataset.test_labels)
     if not 0 <= args.index < n:
@@ -463,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     from jaxnet import images
-    from jaxnet.data import DataError
+    from jaxnet.datasets import DataError
 
     def error(message: str, status: int = 2) -> int:
         print(f"error: {message}", file=sys.stderr)

@@ -209,9 +209,9 @@ def _real_mnist(n: int) -> tuple[np.ndarray, np.ndarray]:
         if os.environ.get("CI"):
             pytest.fail("JAXNET_DATA is not set in CI: the real-data test cannot run")
         pytest.skip("JAXNET_DATA is not set")
-    from jaxnet import data
+    from jaxnet import datasets
 
-    dataset = data.load_mnist(REAL)
+    dataset = datasets.load_mnist(REAL)
     return dataset.test_images[:n], dataset.test_labels[:n]
 
 

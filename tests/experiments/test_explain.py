@@ -72,7 +72,7 @@ def test_the_probes_give_what_jax_derives_through_the_rest_of_the_network(run):
 
             def rest(y, i=i):
                 for layer in arch.layers[i + 1 :]:
-                    y = explain._apply(layer, params, y, autodiff)
+                    y = layer.apply(params.get(layer.name), y, autodiff)
                 return autodiff.softmax_cross_entropy(y, jnp.asarray([5]))
 
             expected = jax.grad(rest)(jnp.asarray(expl.autodiff.outputs[i]))
@@ -164,9 +164,9 @@ def test_missing_data_is_status_1(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("JAXNET_CACHE", str(tmp_path / "cache"))
     folder = write_run(tmp_path / "run", "mnist")
     (tmp_path / "empty").mkdir()
-    import jaxnet.data
+    from jaxnet.datasets import mnist
 
-    monkeypatch.setattr(jaxnet.data, "MNIST_MIRRORS", ())  # no download attempt
+    monkeypatch.setattr(mnist, "MIRRORS", ("http://127.0.0.1:1/",))  # refused at once
     argv = [str(folder), "--index", "0", "--data-dir", str(tmp_path / "empty")]
     assert explain.main(argv) == 1
     (line,) = capsys.readouterr().err.strip().splitlines()

@@ -173,9 +173,9 @@ def test_a_run_the_command_trained_is_read_as_it_was_trained(idx_dir, tmp_path):
     out = tmp_path / "trained"
     assert mnist.run(["--idx-dir", str(idx_dir), "--out", str(out), *SMALL]) == 0
     run = predict.load_run(out)
-    from jaxnet import data
+    from jaxnet import datasets
 
-    test = data.load_idx_dir(idx_dir)
+    test = datasets.load_idx_dir(idx_dir)
     probs = predict.probabilities(run, test.test_images)
     accuracy = float(np.mean(probs.argmax(axis=1) == test.test_labels))
     metrics = json.loads((out / "metrics.json").read_text())
@@ -213,9 +213,9 @@ VARIANTS = {
 
 @pytest.mark.slow
 def test_real_digits_as_files_agree_with_evaluate(trained, tmp_path, capsys):
-    from jaxnet import data
+    from jaxnet import datasets
 
-    test = data.load_mnist(REAL)
+    test = datasets.load_mnist(REAL)
     x, y = test.test_images[:500], test.test_labels[:500]
     reference = jaxnet.evaluate(
         trained.arch, trained.params, x, y, 500, trained.mean, scale=trained.scale

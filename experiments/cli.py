@@ -261,8 +261,14 @@ def main(exp: Experiment, argv: list[str] | None, prog: str, description: str) -
         run_config["environment"]["malloc"] = "glibc, freed memory kept for reuse"
     if args.overwrite:
         folder.clear()
+    from jaxnet.training.data import channel_mean
+
+    # What turns an image into this network's input and its output into names (predict, explain).
+    mean = channel_mean(split[0], config.pixel_scale)
+    run_config["input"] = {"scale": config.pixel_scale, "mean": mean.tolist()}
+    run_config["class_names"] = list(dataset.class_names)
     folder.write_config(run_config)
-    return _train_and_report(exp, arch, folder, args, config, dataset, split)
+    return _train_and_report(exp, arch, folder, args, config, dataset, split, mean)
 
 
 def _check_folder(exp: Experiment, args: argparse.Namespace, folder: RunFolder) -> dict | None:
@@ -354,13 +360,11 @@ def _settle(exp: Experiment, args: argparse.Namespace, saved: dict | None, datas
     return config, {**run_config, "environment": _environment()}, dataset, split
 
 
-def _train_and_report(exp, arch, folder, args, config, dataset, split) -> int:
+def _train_and_report(exp, arch, folder, args, config, dataset, split, mean) -> int:
     """Train, then evaluate the test set and write the run folder; the exit status."""
     from jaxnet.training import DivergedError, TrainData, fit
-    from jaxnet.training.data import channel_mean
 
     train_x, train_y, val_x, val_y = split
-    mean = channel_mean(train_x, config.pixel_scale)
     mesh = args.devices if args.devices > 1 else None
     print(
         f"{exp.name}: {config.iterations} iterations of batch {config.batch_size} on "

@@ -1,0 +1,484 @@
+"""Backpropagation made visible: one image walked through a trained network, layer by layer.
+
+    python -m experiments.explain runs/mnist --index 0            # test image 0
+    python -m experiments.explain runs/mnist my_digit.png --class 7
+    python -m experiments.explain runs/cifar10_modified --index 3 --out cat.png
+
+As the seed's MATLAB ``evaluate(..., verbose)`` does, it prints, and draws in one figure:
+
+- forward, layer by layer: each layer's output shape and range, a few channels as images (the
+  four with the most energy), the logits as bars;
+- backward, layer by layer, from the loss of the true label (``--class`` for another; for an
+  image file without ``--class``, the network's own answer): the gradient each layer receives
+  (dL/dy) and passes on (dL/dx), computed by the analytic rules, beside the worst absolute and
+  relative difference from JAX autodiff of the same forward functions;
+- the input gradient (saliency) map, ``max over channels |dL/dx|``, over the image.
+
+Every layer's dL/dy comes from one ``jax.grad`` call: a zero *probe* is added to each layer's
+output, ``y_i = layer_i(y_{i-1}) + p_i``, and the loss is differentiated with respect to the
+probes (and the input and parameters). Adding zero changes no value, and ``dL/dp_i = dL/dy_i``
+exactly, so the analytic rules run unchanged and one backward pass yields every layer's
+incoming gradient; what layer ``i`` passes on, its dL/dx, is layer ``i-1``'s dL/dy (the input
+gradient for the first layer). The same is done with the autodiff twins and the two compared.
+
+By default the walk runs in float64 (the trained float32 parameters are widened), so the
+difference column shows the rules' exactness rather than float32 rounding; ``--float32`` runs
+it as trained. Test images come from the project's data loaders (``--data-dir``, else
+``$JAXNET_DATA``, else the per-user cache, as the training commands look for them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cache, partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments.predict import Run, RunError, load_run, network_input, save_figure
+
+CHANNELS = 4  # channels drawn per layer
+POSITIVE, NEGATIVE = "#b2182b", "#2166ac"  # the ends of RdBu_r, for bars too
+
+
+@dataclass(frozen=True)
+class Walk:
+    """One forward and backward pass through the network with one rule set.
+
+    Attributes:
+        loss: the loss of the chosen label.
+        outputs: each layer's output ``y_i``, ``(1, *arch.output_shapes[i])``.
+        dy: each layer's incoming gradient ``dL/dy_i``, shaped as ``outputs[i]``.
+        dinput: ``dL/dx`` of the network's input, ``(1, H, W, C)``.
+        dparams: ``dL/dW`` and ``dL/db`` of every parametrised layer, as the params.
+    """
+
+    loss: float
+    outputs: list[np.ndarray]
+    dy: list[np.ndarray]
+    dinput: np.ndarray
+    dparams: dict[str, dict[str, np.ndarray]]
+
+    def dx(self, i: int) -> np.ndarray:
+        """What layer ``i`` passes back: the previous layer's dL/dy, or the input gradient."""
+        return self.dy[i - 1] if i > 0 else self.dinput
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """An image's walk through the network, analytic rules and autodiff side by side.
+
+    Attributes:
+        run: the run.
+        image: the uint8 image as the network sees it, ``arch.input_shape``.
+        x: the prepared input ``(1, H, W, C)`` (``image * scale - mean``).
+        label: the class whose loss is differentiated.
+        probabilities: ``(K,)`` softmax of the logits.
+        analytic: the walk with the hand-written rules.
+        autodiff: the same walk with JAX autodiff of the same forward functions.
+        dtype: the floating dtype of the walk.
+    """
+
+    run: Run
+    image: np.ndarray
+    x: np.ndarray
+    label: int
+    probabilities: np.ndarray
+    analytic: Walk
+    autodiff: Walk
+    dtype: np.dtype
+
+
+def _probed_loss(arch, ops, params, x, probes, label):
+    """The loss, with a zero probe added to each layer's output; also returns the outputs."""
+    outputs = []
+    for layer, probe in zip(arch.layers, probes, strict=True):
+        x = layer.apply(params.get(layer.name), x, ops) + probe
+        outputs.append(x)
+    return ops.softmax_cross_entropy(x, label), outputs
+
+
+@cache
+def _gradient(arch: Any, rules: str) -> Callable:
+    """``(params, x, probes, labels) -> ((loss, outputs), (dparams, dx, dprobes))``, jitted."""
+    import jax
+
+    from jaxnet.network import layer_ops
+
+    loss = partial(_probed_loss, arch, layer_ops(rules))
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
+
+
+def walk(arch: Any, params: dict, x: Any, label: int, rules: str) -> Walk:
+    """Forward and backward through ``arch`` for one prepared image, one jax.grad call.
+
+    Args:
+        arch: the network.
+        params: its parameters, in the dtype of ``x``.
+        x: one prepared image ``(1, H, W, C)``, floating point.
+        label: the class whose softmax cross-entropy is differentiated, in ``[0, K)``.
+        rules: ``"analytic"`` (:mod:`jaxnet.layers`) or ``"autodiff"`` (:mod:`jaxnet.autodiff`).
+
+    Returns:
+        The :class:`Walk`, as NumPy arrays.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    probes = [jnp.zeros((1, *shape), x.dtype) for shape in arch.output_shapes]
+    labels = jnp.asarray([label], jnp.int32)
+    (loss, outputs), (dparams, dinput, dy) = _gradient(arch, rules)(params, x, probes, labels)
+    to_np = partial(jax.tree.map, np.asarray)
+    return Walk(float(loss), to_np(outputs), to_np(dy), np.asarray(dinput), to_np(dparams))
+
+
+def explain(
+    run: Run, image: np.ndarray, label: int | None = None, dtype: Any = np.float64
+) -> Explanation:
+    """Walk one uint8 image through the run's network, analytic rules and autodiff.
+
+    Args:
+        run: the run (:func:`experiments.predict.load_run`).
+        image: uint8 ``arch.input_shape``, as the data loaders or :func:`jaxnet.images.read`
+            give it.
+        label: the class whose loss is differentiated; ``None``: the network's answer.
+        dtype: ``np.float64`` (the parameters are widened; x64 is on for the call) or
+            ``np.float32``.
+
+    Returns:
+        The :class:`Explanation`.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    dtype = np.dtype(dtype)
+    with jax.enable_x64(dtype == np.float64):
+        params = jax.tree.map(lambda a: jnp.asarray(a, dtype), run.params)
+        x = network_input(run, image[None], dtype)
+        if label is None:
+            from jaxnet.network import forward
+
+            label = int(jnp.argmax(forward(run.arch, params, x)[0]))
+        analytic = walk(run.arch, params, x, label, "analytic")
+        autodiff = walk(run.arch, params, x, label, "autodiff")
+        probabilities = np.asarray(jax.nn.softmax(analytic.outputs[-1][0]), np.float64)
+        return Explanation(
+            run, image, np.asarray(x), label, probabilities, analytic, autodiff, dtype
+        )
+
+
+def differences(expl: Explanation) -> list[tuple[float, float]]:
+    """Per layer, the worst absolute and relative difference of the rules from autodiff.
+
+    Over what the layer's backward rule computes: its dL/dx and, for conv and dense layers,
+    dL/dW and dL/db. Relative: ``max |a - b| / max |b|`` (:func:`jaxnet.gradcheck.relative_error`),
+    the worst of those arrays.
+
+    Returns:
+        ``[(absolute, relative), ...]``, one per layer in forward order, then one for the loss
+        (its dL/dz, the last layer's dL/dy).
+    """
+    from jaxnet.gradcheck import relative_error
+
+    a, b = expl.analytic, expl.autodiff
+    out = []
+    for i, layer in enumerate(expl.run.arch.layers):
+        pairs = [(a.dx(i), b.dx(i))]
+        if layer.name in a.dparams:
+            pairs += [(a.dparams[layer.name][k], b.dparams[layer.name][k]) for k in ("w", "b")]
+        out.append(_diff(pairs, relative_error))
+    out.append(_diff([(a.dy[-1], b.dy[-1])], relative_error))
+    return out
+
+
+def _diff(pairs, relative_error) -> tuple[float, float]:
+    absolute = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in pairs)
+    return absolute, relative_error([x for x, _ in pairs], [y for _, y in pairs])
+
+
+def _shape(a: np.ndarray) -> str:
+    return "x".join(map(str, a.shape[1:]))
+
+
+def format_table(expl: Explanation, title: str) -> str:
+    """The forward and backward tables, as the command prints them."""
+    from jaxnet.network import parameter_rows
+
+    arch, a = expl.run.arch, expl.analytic
+    names = expl.run.class_names
+    kinds = [row.kind for row in parameter_rows(arch)]
+    lines = [title, "", "forward"]
+    lines.append(f"  {'layer':<9}{'type':<26}{'output':<11}{'min':>10}{'max':>10}")
+    rows = [("input", "image * scale - mean", expl.x)]
+    rows += [
+        (layer.name, kind, y) for layer, kind, y in zip(arch.layers, kinds, a.outputs, strict=True)
+    ]
+    for name, kind, y in rows:
+        lines.append(f"  {name:<9}{kind:<26}{_shape(y):<11}{y.min():>10.4g}{y.max():>10.4g}")
+    top = np.argsort(-expl.probabilities, kind="stable")[:3]
+    answer = ", ".join(f"{names[c]} {expl.probabilities[c]:.2%}" for c in top)
+    lines += [f"  softmax: {answer}", ""]
+
+    diffs = differences(expl)
+    lines.append(
+        f"backward from the loss of class {names[expl.label]} (L = {a.loss:.4g}): analytic "
+        f"rules, and their worst difference from autodiff ({expl.dtype})"
+    )
+    lines.append(
+        f"  {'layer':<9}{'receives dL/dy':<16}{'max|dL/dy|':>11}  {'passes on dL/dx':<17}"
+        f"{'max|dL/dx|':>11}{'abs diff':>11}{'rel diff':>11}"
+    )
+    dz = a.dy[-1]
+    absolute, relative = diffs[-1]
+    lines.append(
+        f"  {'loss':<9}{'-':<16}{'-':>11}  {_shape(dz):<17}{np.abs(dz).max():>11.3e}"
+        f"{absolute:>11.1e}{relative:>11.1e}"
+    )
+    for i in reversed(range(len(arch.layers))):
+        dy, dx = a.dy[i], a.dx(i)
+        absolute, relative = diffs[i]
+        lines.append(
+            f"  {arch.layers[i].name:<9}{_shape(dy):<16}{np.abs(dy).max():>11.3e}  "
+            f"{_shape(dx):<17}{np.abs(dx).max():>11.3e}{absolute:>11.1e}{relative:>11.1e}"
+        )
+    lines.append(
+        "  diff: over what the layer's rule computes, dL/dx (and dL/dW, dL/db for conv and "
+        "dense); relative to max |autodiff|"
+    )
+    return "\n".join(lines)
+
+
+def _channels(y: np.ndarray) -> np.ndarray:
+    """The (up to) CHANNELS channels of an ``(H, W, C)`` output with the most energy, in order."""
+    energy = np.square(y).sum(axis=(0, 1))
+    return np.sort(np.argsort(-energy, kind="stable")[:CHANNELS])
+
+
+def _mosaic(y: np.ndarray, channels: np.ndarray) -> np.ndarray:
+    """Channels of ``(H, W, C)`` tiled two by two, NaN between them (drawn blank)."""
+    h, w, _ = y.shape
+    cols = 1 if len(channels) == 1 else 2
+    rows = -(-len(channels) // cols)
+    out = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1), np.nan)
+    for k, c in enumerate(channels):
+        r, q = divmod(k, cols)
+        out[r * (h + 1) : r * (h + 1) + h, q * (w + 1) : q * (w + 1) + w] = y[..., c]
+    return out
+
+
+def _rotation(names: Sequence[str]) -> int:
+    """Tick labels upright for digits, slanted for words."""
+    return 0 if max(map(len, names)) <= 2 else 60
+
+
+def _draw(ax: Any, y: np.ndarray, channels: Any, signed: bool, labels: Any = None) -> None:
+    """An image output as a mosaic of channels, a vector as bars."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if y.ndim == 1:
+        colours = np.where(y >= 0, POSITIVE, NEGATIVE)
+        ax.bar(np.arange(len(y)), y, color=colours, width=0.8)
+        ax.axhline(0, color="black", lw=0.5)
+        if labels is not None and len(y) <= 10:
+            ax.set_xticks(np.arange(len(y)), labels, fontsize=6, rotation=_rotation(labels))
+        ax.tick_params(axis="y", labelsize=6)
+        return
+    tile = _mosaic(y, channels)
+    if signed:
+        m = float(np.nanmax(np.abs(tile))) or 1.0
+        ax.imshow(tile, cmap="RdBu_r", vmin=-m, vmax=m, interpolation="nearest")
+    else:
+        ax.imshow(tile, cmap="viridis", interpolation="nearest")
+
+
+def plot_explanation(expl: Explanation, title: str, path: str | Path) -> Path:
+    """The figure: input, saliency and answer; each layer's output; each layer's dL/dy.
+
+    Args:
+        expl: the explanation.
+        title: the figure's title.
+        path: the PNG to write.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    from matplotlib.figure import Figure
+
+    arch, a = expl.run.arch, expl.analytic
+    names = expl.run.class_names
+    n = len(arch.layers)
+    fig = Figure(figsize=(max(1.45 * n, 7.5), 7.6), layout="constrained")
+    top, middle, bottom = fig.subfigures(3, 1, height_ratios=(1.25, 1.0, 1.0))
+
+    ax_image, ax_saliency, ax_probs = top.subplots(1, 3, width_ratios=(1, 1, 1.6))
+    image = expl.image
+    if image.shape[-1] == 1:
+        ax_image.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    else:
+        ax_image.imshow(image, interpolation="nearest")
+    ax_image.set_title("input, as the network sees it", fontsize=8)
+    saliency = np.abs(a.dinput[0]).max(axis=-1)
+    ax_saliency.imshow(saliency, cmap="magma", interpolation="nearest")
+    ax_saliency.set_title("saliency: max over channels |dL/dx|", fontsize=8)
+    for ax in (ax_image, ax_saliency):
+        ax.set_xticks([])
+        ax.set_yticks([])
+    k = len(names)
+    ax_probs.bar(np.arange(k), expl.probabilities, color="C0")
+    ax_probs.bar([expl.label], [expl.probabilities[expl.label]], color="C1")
+    ax_probs.set_xticks(
+        np.arange(k),
+        names,
+        fontsize=7,
+        rotation=_rotation(names),
+    )
+    ax_probs.set_ylim(0, 1)
+    ax_probs.tick_params(axis="y", labelsize=7)
+    ax_probs.set_title(f"softmax; orange: class {names[expl.label]}, L = {a.loss:.3g}", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+
+    fwd_axes = middle.subplots(1, n, squeeze=False)[0]
+    bwd_axes = bottom.subplots(1, n, squeeze=False)[0]
+    for i, layer in enumerate(arch.layers):
+        y, dy = a.outputs[i][0], a.dy[i][0]
+        channels = _channels(y) if y.ndim == 3 else None
+        labels = names if i == n - 1 else None
+        _draw(fwd_axes[i], y, channels, signed=False, labels=labels)
+        _draw(bwd_axes[i], dy, channels, signed=True, labels=labels)
+        shown = "" if channels is None else "\nch " + " ".join(map(str, channels))
+        fwd_axes[i].set_title(f"{layer.name}  {'x'.join(map(str, y.shape))}{shown}", fontsize=7)
+        bwd_axes[i].set_title(f"{layer.name}: max {np.abs(dy).max():.1e}", fontsize=7)
+    middle.suptitle("forward: each layer's output (logits as bars)", fontsize=9)
+    bottom.suptitle(
+        "backward: the gradient dL/dy each layer receives (analytic rules; red > 0, blue < 0)",
+        fontsize=9,
+    )
+    return save_figure(fig, path, dpi=100)
+
+
+def _class_index(text: str, names: tuple[str, ...]) -> int:
+    if text in names:
+        return names.index(text)
+    if text.isdigit() and int(text) < len(names):
+        return int(text)
+    raise ValueError(f"--class {text!r} is not one of the classes ({', '.join(names)})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's flags."""
+    from jaxnet.images import INVERT
+
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.explain",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run folder")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--index", type=int, default=None, help="a test-set image, by index")
+    which.add_argument(
+        "image",
+        type=Path,
+        nargs="?",
+        default=None,
+        metavar="IMAGE",
+        help="an image file (PNG, JPEG)",
+    )
+    p.add_argument(
+        "--class",
+        dest="label",
+        default=None,
+        metavar="C",
+        help="the class whose loss is differentiated, by name or index (default: "
+        "the true label of a test image, the network's answer for a file)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the figure (default: RUN_DIR/explain-<index or file name>.png)",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="data root holding mnist/ and cifar10/ (default: $JAXNET_DATA, else the "
+        "per-user cache)",
+    )
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip the size and md5 check of data files found locally",
+    )
+    p.add_argument(
+        "--invert",
+        choices=INVERT,
+        default="auto",
+        help="for a digit image file: light on dark (see experiments.predict)",
+    )
+    p.add_argument(
+        "--float32",
+        action="store_true",
+        help="walk in float32, as trained (default float64: the differences then "
+        "show the rules' exactness, not float32 rounding)",
+    )
+    return p
+
+
+def _test_image(run: Run, args: argparse.Namespace) -> tuple[np.ndarray, int]:
+    """Test image ``args.index`` and its label, through the project's data loaders."""
+    from jaxnet import datasets
+
+    load = datasets.load_mnist if run.arch.input_shape[2] == 1 else datasets.load_cifar10
+    dataset = load(args.data_dir, verify=not args.no_verify)
+    n = len(dataset.test_labels)
+    if not 0 <= args.index < n:
+        raise ValueError(f"--index {args.index} is outside the test set's 0 .. {n - 1}")
+    return dataset.test_images[args.index], int(dataset.test_labels[args.index])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    args = build_parser().parse_args(argv)
+
+    from jaxnet import images
+    from jaxnet.datasets import DataError
+
+    def error(message: str, status: int = 2) -> int:
+        print(f"error: {message}", file=sys.stderr)
+        return status
+
+    try:
+        run = load_run(args.run_dir)
+        label = None if args.label is None else _class_index(args.label, run.class_names)
+        if args.index is not None:
+            image, true = _test_image(run, args)
+            label = true if label is None else label
+            what, stem = (
+                f"test image #{args.index} (true class {run.class_names[true]})",
+                args.index,
+            )
+        else:
+            image = images.read(args.image, run.arch.input_shape, args.invert)
+            what, stem = str(args.image), args.image.stem
+    except (RunError, ValueError, images.ImageFileError) as err:
+        return error(str(err))
+    except DataError as err:
+        return error(str(err), 1)
+
+    expl = explain(run, image, label, np.float32 if args.float32 else np.float64)
+    title = f"{run.folder}: {what}"
+    print(format_table(expl, title))
+    out = args.out if args.out is not None else run.folder / f"explain-{stem}.png"
+    plot_explanation(expl, title, out)
+    print(f"figure: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

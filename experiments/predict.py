@@ -1,0 +1,322 @@
+"""Classify your own image files with a trained run.
+
+    python -m experiments.predict runs/mnist my_digit.png photo.jpg --top 3
+    python -m experiments.predict runs/cifar10_modified cat.jpg --json
+    python -m experiments.predict runs/mnist *.png --figure sheet.png --invert auto
+
+The run folder is one written by ``python -m experiments.mnist`` or ``experiments.cifar10``:
+its ``config.json`` names the network, the input scale and mean the network was trained with
+and the class names; ``params.npz`` holds the trained parameters. Each image is converted the
+way the training data looks (:mod:`jaxnet.images`: an MNIST digit centred in 28x28, light on
+dark; a CIFAR-10 picture resized to 32x32 RGB), then prepared exactly as in training
+(:func:`jaxnet.step.preprocess`). One line per image gives the top classes and their
+probabilities; ``--json`` prints a JSON list instead; ``--figure`` draws every image as the
+network saw it, with its top class.
+
+Errors are one line each on stderr and exit status 2: a missing run folder or params file, a
+params file that does not fit the network ``config.json`` names, a file that is not an image.
+The other images in the same call still get their answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+if TYPE_CHECKING:  # jax loads only when a command needs it: --help stays fast
+    from jaxnet.network import Architecture
+
+BATCH = 500  # images per forward call: bounds memory for long lists of files
+
+
+class RunError(Exception):
+    """A run folder that cannot be used; the message names the file and what is wrong."""
+
+
+class Run(NamedTuple):
+    """A finished run, ready to classify images.
+
+    Attributes:
+        folder: the run folder.
+        arch: the network (``jaxnet.architectures.get`` of ``config.json``'s architecture).
+        params: the trained parameters, ``{layer: {"w", "b"}}`` as float32 jax arrays.
+        scale: uint8 pixels are multiplied by this (1/255, or 1 for raw values) ...
+        mean: ... and this float32 ``(C,)`` training mean is subtracted.
+        class_names: the ``K`` class names, in label order.
+    """
+
+    folder: Path
+    arch: Architecture
+    params: dict
+    scale: float
+    mean: np.ndarray
+    class_names: tuple[str, ...]
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    path = folder / "config.json"
+    if not folder.is_dir():
+        raise RunError(f"{folder}: no such run folder")
+    if not path.is_file():
+        raise RunError(
+            f"{folder}: no config.json (not a run folder of experiments.mnist or "
+            "experiments.cifar10)"
+        )
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RunError(f"{path}: not readable JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise RunError(f"{path}: not a run's config (a JSON object is expected)")
+    return config
+
+
+def load_run(folder: str | os.PathLike[str]) -> Run:
+    """Read a finished run folder: its network, parameters, input preparation and class names.
+
+    Args:
+        folder: a folder written by ``python -m experiments.mnist`` or ``experiments.cifar10``.
+
+    Returns:
+        The :class:`Run`.
+
+    Raises:
+        RunError: the folder, ``config.json`` or ``params.npz`` is missing or unreadable,
+            ``config.json`` names an unknown network or records no input scale and mean, or
+            ``params.npz`` does not fit the network (another architecture).
+    """
+    import jax
+
+    from jaxnet import architectures, checkpoint, network
+
+    folder = Path(folder)
+    config = _read_config(folder)
+    where = folder / "config.json"
+    try:
+        arch = architectures.get(config.get("architecture"))
+    except ValueError as err:
+        raise RunError(f"{where}: {err}") from None
+    record, names = config.get("input"), config.get("class_names")
+    if not isinstance(record, dict) or "mean" not in record or "scale" not in record:
+        raise RunError(
+            f"{where} records no input scale and mean (a run made before they were recorded): "
+            "train it again"
+        )
+    try:
+        mean, scale = np.asarray(record["mean"], np.float32), float(record["scale"])
+    except (TypeError, ValueError):
+        raise RunError(f"{where}: the input mean and scale must be numbers") from None
+    if mean.shape not in ((), (arch.input_shape[2],)) or not scale > 0:
+        raise RunError(
+            f"{where}: input mean {record['mean']} or scale {scale} does not fit {arch.name}"
+        )
+    if not isinstance(names, list) or len(names) != arch.num_classes:
+        raise RunError(
+            f"{where}: class_names must list the {arch.num_classes} classes, got {names!r}"
+        )
+
+    path = folder / "params.npz"
+    if not path.is_file():
+        raise RunError(f"{folder}: no params.npz (the run has not finished)")
+    template = jax.eval_shape(lambda: network.init(arch, jax.random.PRNGKey(0)))
+    try:
+        params, _ = checkpoint.load_pytree(path, like=template)
+    except checkpoint.CheckpointMismatchError as err:
+        detail = str(err).split(": ", 1)[-1]
+        raise RunError(
+            f"{path} does not fit the {arch.name!r} network that config.json names ({detail})"
+        ) from None
+    except (checkpoint.CheckpointError, OSError) as err:
+        raise RunError(str(err)) from None
+    return Run(folder, arch, params, scale, mean, tuple(str(n) for n in names))
+
+
+def network_input(run: Run, images: np.ndarray, dtype: Any = np.float32) -> Any:
+    """uint8 images prepared as in training: ``images * scale - mean`` (``jaxnet.step.preprocess``).
+
+    Args:
+        run: the run.
+        images: uint8 ``(N, H, W, C)``, ``(H, W, C) == run.arch.input_shape``.
+        dtype: the floating dtype of the result.
+
+    Returns:
+        A jax array ``(N, H, W, C)`` of ``dtype``.
+    """
+    import jax.numpy as jnp
+
+    from jaxnet.step import preprocess
+
+    return preprocess(jnp.asarray(images), run.mean, run.scale, dtype)
+
+
+def probabilities(run: Run, images: np.ndarray) -> np.ndarray:
+    """The softmax of the network's logits for each image.
+
+    Args:
+        run: the run.
+        images: uint8 ``(N, H, W, C)`` shaped like the training data.
+
+    Returns:
+        float64 ``(N, K)``, each row summing to 1.
+    """
+    import jax
+
+    from jaxnet import network
+
+    rows = []
+    for start in range(0, len(images), BATCH):
+        x = network_input(run, images[start : start + BATCH])
+        rows.append(
+            np.asarray(jax.nn.softmax(network.forward(run.arch, run.params, x)), np.float64)
+        )
+    return np.concatenate(rows) if rows else np.zeros((0, run.arch.num_classes))
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str], dpi: int = 120) -> Path:
+    """Write a matplotlib figure as PNG through the one atomic writer (:mod:`jaxnet.io`)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from jaxnet.io import atomic_write
+
+    FigureCanvasAgg(fig)  # a canvas of its own: no pyplot, no display
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=dpi)
+    return Path(path)
+
+
+def contact_sheet(
+    images: np.ndarray, titles: Sequence[str], labels: Sequence[str], path: str | os.PathLike[str]
+) -> Path:
+    """Draw each image as the network sees it, titled with its answer, in a near-square grid.
+
+    Args:
+        images: uint8 ``(N, H, W, C)``, ``C`` 1 (grey) or 3 (RGB), ``N >= 1``.
+        titles: ``N`` titles (the top class and its probability).
+        labels: ``N`` captions under the tiles (the file names).
+        path: the PNG to write.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    from matplotlib.figure import Figure
+
+    n = len(images)
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(max(1.6 * cols, 3.0), 1.95 * rows + 0.4))
+    fig.set_layout_engine("constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_axis_off()
+    for ax, image, title, label in zip(axes.flat, images, titles, labels, strict=False):
+        if image.shape[-1] == 1:
+            ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        else:
+            ax.imshow(image, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(title, fontsize=9, pad=3)
+        ax.set_xlabel(label if len(label) <= 18 else "…" + label[-17:], fontsize=7, labelpad=2)
+    fig.suptitle("As the network sees them, with its answer", fontsize=10)
+    return save_figure(fig, path)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's flags."""
+    from jaxnet.images import INVERT
+
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.predict",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run folder")
+    p.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="PNG or JPEG files")
+    p.add_argument("--top", type=_positive_int, default=3, help="classes shown per image")
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of lines")
+    p.add_argument(
+        "--figure", type=Path, default=None, metavar="PATH", help="write a contact sheet PNG here"
+    )
+    p.add_argument(
+        "--invert",
+        choices=INVERT,
+        default="auto",
+        help="digits: make dark ink on a light background light on dark (auto: when the "
+        "image's border is brighter than the image)",
+    )
+    return p
+
+
+def _error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    args = build_parser().parse_args(argv)
+
+    from jaxnet import images as image_files
+
+    try:
+        run = load_run(args.run_dir)
+    except RunError as err:
+        _error(str(err))
+        return 2
+    converted: dict[int, np.ndarray] = {}
+    failures: dict[int, str] = {}
+    for i, path in enumerate(args.images):
+        try:
+            converted[i] = image_files.read(path, run.arch.input_shape, args.invert)
+        except image_files.ImageFileError as err:
+            failures[i] = str(err)
+    good = sorted(converted)
+    probs = probabilities(run, np.stack([converted[i] for i in good])) if good else None
+    k = min(args.top, run.arch.num_classes)
+    results: list[dict[str, Any]] = []
+    for i, path in enumerate(args.images):
+        if i in failures:
+            _error(failures[i])
+            results.append({"image": str(path), "error": failures[i]})
+            continue
+        p = probs[good.index(i)]
+        top = np.argsort(-p, kind="stable")[:k]
+        classes = [
+            {"class": run.class_names[c], "index": int(c), "probability": float(p[c])} for c in top
+        ]
+        results.append({"image": str(path), "classes": classes})
+        if not args.json:
+            answer = ", ".join(f"{c['class']} {c['probability']:.1%}" for c in classes)
+            print(f"{path}: {answer}")
+    if args.json:
+        print(json.dumps(results, indent=2))
+    if args.figure is not None and good:
+        answers = [results[i]["classes"][0] for i in good]
+        contact_sheet(
+            np.stack([converted[i] for i in good]),
+            [f"{a['class']} ({a['probability']:.0%})" for a in answers],
+            [args.images[i].name for i in good],
+            args.figure,
+        )
+    return 2 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

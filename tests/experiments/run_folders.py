@@ -1,0 +1,58 @@
+"""Run folders written directly, as ``experiments.cli`` writes them, for predict and explain.
+
+A real run (``experiments.mnist``) takes seconds to train; these tests need only a network with
+parameters. ``test_predict`` checks once, on a real run, that this layout is the one the
+training commands write.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from jaxnet import architectures, init
+from jaxnet.checkpoint import save_params
+from jaxnet.io import write_json
+
+CIFAR_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+
+
+def random_params(arch_name: str, seed: int = 0) -> dict:
+    """He-initialised weights and small random biases (no exact zeros at ReLU's kink)."""
+    arch = architectures.get(arch_name)
+    params = init(arch, jax.random.PRNGKey(seed))
+    rng = np.random.default_rng(seed)
+    return {
+        name: {"w": p["w"], "b": np.float32(0.1) * rng.standard_normal(p["b"].shape, np.float32)}
+        for name, p in params.items()
+    }
+
+
+def write_run(folder: Path, arch_name: str = "mnist", params: dict | None = None, **config) -> Path:
+    """A finished run folder: ``config.json`` (network, input scale and mean, class names) and
+    ``params.npz``; ``config`` entries replace the defaults (``None`` removes one)."""
+    arch = architectures.get(arch_name)
+    grey = arch.input_shape[2] == 1
+    record = {
+        "experiment": arch_name,
+        "architecture": arch_name,
+        "input": {"scale": 1 / 255, "mean": [0.13] if grey else [0.49, 0.48, 0.45]},
+        "class_names": [str(d) for d in range(10)] if grey else list(CIFAR_CLASSES),
+    }
+    record.update(config)
+    write_json(folder / "config.json", {k: v for k, v in record.items() if v is not None})
+    save_params(folder / "params.npz", random_params(arch_name) if params is None else params)
+    return folder

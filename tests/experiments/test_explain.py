@@ -1,0 +1,181 @@
+"""experiments.explain: every layer's gradient against autodiff, the table, the figure, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from data_files import write_idx_dir
+from PIL import Image
+from run_folders import write_run
+from run_helpers import learnable_digits
+
+import jaxnet
+from experiments import explain, predict
+from jaxnet import autodiff
+
+PNG = b"\x89PNG\r\n\x1a\n"
+TOLERANCE = {np.float64: 1e-10, np.float32: 1e-5}
+
+
+def image_for(arch, seed: int = 0) -> np.ndarray:
+    """A uint8 image with a black background (exact zeros, as MNIST has) and a bright patch."""
+    rng = np.random.default_rng(seed)
+    h, w, c = arch.input_shape
+    image = np.zeros((h, w, c), np.uint8)
+    patch = image[h // 4 : 3 * h // 4, w // 3 : 2 * w // 3]
+    patch[...] = rng.integers(0, 256, patch.shape)
+    return image
+
+
+def relative(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+
+
+@pytest.fixture(scope="module", params=["mnist", "cifar10_modified"])
+def run(request, tmp_path_factory) -> predict.Run:
+    folder = tmp_path_factory.mktemp(request.param) / "run"
+    return predict.load_run(write_run(folder, request.param))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_every_layer_gradient_equals_autodiff(run, dtype):
+    expl = explain.explain(run, image_for(run.arch), label=3, dtype=dtype)
+    tol = TOLERANCE[dtype]
+    a, b = expl.analytic, expl.autodiff
+    assert len(a.dy) == len(run.arch.layers)
+    for i, layer in enumerate(run.arch.layers):
+        assert a.dy[i].shape == (1, *run.arch.output_shapes[i]) and a.dy[i].dtype == dtype
+        assert relative(a.dy[i], b.dy[i]) < tol, layer.name
+        assert relative(a.dx(i), b.dx(i)) < tol, layer.name
+    for name in a.dparams:
+        for k in ("w", "b"):
+            assert relative(a.dparams[name][k], b.dparams[name][k]) < tol, (name, k)
+    for absolute, rel in explain.differences(expl):
+        assert rel < tol and absolute < tol * 10
+
+
+def test_the_probes_give_what_jax_derives_through_the_rest_of_the_network(run):
+    """Independently of the probes: dL/dy_i is the gradient of the network after layer i."""
+    expl = explain.explain(run, image_for(run.arch, 1), label=5)
+    arch = run.arch
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), run.params)
+        x = jnp.asarray(expl.x)
+        logits = jaxnet.forward(arch, params, x, "autodiff")
+        np.testing.assert_allclose(expl.analytic.outputs[-1], logits, rtol=1e-13, atol=1e-13)
+        for i in range(len(arch.layers)):
+
+            def rest(y, i=i):
+                for layer in arch.layers[i + 1 :]:
+                    y = layer.apply(params.get(layer.name), y, autodiff)
+                return autodiff.softmax_cross_entropy(y, jnp.asarray([5]))
+
+            expected = jax.grad(rest)(jnp.asarray(expl.autodiff.outputs[i]))
+            assert relative(expl.analytic.dy[i], expected) < 1e-10, arch.layers[i].name
+        dx, dparams = jax.grad(
+            lambda x, p: jaxnet.loss_fn(arch, p, x, jnp.asarray([5]), "autodiff"), (0, 1)
+        )(x, params)
+        assert relative(expl.analytic.dinput, dx) < 1e-10
+        for name, grads in dparams.items():
+            assert relative(expl.analytic.dparams[name]["w"], grads["w"]) < 1e-10
+    assert expl.probabilities.sum() == pytest.approx(1.0)
+    assert expl.label == 5
+
+
+def test_without_a_label_the_network_answer_is_explained(run):
+    expl = explain.explain(run, image_for(run.arch, 2))
+    assert expl.label == int(np.argmax(expl.probabilities))
+
+
+def test_table_walks_forward_then_back(run):
+    expl = explain.explain(run, image_for(run.arch), label=0)
+    table = explain.format_table(expl, "title")
+    names = [layer.name for layer in run.arch.layers]
+    forward, backward = table.split("\nbackward ")
+    rows = [line.split()[0] for line in forward.splitlines()[4:-1]]
+    assert rows == ["input", *names]
+    rows = [line.split()[0] for line in backward.splitlines()[2:-1]]
+    assert rows == ["loss", *reversed(names)]
+    assert f"class {run.class_names[0]}" in backward
+
+
+@pytest.fixture
+def mnist_dir(tmp_path) -> Path:
+    """A data root with small MNIST-format files (loaded with --no-verify)."""
+    train, train_labels = learnable_digits(40, 1)
+    test, test_labels = learnable_digits(12, 2)
+    arrays = {
+        "train_images": train,
+        "train_labels": train_labels,
+        "test_images": test,
+        "test_labels": test_labels,
+    }
+    write_idx_dir(tmp_path / "data" / "mnist", arrays)
+    return tmp_path / "data"
+
+
+def test_command_on_a_test_image(tmp_path, mnist_dir, capsys):
+    folder = write_run(tmp_path / "run", "mnist")
+    argv = [str(folder), "--index", "3", "--data-dir", str(mnist_dir), "--no-verify"]
+    assert explain.main(argv) == 0
+    out = capsys.readouterr().out
+    label = int(learnable_digits(12, 2)[1][3])
+    assert f"test image #3 (true class {label})" in out
+    assert f"backward from the loss of class {label} " in out
+    figure = folder / "explain-3.png"
+    assert figure.read_bytes().startswith(PNG)
+    assert out.strip().endswith(f"figure: {figure}")
+
+
+@pytest.mark.parametrize("label", ["cat", "3"])
+def test_command_on_an_image_file_with_a_class(tmp_path, capsys, label):
+    folder = write_run(tmp_path / "run", "cifar10_baseline")
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), np.uint8)).save(path)
+    out = tmp_path / "figs" / "fig.png"
+    assert explain.main([str(folder), str(path), "--class", label, "--out", str(out)]) == 0
+    assert "backward from the loss of class cat " in capsys.readouterr().out
+    assert out.read_bytes().startswith(PNG)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["{run}", "--index", "12", "--data-dir", "{data}", "--no-verify"], "outside the test set"),
+        (["{run}", "--index", "0", "--class", "dog", "--data-dir", "{data}"], "not one of"),
+        (["{run}", "{tmp}/missing.png"], "no such file"),
+        (["{tmp}/nowhere", "--index", "0"], "no such run folder"),
+    ],
+)
+def test_command_errors_are_one_line_and_status_2(tmp_path, mnist_dir, capsys, argv, message):
+    folder = write_run(tmp_path / "run", "mnist")
+    fields = {"run": folder, "data": mnist_dir, "tmp": tmp_path}
+    assert explain.main([a.format(**fields) for a in argv]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and message in line
+
+
+def test_missing_data_is_status_1(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("JAXNET_CACHE", str(tmp_path / "cache"))
+    folder = write_run(tmp_path / "run", "mnist")
+    (tmp_path / "empty").mkdir()
+    from jaxnet.datasets import mnist
+
+    monkeypatch.setattr(mnist, "MIRRORS", ("http://127.0.0.1:1/",))  # refused at once
+    argv = [str(folder), "--index", "0", "--data-dir", str(tmp_path / "empty")]
+    assert explain.main(argv) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ")
+
+
+@pytest.mark.parametrize("argv", [["{run}"], ["{run}", "x.png", "--index", "1"]])
+def test_one_image_exactly(tmp_path, argv):
+    folder = write_run(tmp_path / "run", "mnist")
+    with pytest.raises(SystemExit) as info:
+        explain.main([a.format(run=folder) for a in argv])
+    assert info.value.code == 2

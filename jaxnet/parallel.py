@@ -14,9 +14,10 @@ process's devices and each process feeds only its rows of every global batch
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import jax
@@ -24,6 +25,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxnet._validate import int_at_least
+from jaxnet.backends import onednn
 
 AXIS = "data"
 """The name of the mesh's one axis, along which batches are split."""
@@ -381,3 +383,19 @@ def initialize_distributed(
             f"could not initialise distributed JAX ({where}): {e} Call initialize_distributed "
             "once, at the start of the program, before anything else touches JAX."
         ) from e
+
+
+def partitionable(fn: Callable) -> Callable:
+    """``fn`` traced with every convolution on XLA, for a program XLA splits over a mesh.
+
+    XLA cannot partition the oneDNN custom calls (:mod:`jaxnet.backends.onednn`): around each
+    one it would gather the whole batch onto every device, which then computes all of it.
+    Under a mesh the convolutions therefore stay on XLA's own, partitionable kernels.
+    """
+
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+        with onednn.turned_off():
+            return fn(*args, **kwargs)
+
+    return traced

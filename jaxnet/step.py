@@ -191,7 +191,7 @@ def make_train_step(
     mesh = parallel.as_mesh(mesh)
     rep, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     jitted = jax.jit(
-        step,
+        parallel.partitionable(step),
         in_shardings=(rep, rep, batch, batch),
         out_shardings=(rep, rep, rep),
         donate_argnums=(0, 1),
@@ -257,7 +257,7 @@ def _sharded_eval_batch(mesh: Mesh) -> Callable:
     """:func:`_eval_batch` split over ``mesh``, results replicated (readable on every process)."""
     rep, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     return jax.jit(
-        _eval_batch_impl,
+        parallel.partitionable(_eval_batch_impl),
         static_argnums=(0, 1),
         in_shardings=(rep, batch, batch, batch, rep, rep),
         out_shardings=(rep, rep),

@@ -30,6 +30,8 @@ reads it when it is first loaded; if something loaded it earlier, its setting st
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ctypes
 import importlib.metadata
 import importlib.util
@@ -37,6 +39,7 @@ import os
 import platform
 import sys
 import warnings
+from collections.abc import Iterator
 from functools import cache
 
 import jax
@@ -54,8 +57,25 @@ _TARGETS = {  # FFI target name -> the handler's symbol in the library
 }
 
 
+_OFF = contextvars.ContextVar("jaxnet_onednn_off", default=False)
+
+
+@contextlib.contextmanager
+def turned_off() -> Iterator[None]:
+    """Within the block, functions traced keep every convolution on XLA.
+
+    For programs XLA partitions over a mesh: it cannot split a custom call, so it would gather
+    the whole batch onto every device around each one.
+    """
+    token = _OFF.set(True)
+    try:
+        yield
+    finally:
+        _OFF.reset(token)
+
+
 def enabled() -> bool:
-    """Whether the environment allows oneDNN (``JAXNET_CONV`` is not ``xla``).
+    """Whether oneDNN is allowed: ``JAXNET_CONV`` is not ``xla``, nor inside :func:`turned_off`.
 
     Raises:
         ValueError: ``JAXNET_CONV`` is set to something other than ``xla`` or ``onednn``.
@@ -63,7 +83,7 @@ def enabled() -> bool:
     value = os.environ.get(ENV_VAR, "onednn").strip().lower() or "onednn"
     if value not in ("xla", "onednn"):
         raise ValueError(f"{ENV_VAR} must be 'xla' or 'onednn', got {value!r}")
-    return value == "onednn"
+    return value == "onednn" and not _OFF.get()
 
 
 def _libdnnl() -> str:

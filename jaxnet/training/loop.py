@@ -77,7 +77,8 @@ def make_fit_step(
         offsets = jnp.arange(steps, dtype=jnp.int32)
         return jax.lax.scan(body, state, offsets, unroll=steps)[0]
 
-    return jax.jit(one if steps == 1 else several, donate_argnums=(0,))
+    fn = one if steps == 1 else several
+    return jax.jit(fn if mesh is None else parallel.partitionable(fn), donate_argnums=(0,))
 
 
 def _call_length(iteration: int, steps_per_call: int, boundaries: Sequence[int]) -> int:

@@ -240,3 +240,24 @@ def test_conv_rule_stays_on_xla_when_turned_off(monkeypatch):
     assert not _targets(grad(), x, w, b)
     monkeypatch.setenv(onednn.ENV_VAR, "onednn")
     assert _targets(grad(), x, w, b) >= {"forward", "backward_data"}
+
+
+def test_data_parallel_programs_keep_convolutions_on_xla():
+    """XLA cannot partition a custom call: a mesh's step, fit step and evaluation trace on XLA."""
+    x, w, _ = make((2, 8, 8, 3), (3, 3, 4))
+    b = jnp.zeros((4,), jnp.float32)
+
+    def grad():
+        return jax.grad(lambda x, w, b: (jaxnet.conv2d(x, w, b, 1, 1) ** 2).sum(), (0, 1, 2))
+
+    assert not _targets(jaxnet.parallel.partitionable(grad()), x, w, b)
+    assert _targets(grad(), x, w, b)  # outside, oneDNN again
+
+    arch = jaxnet.architectures.mnist()
+    params = jaxnet.init(arch, jax.random.PRNGKey(0))
+    optimizer = jaxnet.momentum(0.1)
+    images, labels = np.zeros((4, 28, 28, 1), np.uint8), np.zeros(4, np.int32)
+    for mesh, calls in ((None, True), (1, False)):
+        step = jaxnet.make_train_step(arch, optimizer, mesh=mesh)
+        text = step.lower(params, optimizer.init(params), images, labels).as_text()
+        assert ("jaxnet_onednn_conv" in text) == calls, mesh

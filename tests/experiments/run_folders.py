@@ -11,23 +11,11 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from data_files import CIFAR_CLASSES
 
 from jaxnet import architectures, init
 from jaxnet.checkpoint import save_params
 from jaxnet.io import write_json
-
-CIFAR_CLASSES = (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-)
 
 
 def random_params(arch_name: str, seed: int = 0) -> dict:

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxnet import architectures, datasets, gradcheck
+from jaxnet.backends import onednn
 from jaxnet.network import init
 from jaxnet.optim import momentum
 from jaxnet.step import make_train_step, preprocess
@@ -93,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     print(gradcheck.format_table(results, args.tolerance))
     for line in missing:
         print(f"real-data rows left out, not found: {line}")
+    built = "built" if onednn.available() else "not built"
+    print(
+        f"convolution kernels: XLA's in every row (float64; jaxnet's oneDNN kernels, {built} "
+        "here, run float32 only: tests/backends/ checks them against XLA)"
+    )
     failed = [r.name for r in results if not r.ok(args.tolerance)]
     if failed:
         print(f"FAILED: relative error over {args.tolerance:g} in: {', '.join(failed)}")

@@ -244,9 +244,16 @@ def check(case: Case, tolerance: float = TOLERANCE, seed: int = 0) -> Result:
     )
 
 
-def _contracted(layer: Callable[..., jax.Array], cotangent: jax.Array) -> Callable[..., jax.Array]:
-    """``L(*args) = sum(cotangent * layer(*args))``: its gradient is the layer's VJP."""
-    return lambda *args: jnp.sum(cotangent * layer(*args))
+def _contracted(name: str, cotangent: jax.Array, *static) -> tuple[Callable, Callable]:
+    """``L(*args) = sum(cotangent * layer(*args, *static))`` with the rule and with the twin.
+
+    Its gradient is the layer's VJP for that cotangent.
+    """
+
+    def loss(lib):
+        return lambda *args: jnp.sum(cotangent * getattr(lib, name)(*args, *static))
+
+    return loss(layers), loss(autodiff)
 
 
 def _normal(key, shape):
@@ -261,30 +268,16 @@ def layer_cases(seed: int = 0) -> list[Case]:
     keys = iter(jax.random.split(jax.random.PRNGKey(seed), 32))
     cases = []
 
-    x, w, b = (
-        _normal(next(keys), (3, 4, 2, 2)),
-        _normal(next(keys), (5, 16)),
-        _normal(next(keys), (5,)),
-    )
-    ct = _normal(next(keys), (3, 5))
+    x, w, b = (_normal(next(keys), s) for s in ((3, 4, 2, 2), (5, 16), (5,)))
     # dense and conv2d are linear in each argument: central differences are exact at any step,
     # and a long step keeps rounding error (eps |L| / h) small.
-    cases.append(
-        Case(
-            "dense",
-            _contracted(layers.dense, ct),
-            _contracted(autodiff.dense, ct),
-            (x, w, b),
-            step=0.1,
-        )
-    )
+    ct = _normal(next(keys), (3, 5))
+    cases.append(Case("dense", *_contracted("dense", ct), (x, w, b), step=0.1))
 
     x = _normal(next(keys), (2, 5, 6, 3))
     x = jnp.where(jnp.abs(x) < 0.05, 0.5, x)  # keep finite-difference steps off the kink at 0
     ct = _normal(next(keys), x.shape)
-    cases.append(
-        Case("relu", _contracted(layers.relu, ct), _contracted(autodiff.relu, ct), (x,), step=0.04)
-    )
+    cases.append(Case("relu", *_contracted("relu", ct), (x,), step=0.04))
 
     logits = 3.0 * _normal(next(keys), (6, 10))
     classes = jax.random.randint(next(keys), (6,), 0, 10)
@@ -297,53 +290,21 @@ def layer_cases(seed: int = 0) -> list[Case]:
         )
     )
 
-    x, w, b = (
-        _normal(next(keys), (2, 7, 8, 3)),
-        _normal(next(keys), (3, 3, 3, 4)),
-        _normal(next(keys), (4,)),
-    )
+    x, w, b = (_normal(next(keys), s) for s in ((2, 7, 8, 3), (3, 3, 3, 4), (4,)))
     for padding, stride in ((1, 1), (2, 2)):
-        out = layers.conv2d(x, w, b, padding, stride).shape
-        ct = _normal(next(keys), out)
-
-        def conv_custom(x, w, b, p=padding, s=stride, ct=ct):
-            return jnp.sum(ct * layers.conv2d(x, w, b, p, s))
-
-        def conv_autodiff(x, w, b, p=padding, s=stride, ct=ct):
-            return jnp.sum(ct * autodiff.conv2d(x, w, b, p, s))
-
-        cases.append(
-            Case(
-                f"conv2d pad {padding} stride {stride}",
-                conv_custom,
-                conv_autodiff,
-                (x, w, b),
-                step=0.1,
-            )
-        )
+        ct = _normal(next(keys), layers.conv2d(x, w, b, padding, stride).shape)
+        name = f"conv2d pad {padding} stride {stride}"
+        cases.append(Case(name, *_contracted("conv2d", ct, padding, stride), (x, w, b), step=0.1))
 
     # Distinct values spaced far wider than the step: no step reorders a window.
     n = 2 * 8 * 7 * 3
     x = (jax.random.permutation(next(keys), n) / n - 0.5).reshape(2, 8, 7, 3).astype(jnp.float64)
     ct = _normal(next(keys), (2, 4, 3, 3))
-    cases.append(
-        Case(
-            "maxpool2d 2x2",
-            _contracted(layers.maxpool2d, ct),
-            _contracted(autodiff.maxpool2d, ct),
-            (x,),
-            step=1e-3,
-        )
-    )
+    cases.append(Case("maxpool2d 2x2", *_contracted("maxpool2d", ct), (x,), step=1e-3))
 
     labels = jax.random.randint(next(keys), (2,), 0, 5)
-    args = (
-        _normal(next(keys), (2, 8, 8, 2)),
-        0.5 * _normal(next(keys), (3, 3, 2, 4)),
-        0.1 * _normal(next(keys), (4,)),
-        0.3 * _normal(next(keys), (5, 64)),
-        0.1 * _normal(next(keys), (5,)),
-    )
+    scales = ((2, 8, 8, 2), 1.0), ((3, 3, 2, 4), 0.5), ((4,), 0.1), ((5, 64), 0.3), ((5,), 0.1)
+    args = tuple(scale * _normal(next(keys), shape) for shape, scale in scales)
 
     def small_net(lib):
         def loss(x, cw, cb, dw, db):

@@ -62,7 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxnet import allocator, architectures, parallel
+from jaxnet import allocator, architectures, io, parallel
 from jaxnet.network import Architecture, init, layer_ops, parameter_rows
 from jaxnet.optim import momentum
 from jaxnet.step import make_train_step
@@ -934,6 +934,27 @@ def bench_group(
     }
 
 
+def _epoch_config(steps: int, epochs: int, batch: int):
+    """The default MNIST experiment's settings for ``epochs + 1`` epochs of ``steps`` steps."""
+    from jaxnet.training import FitConfig
+
+    return FitConfig(
+        iterations=(epochs + 1) * steps,
+        batch_size=batch,
+        learning_rate=0.1,
+        momentum=0.9,
+        weight_decay=5e-4,
+        schedule="cosine",
+        warmup=min(200, steps),
+        augment=True,
+        crop_pad=2,
+        flip=False,
+        log_every=steps,
+        eval_every=steps,
+        checkpoint_every=(epochs + 2) * steps,
+    )
+
+
 def bench_epoch(
     quick: bool = False, batch: int = 64, epochs: int = 2, steps_per_call: int = STEPS_PER_CALL
 ) -> dict[str, Any]:
@@ -960,7 +981,7 @@ def bench_epoch(
         the same for ``steps_per_call`` steps per call, with ``speedup`` (one step per call's
         epoch time over this one's).
     """
-    from jaxnet.training import FitConfig, TrainData, fit, initial_state, make_fit_step
+    from jaxnet.training import TrainData, fit, initial_state, make_fit_step
     from jaxnet.training.data import epoch_batches
 
     arch = architectures.mnist()
@@ -970,21 +991,7 @@ def bench_epoch(
     images = rng.integers(0, 256, (n, *arch.input_shape), dtype=np.uint8)
     labels = rng.integers(0, arch.num_classes, n).astype(np.int32)
     mean = np.array([images.mean() / 255.0], np.float32)
-    config = FitConfig(
-        iterations=(epochs + 1) * steps,
-        batch_size=batch,
-        learning_rate=0.1,
-        momentum=0.9,
-        weight_decay=5e-4,
-        schedule="cosine",
-        warmup=min(200, steps),
-        augment=True,
-        crop_pad=2,
-        flip=False,
-        log_every=steps,
-        eval_every=steps,
-        checkpoint_every=(epochs + 2) * steps,
-    )
+    config = _epoch_config(steps, epochs, batch)
 
     step = make_fit_step(arch, config, mean)
     images_dev, labels_dev = jax.device_put(images), jax.device_put(labels)
@@ -1245,8 +1252,8 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse the flags, run the benchmark, print the table and write the JSON."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command's flags."""
     parser = argparse.ArgumentParser(
         prog="python -m experiments.benchmark",
         description="Train-step throughput of jaxnet (analytic rules, autodiff), PyTorch and "
@@ -1288,6 +1295,12 @@ def main(argv: list[str] | None = None) -> int:
         help="also time the analytic rules data-parallel over N devices (on CPU: N virtual "
         "devices, made before JAX starts)",
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the flags, run the benchmark, print the table and write the JSON."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.devices < 1:
         parser.error(f"--devices must be >= 1, got {args.devices}")
@@ -1327,7 +1340,7 @@ def main(argv: list[str] | None = None) -> int:
     peers = import_peers(use_torch=not args.no_torch, use_equinox=not args.no_equinox)
     result = run_benchmark(plan, peers, log, reuse_freed_memory=reuse)
     print(format_table(result), end="")
-    args.json.write_text(json.dumps(result, indent=1) + "\n")
+    io.write_text(args.json, json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.json}")
     return 0
 

@@ -130,7 +130,8 @@ def test_missing_peers_are_left_out_with_a_line(monkeypatch, capsys):
     result = benchmark.run_benchmark(plan, peers, log=lambda line: None, reuse_freed_memory=False)
     table = benchmark.format_table(result)
     assert all(note in table for note in peers.notes)
-    assert set(result["groups"][0]["methods"]) == {"analytic", "autodiff"}
+    analytic = {"analytic (oneDNN convs)", "analytic (XLA convs)"} if peers.onednn else {"analytic"}
+    assert set(result["groups"][0]["methods"]) == analytic | {"autodiff"}
 
 
 def test_with_onednn_the_analytic_rules_run_on_each_kernel_set(monkeypatch):
@@ -239,25 +240,23 @@ def test_command_writes_json_and_table(tmp_path, capsys):
     argv += ["--windows", "1", "--window-s", "0.001", "--no-epoch"]
     assert benchmark.main(argv) == 0
     out = capsys.readouterr().out
-    assert "| mnist | 2 | analytic |" in out and "ceiling" in out and "where time goes" in out
     result = json.loads(path.read_text())
+    ref = result["meta"]["reference"]  # the analytic rules on oneDNN's convolutions where built
+    assert ref == ("analytic (oneDNN convs)" if onednn_built() else "analytic")
+    assert f"| mnist | 2 | {ref} |" in out and "ceiling" in out and "where time goes" in out
     assert set(result) == {"meta", "ceiling_gflops", "groups", "epoch"}
-    assert result["epoch"] is None and result["meta"]["reference"] == "analytic"
+    assert result["epoch"] is None
     assert result["meta"]["threads"] >= 1 and result["ceiling_gflops"] > 0
     assert result["meta"]["reuse_freed_memory"] is False and "glibc defaults" in out
     (group,) = result["groups"]
-    assert (
-        {"analytic", "autodiff"}
-        <= set(group["methods"])
-        <= set(group["layers"]) | {"torch.compile"}
-    )
+    assert {ref, "autodiff"} <= set(group["methods"]) <= set(group["layers"]) | {"torch.compile"}
     for record in group["methods"].values():
         assert 0 < record["fraction_of_ceiling"]
     assert "torch.compile" not in group["methods"]  # left out with --quick
     if result["meta"]["torch"] is not None:
-        assert "PyTorch" in group["methods"] and "analytic/PyTorch" in group["ratios"]
+        assert "PyTorch" in group["methods"] and f"{ref}/PyTorch" in group["ratios"]
     if result["meta"]["equinox"] is not None:
-        assert "Equinox" in group["methods"] and "analytic/Equinox" in group["ratios"]
+        assert "Equinox" in group["methods"] and f"{ref}/Equinox" in group["ratios"]
 
 
 def test_epoch_check_reports_epoch_and_step_times(monkeypatch):
@@ -306,7 +305,7 @@ def test_data_parallel_row_on_two_virtual_devices(tmp_path):
         assert record["meta"]["reuse_freed_memory"] is True
     (group,) = record["groups"]
     assert group["methods"]["analytic x2"]["images_per_s"] > 0
-    assert "analytic x2/analytic" in group["ratios"]
+    assert f"analytic x2/{record['meta']['reference']}" in group["ratios"]
     assert "mnist at batch 8: analytic x2 ran" in result.stdout
 
 
@@ -318,3 +317,11 @@ def test_pytorch_runs_on_the_device_that_matches_jax(monkeypatch, backend, cuda,
     monkeypatch.setattr(jax, "default_backend", lambda: backend)
     fake_torch = SimpleNamespace(cuda=SimpleNamespace(is_available=lambda: cuda))
     assert benchmark.torch_device(fake_torch) == expected
+
+
+def onednn_built() -> bool:
+    try:
+        from jaxnet.backends import onednn
+    except ImportError:
+        return False
+    return onednn.available()

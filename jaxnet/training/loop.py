@@ -31,7 +31,12 @@ from jaxnet.training.state import Run, TrainState, initial_state
 
 
 def make_fit_step(
-    arch: Architecture, config: FitConfig, mean: np.ndarray, mesh: Mesh | None = None, steps=1
+    arch: Architecture,
+    config: FitConfig,
+    mean: np.ndarray,
+    mesh: Mesh | None = None,
+    steps=1,
+    diagnostics: bool = True,
 ) -> Callable:
     """The jitted ``step(state, images, labels, batches, iteration) -> state``.
 
@@ -45,6 +50,10 @@ def make_fit_step(
     iteration + K - 1`` (the caller keeps them inside one epoch), unrolled in one compiled
     program: one launch per ``K`` steps, equal to ``K`` single calls up to float rounding. It
     is unrolled because XLA's CPU backend runs a rolled loop's body about 10x slower.
+
+    With ``diagnostics`` (the loop's choice) each step also keeps its per-layer gradient norms
+    and update ratios in ``state.diagnostics`` (:func:`jaxnet.step.layer_diagnostics`); without,
+    that field is carried unchanged (to measure what they cost).
     """
     optimizer = config.optimizer()
     aug_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x61756720)
@@ -67,6 +76,7 @@ def make_fit_step(
             state.opt_state,
             x,
             y,
+            diagnostics=diagnostics,
         )
         return state.advance(params, opt_state, metrics, iteration, config.ema_decay)
 
@@ -157,7 +167,9 @@ def fit(
     hooks = [
         hooks_lib.StopOnNaN(config.learning_rate, checkpoints),
         *([evaluation] if evaluation else []),
-        hooks_lib.History(config, steps_per_epoch, evaluation, on_log),
+        hooks_lib.History(
+            config, steps_per_epoch, evaluation, on_log, [layer.name for layer in arch.parametrised]
+        ),
         hooks_lib.ProgressBar(config.iterations, config.log_every, progress),
         *([saver] if saver else []),
     ]

@@ -126,7 +126,8 @@ def train_step(
         params: ``{layer name: {"w", "b"}}``; opt_state: the optimizer's state for them.
         x: ``(B, H, W, C)`` uint8 images or an already prepared float batch.
         y: ``(B,)`` integer labels.
-        diagnostics: also return :func:`layer_diagnostics` of this step.
+        diagnostics: also return :func:`layer_diagnostics` of this step (a Python bool:
+            a separate compiled step, so the steps without them pay nothing).
 
     Returns:
         ``(params, opt_state, {"loss": (), "accuracy": ()})``, the metrics of the batch before

@@ -23,9 +23,9 @@ class TrainState(NamedTuple):
         bad_iteration: ``()`` int32, the first iteration whose loss was not finite, or -1.
         diagnostics: ``(2, L)`` float32, the last step's gradient norms (row 0) and
             update-to-weight ratios (row 1) of the ``L`` parametrised layers
-            (:func:`jaxnet.step.layer_diagnostics`); NaN before the first step. Computed on
-            the device every step (a few norms over the weights, no host sync) and read back
-            only when a history row is written.
+            (:func:`jaxnet.step.layer_diagnostics`), computed on the device by the step before
+            each history row (other steps carry it unchanged) and read back only when the row
+            is written; NaN before the first such step.
     """
 
     params: Any

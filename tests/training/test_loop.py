@@ -74,12 +74,16 @@ def test_every_row_has_finite_per_layer_diagnostics():
 def test_diagnostics_are_the_norms_of_that_steps_gradient_and_update(iteration):
     arch, data = tiny(), small_data()
     config = dataclasses.replace(CONFIG, augment=False)
-    step = make_fit_step(arch, config, data.mean)
+    plain, step = (
+        make_fit_step(arch, config, data.mean),
+        make_fit_step(arch, config, data.mean, diagnostics=True),
+    )
     images, labels = jax.device_put(data.train_images), jax.device_put(data.train_labels)
     order = np.random.default_rng(1).permutation(96).astype(np.int32).reshape(12, 8)
     state = initial_state(arch, config)
-    for i in range(iteration):
-        state = step(state, images, labels, jax.device_put(order), np.int32(i))
+    for i in range(iteration):  # without diagnostics: the field is carried unchanged
+        state = plain(state, images, labels, jax.device_put(order), np.int32(i))
+        assert np.isnan(np.asarray(state.diagnostics)).all()
     before = jax.device_get(state.params)
     state = step(state, images, labels, jax.device_put(order), np.int32(iteration))
     index = order[iteration]

@@ -2,7 +2,7 @@
 
 ``config.json`` (every setting and the environment), ``history.csv`` (one row per
 ``log_every`` iterations), ``metrics.json`` (test results), ``params.npz`` (one array per
-parameter, keyed by its pytree path), four figures, two Markdown tables, and ``checkpoints/``.
+parameter, keyed by its pytree path), five figures, two Markdown tables, and ``checkpoints/``.
 Every file is written atomically (:mod:`jaxnet.io`).
 """
 
@@ -20,7 +20,13 @@ from jaxnet import io, metrics, network, plots
 from jaxnet.checkpoint import CheckpointManager, save_params
 from jaxnet.training import HISTORY_FIELDS
 
-FIGURES = ("kernels.png", "misclassified.png", "confusion_matrix.png", "learning_curves.png")
+FIGURES = (
+    "kernels.png",
+    "misclassified.png",
+    "confusion_matrix.png",
+    "learning_curves.png",
+    "gradients.png",
+)
 TABLES = ("parameters.md", "per_class.md")
 OUTPUT_FILES = ("config.json", "history.csv", "metrics.json", "params.npz", *FIGURES, *TABLES)
 
@@ -64,9 +70,12 @@ class RunFolder:
         io.write_json(self.config_path, config)
 
     def write_history(self, history: list[dict[str, float]]) -> None:
-        """Write ``history.csv``: :data:`jaxnet.training.HISTORY_FIELDS` as its header."""
+        """Write ``history.csv``: :data:`jaxnet.training.HISTORY_FIELDS`, then the per-layer
+        diagnostics columns (``grad_norm/NAME``, ``update_ratio/NAME``) the rows hold."""
+        extra = dict.fromkeys(k for row in history for k in row if k not in HISTORY_FIELDS)
+        fields = [*HISTORY_FIELDS, *extra]
         with io.atomic_write(self.path / "history.csv", "w") as f:
-            writer = csv.DictWriter(f, HISTORY_FIELDS, extrasaction="ignore", lineterminator="\n")
+            writer = csv.DictWriter(f, fields, lineterminator="\n")
             writer.writeheader()
             writer.writerows(history)
 
@@ -113,6 +122,7 @@ class RunFolder:
         )
         plots.plot_confusion_matrix(confusion, names, self.path / "confusion_matrix.png")
         plots.plot_learning_curves(run.history, self.path / "learning_curves.png")
+        plots.plot_gradients(run.history, self.path / "gradients.png", title=f"{name}: gradients")
         io.write_text(self.path / "parameters.md", network.parameter_table(arch) + "\n")
         table = metrics.per_class_table(confusion, names)
         io.write_text(self.path / "per_class.md", table + "\n")

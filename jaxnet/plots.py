@@ -458,3 +458,75 @@ def plot_learning_curves(
         ax.legend(loc="best", fontsize=9)
     fig.suptitle(title, fontsize=12)
     return _save(fig, path)
+
+
+_GRADIENT_PANELS = (
+    ("grad_norm", "Gradient norm ||dL/dw||"),
+    ("update_ratio", "Update-to-weight ratio ||delta w|| / ||w||"),
+)
+
+
+def plot_gradients(
+    history: Iterable[Mapping[str, Any]],
+    path: str | os.PathLike[str],
+    title: str = "Gradients",
+) -> Path:
+    """Draw each layer's gradient norm and update-to-weight ratio against iteration, log scale.
+
+    ``history`` is the rows of ``history.csv`` (as :func:`plot_learning_curves` takes them):
+    ``iteration`` and, per parametrised layer ``NAME``, ``grad_norm/NAME`` and
+    ``update_ratio/NAME`` (:func:`jaxnet.step.layer_diagnostics`). One line per layer in each of
+    two panels; values that are missing, not finite or not positive are left out (a log axis).
+    Vanishing gradients show as a layer's line sinking decades below the others, exploding ones
+    as lines climbing; update ratios far from about ``1e-3`` per step hint at a learning rate
+    that is too high or too low for that layer.
+
+    Args:
+        history: ``T >= 1`` rows (``Iterable[Mapping]``); unsorted iterations are sorted.
+        path: where to write the PNG.
+        title: the figure's title.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: the history is empty, has no ``grad_norm/...`` or ``update_ratio/...``
+            columns, a row has no finite iteration, or a value is not a number.
+        TypeError: a row is not a mapping.
+    """
+    rows = list(history)
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise TypeError(f"history row {i} must be a mapping, got {type(row).__name__}")
+    if not rows:
+        raise ValueError("history is empty: there is nothing to plot")
+    keys = list(dict.fromkeys(key for row in rows for key in row))
+    layers = {
+        kind: [k.split("/", 1)[1] for k in keys if k.startswith(kind + "/")]
+        for kind, _ in _GRADIENT_PANELS
+    }
+    for kind, names in layers.items():
+        if not names:
+            raise ValueError(f"history has no {kind}/NAME columns (one per parametrised layer)")
+    it = np.array([_as_float("iteration", i, row.get("iteration")) for i, row in enumerate(rows)])
+    bad = np.flatnonzero(~np.isfinite(it))
+    if bad.size:
+        raise ValueError(f"history row {int(bad[0])} has no finite iteration")
+    order = np.argsort(it, kind="stable")
+    fig = Figure(figsize=(11.0, 4.2))
+    fig.set_layout_engine("constrained")
+    for ax, (kind, label) in zip(fig.subplots(1, 2), _GRADIENT_PANELS, strict=True):
+        for n, name in enumerate(layers[kind]):
+            key = f"{kind}/{name}"
+            values = np.array([_as_float(key, i, row.get(key)) for i, row in enumerate(rows)])
+            x, y = it[order], values[order]
+            ok = np.isfinite(y) & (y > 0)
+            ax.plot(x[ok], y[ok], color=f"C{n % 10}", lw=1.2, label=name)
+        ax.set_yscale("log")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(f"{kind.replace('_', ' ')} (log scale)")
+        ax.set_title(label)
+        ax.grid(True, alpha=0.3, which="both")
+        ax.legend(loc="best", fontsize=8)
+    fig.suptitle(title, fontsize=12)
+    return _save(fig, path)

@@ -116,6 +116,8 @@ def train_step(
     opt_state: optax.OptState,
     x: jax.Array,
     y: jax.Array,
+    *,
+    diagnostics: bool = False,
 ) -> tuple[Params, optax.OptState, Metrics]:
     """The one train-step body: preprocess, loss and gradient, optimizer update (traceable).
 
@@ -124,19 +126,52 @@ def train_step(
         params: ``{layer name: {"w", "b"}}``; opt_state: the optimizer's state for them.
         x: ``(B, H, W, C)`` uint8 images or an already prepared float batch.
         y: ``(B,)`` integer labels.
+        diagnostics: also return :func:`layer_diagnostics` of this step (a Python bool:
+            a separate compiled step, so the steps without them pay nothing).
 
     Returns:
         ``(params, opt_state, {"loss": (), "accuracy": ()})``, the metrics of the batch before
-        the update.
+        the update; with ``diagnostics``, also ``"grad_norm"`` and ``"update_ratio"``, each
+        ``(L,)`` over ``arch.parametrised``.
     """
     x = preprocess(x, mean, scale, _params_dtype(params))
     (loss, logits), grads = jax.value_and_grad(
         lambda p: loss_and_logits(arch, p, x, y, rules), has_aux=True
     )(params)
     updates, opt_state = optimizer.update(grads, opt_state, params)
+    metrics = {"loss": loss}
+    if diagnostics:
+        metrics.update(layer_diagnostics(arch, grads, updates, params))
     params = optax.apply_updates(params, updates)
-    accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == y).astype(logits.dtype)
-    return params, opt_state, {"loss": loss, "accuracy": accuracy}
+    metrics["accuracy"] = jnp.mean(jnp.argmax(logits, axis=-1) == y).astype(logits.dtype)
+    return params, opt_state, metrics
+
+
+def layer_diagnostics(
+    arch: Architecture, grads: Params, updates: Params, params: Params
+) -> dict[str, jax.Array]:
+    """Per parametrised layer, the gradient norm and the update-to-weight ratio (traceable).
+
+    For each layer of ``arch.parametrised``, in order, and its weights ``w`` only (not ``b``):
+
+    - ``grad_norm``: ``||dL/dw||``, the Frobenius (L2) norm of the batch loss's gradient;
+    - ``update_ratio``: ``||delta w|| / ||w||``, the norm of the optimizer's update (what the
+      step adds to ``w``: ``w_new - w``, momentum, weight decay and learning rate included)
+      over the norm of the weights before the update (``inf`` or NaN if ``w`` is all zero).
+
+    Args:
+        arch: the network.
+        grads, updates, params: ``{layer name: {"w", "b"}}`` pytrees of one step.
+
+    Returns:
+        ``{"grad_norm": (L,), "update_ratio": (L,)}`` float32, ``L = len(arch.parametrised)``.
+    """
+    names = [layer.name for layer in arch.parametrised]
+
+    def norms(tree: Params) -> jax.Array:
+        return jnp.stack([jnp.linalg.norm(tree[n]["w"].astype(jnp.float32)) for n in names])
+
+    return {"grad_norm": norms(grads), "update_ratio": norms(updates) / norms(params)}
 
 
 def make_train_step(

@@ -213,3 +213,48 @@ def test_write_is_atomic(tmp_path, monkeypatch):
         plots.plot_confusion_matrix(np.eye(2, dtype=int) * 3, ["a", "b"], path)
     assert path.read_bytes() == before  # the old figure is untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["conf.png"]  # no temp file left
+
+
+def _gradient_history(n: int = 6) -> list[dict[str, float]]:
+    return [
+        {
+            "iteration": 10 * (i + 1),
+            "train_loss": 1.0,
+            "train_accuracy": 0.5,
+            "grad_norm/conv1": 0.5 / (i + 1),
+            "grad_norm/dense1": 2.0 * (i + 1),
+            "update_ratio/conv1": 1e-3,
+            "update_ratio/dense1": 0.0 if i == 0 else 1e-2,  # a zero is left off the log axis
+        }
+        for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize("n", [1, 6])
+def test_plot_gradients_two_log_panels(tmp_path, n):
+    path = tmp_path / "gradients.png"
+    check_png(path, plots.plot_gradients(_gradient_history(n), path))
+
+
+def test_plot_gradients_from_csv_strings(tmp_path):
+    rows = [{k: str(v) for k, v in row.items()} for row in _gradient_history()]
+    rows[2]["grad_norm/conv1"] = ""  # an empty cell (a row from an older history)
+    path = tmp_path / "gradients.png"
+    check_png(path, plots.plot_gradients(rows[::-1], path))
+
+
+@pytest.mark.parametrize(
+    ("history", "err", "match"),
+    [
+        ([], ValueError, "empty"),
+        ([{"iteration": 1, "grad_norm/a": 1.0}], ValueError, "update_ratio"),
+        ([{"iteration": 1, "update_ratio/a": 1.0}], ValueError, "grad_norm"),
+        ([{"iteration": None, "grad_norm/a": 1, "update_ratio/a": 1}], ValueError, "iteration"),
+        ([{"iteration": 1, "grad_norm/a": "x", "update_ratio/a": 1}], ValueError, "row 0"),
+        ([(1, 2)], TypeError, "mapping"),
+    ],
+)
+def test_plot_gradients_validation(tmp_path, history, err, match):
+    with pytest.raises(err, match=match):
+        plots.plot_gradients(history, tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()

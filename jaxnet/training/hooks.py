@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -39,7 +39,11 @@ HISTORY_FIELDS = (
     "learning_rate",
     "elapsed_s",
 )
-"""The columns of a history row (and of ``history.csv``)."""
+"""The columns of every history row (and of ``history.csv``), before the per-layer ones."""
+
+DIAGNOSTICS = ("grad_norm", "update_ratio")
+"""The per-layer columns, ``grad_norm/NAME`` and ``update_ratio/NAME`` for each parametrised
+layer (:func:`jaxnet.step.layer_diagnostics`: the last step's values at that row)."""
 
 
 class DivergedError(RuntimeError):
@@ -101,7 +105,10 @@ class Evaluation(Hook):
 
 
 class History(Hook):
-    """Append a history row every ``every`` iterations and last; hand the history to a callback."""
+    """Append a history row every ``every`` iterations and last; hand the history to a callback.
+
+    ``layer_names``: the parametrised layers, in the order of ``state.diagnostics``' columns.
+    """
 
     def __init__(
         self,
@@ -109,9 +116,11 @@ class History(Hook):
         steps_per_epoch: int,
         evaluation: Evaluation | None,
         on_row: Callable[[list[dict[str, float]]], None] | None = None,
+        layer_names: Sequence[str] = (),
     ) -> None:
         self.every, self.config, self.steps_per_epoch = config.log_every, config, steps_per_epoch
         self.evaluation, self.on_row = evaluation, on_row
+        self.layer_names = tuple(layer_names)
         self.schedule = config.learning_rate_schedule()
 
     def __call__(self, run: Run, last: bool) -> None:
@@ -120,6 +129,12 @@ class History(Hook):
             return
         loss, accuracy = run.state.averages(i, self.config.ema_decay)
         val = self.evaluation.result_at(i) if self.evaluation else None
+        diagnostics = jax.device_get(run.state.diagnostics).tolist()
+        per_layer = {
+            f"{kind}/{name}": value
+            for kind, values in zip(DIAGNOSTICS, diagnostics, strict=True)
+            for name, value in zip(self.layer_names, values, strict=True)
+        }
         run.history.append(
             {
                 "iteration": i,
@@ -130,6 +145,7 @@ class History(Hook):
                 "val_accuracy": val.accuracy if val else math.nan,
                 "learning_rate": float(self.schedule(i - 1)),
                 "elapsed_s": run.train_time_s,
+                **per_layer,
             }
         )
         if self.on_row is not None:

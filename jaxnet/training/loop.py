@@ -31,7 +31,12 @@ from jaxnet.training.state import Run, TrainState, initial_state
 
 
 def make_fit_step(
-    arch: Architecture, config: FitConfig, mean: np.ndarray, mesh: Mesh | None = None, steps=1
+    arch: Architecture,
+    config: FitConfig,
+    mean: np.ndarray,
+    mesh: Mesh | None = None,
+    steps=1,
+    diagnostics: bool = False,
 ) -> Callable:
     """The jitted ``step(state, images, labels, batches, iteration) -> state``.
 
@@ -45,6 +50,11 @@ def make_fit_step(
     iteration + K - 1`` (the caller keeps them inside one epoch), unrolled in one compiled
     program: one launch per ``K`` steps, equal to ``K`` single calls up to float rounding. It
     is unrolled because XLA's CPU backend runs a rolled loop's body about 10x slower.
+
+    With ``diagnostics`` the step also computes its per-layer gradient norms and update ratios
+    (:func:`jaxnet.step.layer_diagnostics`) into ``state.diagnostics``; without, that field is
+    carried unchanged. The loop uses such a step only just before each history row: measured on
+    the CPU, computing them in every step (or under a ``lax.cond``) cost about 10% per step.
     """
     optimizer = config.optimizer()
     aug_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x61756720)
@@ -67,6 +77,7 @@ def make_fit_step(
             state.opt_state,
             x,
             y,
+            diagnostics=diagnostics,
         )
         return state.advance(params, opt_state, metrics, iteration, config.ema_decay)
 
@@ -120,7 +131,9 @@ def fit(
             over the devices, the data set, params and optimizer state are replicated.
         steps_per_call: optimizer steps per compiled call (see :func:`make_fit_step`): 1, or
             ``K`` wherever no epoch end, history row or checkpoint falls inside them (single
-            steps fill the rest). The same training up to float rounding.
+            steps fill the rest). The same training up to float rounding. The step just
+            before each history row is a single one that also computes the per-layer
+            diagnostics the row reports (``state.diagnostics``).
 
     Returns:
         The :class:`~jaxnet.training.state.Run`: ``params``, ``history``, ``train_time_s``,
@@ -157,7 +170,9 @@ def fit(
     hooks = [
         hooks_lib.StopOnNaN(config.learning_rate, checkpoints),
         *([evaluation] if evaluation else []),
-        hooks_lib.History(config, steps_per_epoch, evaluation, on_log),
+        hooks_lib.History(
+            config, steps_per_epoch, evaluation, on_log, [layer.name for layer in arch.parametrised]
+        ),
         hooks_lib.ProgressBar(config.iterations, config.log_every, progress),
         *([saver] if saver else []),
     ]
@@ -185,6 +200,7 @@ def train(
     run.state = put(run.state)
     step = make_fit_step(arch, config, data.mean, mesh)
     several = make_fit_step(arch, config, data.mean, mesh, steps_per_call)
+    logged = make_fit_step(arch, config, data.mean, mesh, diagnostics=True)  # before each row
     n, per_epoch = len(labels), len(labels) // config.batch_size
     intervals = [per_epoch] + [h.every for h in hooks if h.every]
     session_start, time_before = time.perf_counter(), run.train_time_s
@@ -198,10 +214,13 @@ def train(
                     epoch = run.iteration // per_epoch
                     batches = put(epoch_batches(n, config.batch_size, config.seed, epoch))
                 ends = [(run.iteration // k + 1) * k for k in intervals] + [config.iterations]
-                k = _call_length(run.iteration, steps_per_call, ends)
-                run.state = (step if k == 1 else several)(
-                    run.state, images, labels, batches, np.int32(run.iteration)
-                )
+                row = min((run.iteration // config.log_every + 1) * config.log_every, ends[-1])
+                if run.iteration + 1 == row:  # the step whose diagnostics the row reports
+                    k, call = 1, logged
+                else:
+                    k = _call_length(run.iteration, steps_per_call, [*ends, row - 1])
+                    call = step if k == 1 else several
+                run.state = call(run.state, images, labels, batches, np.int32(run.iteration))
                 run.iteration += k
                 last = run.iteration == config.iterations
                 if last or ctrl_c.requested or any(run.iteration % k == 0 for k in intervals[1:]):

@@ -21,12 +21,18 @@ class TrainState(NamedTuple):
         opt_state: the optimizer's state.
         ema: ``(2,)`` moving averages of the batch loss and accuracy (not yet debiased).
         bad_iteration: ``()`` int32, the first iteration whose loss was not finite, or -1.
+        diagnostics: ``(2, L)`` float32, the last step's gradient norms (row 0) and
+            update-to-weight ratios (row 1) of the ``L`` parametrised layers
+            (:func:`jaxnet.step.layer_diagnostics`), computed on the device by the step before
+            each history row (other steps carry it unchanged) and read back only when the row
+            is written; NaN before the first such step.
     """
 
     params: Any
     opt_state: Any
     ema: jax.Array
     bad_iteration: jax.Array
+    diagnostics: jax.Array
 
     def advance(
         self, params: Any, opt_state: Any, metrics: dict, iteration: jax.Array, decay: float
@@ -36,7 +42,10 @@ class TrainState(NamedTuple):
         ema = decay * self.ema + (1 - decay) * batch
         first_bad = (self.bad_iteration < 0) & ~jnp.isfinite(metrics["loss"])
         bad = jnp.where(first_bad, iteration, self.bad_iteration).astype(jnp.int32)
-        return TrainState(params, opt_state, ema, bad)
+        diagnostics = self.diagnostics
+        if "grad_norm" in metrics:
+            diagnostics = jnp.stack([metrics["grad_norm"], metrics["update_ratio"]])
+        return TrainState(params, opt_state, ema, bad, diagnostics.astype(jnp.float32))
 
     def averages(self, iterations_done: int, decay: float) -> tuple[float, float]:
         """The debiased moving averages ``(loss, accuracy)`` after ``iterations_done`` steps.
@@ -62,6 +71,7 @@ def initial_state(arch: Architecture, config: FitConfig) -> TrainState:
         opt_state=config.optimizer().init(params),
         ema=jnp.zeros(2, jnp.float32),
         bad_iteration=jnp.array(-1, jnp.int32),
+        diagnostics=jnp.full((2, len(arch.parametrised)), jnp.nan, jnp.float32),
     )
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from run_helpers import run
 
-from experiments import mnist
+from experiments import mnist, run_folder
+from jaxnet import architectures
 
 SMALL = (
     "--iterations",
@@ -35,7 +36,7 @@ def test_smoke_writes_every_output(idx_dir, tmp_path, capsys, malloc_calls):
     argv = ["--idx-dir", str(idx_dir), "--out", str(out), *SMALL, "--reuse-freed-memory"]
     assert mnist.run(argv) == 0
     assert malloc_calls == [True]
-    for name in ("kernels.png", "misclassified.png", "confusion_matrix.png", "learning_curves.png"):
+    for name in run_folder.FIGURES:
         assert (out / name).read_bytes().startswith(PNG), name
     config = json.loads((out / "config.json").read_text())
     assert config["fit"]["iterations"] == 60 and config["fit"]["batch_size"] == 16
@@ -51,6 +52,11 @@ def test_smoke_writes_every_output(idx_dir, tmp_path, capsys, malloc_calls):
         "elapsed_s",
     } <= set(rows[0])
     assert rows[1]["val_accuracy"] != "nan" and rows[0]["val_accuracy"] == "nan"
+    layers = [layer.name for layer in architectures.get("mnist").parametrised]
+    diagnostics = [f"{kind}/{name}" for kind in ("grad_norm", "update_ratio") for name in layers]
+    assert list(rows[0])[-len(diagnostics) :] == diagnostics
+    values = np.array([[float(r[k]) for k in diagnostics] for r in rows])
+    assert np.all(np.isfinite(values)) and np.all(values > 0)
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
     assert metrics["parameter_count"] == 416 + 6416 + 7850

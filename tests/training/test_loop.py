@@ -14,6 +14,7 @@ import pytest
 from parallel_worker import tiny
 
 from jaxnet.checkpoint import CheckpointManager
+from jaxnet.step import loss_fn, preprocess
 from jaxnet.training import DivergedError, FitConfig, TrainData, fit, initial_state, make_fit_step
 from jaxnet.training.loop import _call_length
 
@@ -56,6 +57,46 @@ def test_fit_learns_and_logs_every_row():
     assert result.history[-1]["val_accuracy"] > 0.9
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     assert not result.interrupted
+
+
+def test_every_row_has_finite_per_layer_diagnostics():
+    arch = tiny()
+    result = fit(arch, small_data(), CONFIG, progress=False, steps_per_call=4)
+    names = [layer.name for layer in arch.parametrised]
+    for row in result.history:
+        for kind in ("grad_norm", "update_ratio"):
+            values = [row[f"{kind}/{name}"] for name in names]
+            assert all(np.isfinite(values)) and all(v > 0 for v in values), (kind, row)
+    assert len({row["grad_norm/conv1"] for row in result.history}) == 3  # each row its own step
+
+
+@pytest.mark.parametrize("iteration", [0, 5])
+def test_diagnostics_are_the_norms_of_that_steps_gradient_and_update(iteration):
+    arch, data = tiny(), small_data()
+    config = dataclasses.replace(CONFIG, augment=False)
+    plain, step = (
+        make_fit_step(arch, config, data.mean),
+        make_fit_step(arch, config, data.mean, diagnostics=True),
+    )
+    images, labels = jax.device_put(data.train_images), jax.device_put(data.train_labels)
+    order = np.random.default_rng(1).permutation(96).astype(np.int32).reshape(12, 8)
+    state = initial_state(arch, config)
+    for i in range(iteration):  # without diagnostics: the field is carried unchanged
+        state = plain(state, images, labels, jax.device_put(order), np.int32(i))
+        assert np.isnan(np.asarray(state.diagnostics)).all()
+    before = jax.device_get(state.params)
+    state = step(state, images, labels, jax.device_put(order), np.int32(iteration))
+    index = order[iteration]
+    x = preprocess(data.train_images[index], data.mean, config.pixel_scale, np.float32)
+    grads = jax.grad(loss_fn, argnums=1)(arch, before, x, data.train_labels[index])
+    after = jax.device_get(state.params)
+    for n, layer in enumerate(arch.parametrised):
+        w, g = before[layer.name]["w"], grads[layer.name]["w"]
+        update = after[layer.name]["w"] - w
+        grad_norm, update_ratio = np.asarray(state.diagnostics)[:, n]
+        np.testing.assert_allclose(grad_norm, np.linalg.norm(g), rtol=1e-5)
+        ratio = np.linalg.norm(update) / np.linalg.norm(w)
+        np.testing.assert_allclose(update_ratio, ratio, rtol=1e-4)
 
 
 @pytest.mark.parametrize("steps_per_call", [4, 7])

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.predict import Run, RunError, load_run, network_input, save_figure
+from experiments.predict import Run, RunError, load_run, network_input
 
 CHANNELS = 4  # channels drawn per layer
 POSITIVE, NEGATIVE = "#b2182b", "#2166ac"  # the ends of RdBu_r, for bars too
@@ -307,6 +307,8 @@ def plot_explanation(expl: Explanation, title: str, path: str | Path) -> Path:
         ``path`` as a :class:`~pathlib.Path`.
     """
     from matplotlib.figure import Figure
+
+    from jaxnet.plots import save_figure
 
     arch, a = expl.run.arch, expl.analytic
     names = expl.run.class_names

@@ -180,18 +180,6 @@ def probabilities(run: Run, images: np.ndarray) -> np.ndarray:
     return np.concatenate(rows) if rows else np.zeros((0, run.arch.num_classes))
 
 
-def save_figure(fig: Any, path: str | os.PathLike[str], dpi: int = 120) -> Path:
-    """Write a matplotlib figure as PNG through the one atomic writer (:mod:`jaxnet.io`)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    from jaxnet.io import atomic_write
-
-    FigureCanvasAgg(fig)  # a canvas of its own: no pyplot, no display
-    with atomic_write(path) as f:
-        fig.savefig(f, format="png", dpi=dpi)
-    return Path(path)
-
-
 def contact_sheet(
     images: np.ndarray, titles: Sequence[str], labels: Sequence[str], path: str | os.PathLike[str]
 ) -> Path:
@@ -207,6 +195,8 @@ def contact_sheet(
         ``path`` as a :class:`~pathlib.Path`.
     """
     from matplotlib.figure import Figure
+
+    from jaxnet.plots import save_figure
 
     n = len(images)
     cols = math.ceil(math.sqrt(n))

@@ -37,16 +37,17 @@ __all__ = [
     "plot_kernels",
     "plot_learning_curves",
     "plot_misclassified",
+    "save_figure",
 ]
 
 DPI = 120
 
 
-def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = DPI) -> Path:
     """Write ``fig`` as PNG to ``path`` atomically (:func:`jaxnet.io.atomic_write`)."""
     FigureCanvasAgg(fig)  # an Agg canvas of its own: no pyplot, no global backend switch
     with atomic_write(path) as f:
-        fig.savefig(f, format="png", dpi=DPI)
+        fig.savefig(f, format="png", dpi=dpi)
     return Path(path)
 
 
@@ -127,7 +128,7 @@ def plot_kernels(
     if cin == 1:
         fig.colorbar(image, ax=axes, shrink=0.8, label="weight")
     fig.suptitle(f"{title}\n{cout} kernels of {kh}×{kw}×{cin}; {scale}", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,7 +241,7 @@ def plot_misclassified(
             transform=ax.transAxes,
         )
         fig.suptitle(f"{title}: 0 of {n} wrong", fontsize=11)
-        return _save(fig, path)
+        return save_figure(fig, path)
 
     rows, cols = _grid(shown.size)
     tile = 1.7
@@ -260,7 +261,7 @@ def plot_misclassified(
         ax.set_axis_off()
     more = f"; the first {shown.size} shown" if shown.size < wrong.size else ""
     fig.suptitle(f"{title}: {wrong.size} of {n} wrong ({wrong.size / n:.2%}){more}", fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,7 +328,7 @@ def plot_confusion_matrix(
     ax.set_ylabel("true")
     acc_text = "n/a" if math.isnan(acc) else f"{acc:.2%}"
     ax.set_title(f"{title} (accuracy {acc_text}, {metrics._count(total)} samples)", fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -457,7 +458,7 @@ def plot_learning_curves(
         ax.grid(True, alpha=0.3, which="both")
         ax.legend(loc="best", fontsize=9)
     fig.suptitle(title, fontsize=12)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 _GRADIENT_PANELS = (
@@ -529,4 +530,4 @@ def plot_gradients(
         ax.grid(True, alpha=0.3, which="both")
         ax.legend(loc="best", fontsize=8)
     fig.suptitle(title, fontsize=12)
-    return _save(fig, path)
+    return save_figure(fig, path)

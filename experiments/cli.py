@@ -403,19 +403,24 @@ def _report(exp, arch, folder, config, dataset, run, mean, mesh) -> int:
 
     test = evaluate(
         arch,
-        run.params,
+        run.reported_params,
         dataset.test_images,
         dataset.test_labels,
         config.eval_batch_size,
         mean,
         mesh=mesh,
         scale=config.pixel_scale,
+        flip=config.flip_test,
     )
-    val = [r["val_accuracy"] for r in run.history if not math.isnan(r["val_accuracy"])]
+    column = "val_accuracy_averaged" if config.weight_average else "val_accuracy"
+    val = [r[column] for r in run.history if not math.isnan(r.get(column, math.nan))]
     seconds = run.train_time_s
     speed = config.iterations * config.batch_size / seconds if seconds > 0 else None
     figures = {
         "val_accuracy": val[-1] if val else None,
+        "weights": f"moving average (decay {config.weight_average:g})"
+        if config.weight_average
+        else "the last step's",
         "iterations": config.iterations,
         "train_time_s": seconds,
         "images_per_second": speed,

@@ -87,7 +87,7 @@ class RunFolder:
         Args:
             name: the experiment, for the figures' titles.
             arch: the network.
-            run: the finished :class:`jaxnet.training.Run` (params and history).
+            run: the finished :class:`jaxnet.training.Run` (its reported weights are saved).
             dataset: the loaded data set (test images and labels, class names).
             test: the :class:`jaxnet.EvalResult` of the test set.
             report: what ``metrics.json`` holds beyond the test set's results.
@@ -109,8 +109,8 @@ class RunFolder:
             **report,
         }
         io.write_json(self.path / "metrics.json", results)
-        save_params(self.path / "params.npz", run.params)
-        first = np.asarray(run.params[arch.layers[0].name]["w"])
+        save_params(self.path / "params.npz", run.reported_params)
+        first = np.asarray(run.reported_params[arch.layers[0].name]["w"])
         title = f"{name}: first-layer kernels"
         plots.plot_kernels(first, self.path / "kernels.png", title=title)
         plots.plot_misclassified(

@@ -11,6 +11,10 @@ This is NOT ``optax.sgd(alpha, momentum=mu)``, which accumulates ``m = g + mu * 
     optax.chain(optax.ema(mu, debias=False), optax.add_decayed_weights(lambda),
                 optax.scale_by_learning_rate(alpha))
 
+``nesterov=True`` offers Nesterov's variant of the same moving average: the step takes the
+look-ahead ``mu * m + (1 - mu) * g`` (with the new ``m``) in place of ``m``; that is optax's
+``trace(mu, nesterov=True)`` (``t = g + mu t``, step ``g + mu t``) scaled by ``1 - mu``.
+
 Any other ``optax.GradientTransformation`` can be used in its place in
 :func:`jaxnet.make_train_step`.
 """
@@ -35,6 +39,7 @@ def momentum(
     learning_rate: float | optax.Schedule,
     momentum: float = 0.9,
     weight_decay: float = 0.0,
+    nesterov: bool = False,
 ) -> optax.GradientTransformation:
     """The seed's momentum with weight decay: ``m = mu m + (1 - mu) g; w -= alpha (m + lambda w)``.
 
@@ -49,6 +54,8 @@ def momentum(
         momentum: ``mu`` in ``[0, 1)``; 0 gives plain SGD with weight decay.
         weight_decay: ``lambda`` >= 0, the L2 penalty's coefficient (decoupled from ``m``, as in
             the seed: it is added after the moving average).
+        nesterov: step along the look-ahead ``mu m + (1 - mu) g`` instead of ``m`` (not the
+            seed's rule: an option).
 
     Returns:
         An ``optax.GradientTransformation``. Its state holds one momentum array per parameter
@@ -71,8 +78,13 @@ def momentum(
     decay = _real("weight_decay", weight_decay)
     if not (math.isfinite(decay) and decay >= 0):
         raise ValueError(f"weight_decay must be a finite float >= 0, got {decay}")
+    average = (
+        optax.chain(optax.trace(mu, nesterov=True), optax.scale(1 - mu))
+        if nesterov
+        else optax.ema(mu, debias=False)
+    )
     return optax.chain(
-        optax.ema(mu, debias=False),
+        average,
         optax.add_decayed_weights(decay),
         optax.scale_by_learning_rate(learning_rate),
     )

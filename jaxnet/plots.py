@@ -341,7 +341,7 @@ def _plain(value: float, _pos: int | None = None) -> str:
 
 
 _REQUIRED = ("iteration", "train_loss", "train_accuracy")
-_OPTIONAL = ("val_loss", "val_accuracy")
+_OPTIONAL = ("val_loss", "val_accuracy", "val_loss_averaged", "val_accuracy_averaged")
 
 
 def _as_float(key: str, index: int, value: Any) -> float:
@@ -404,11 +404,12 @@ def plot_learning_curves(
     ``history.csv`` holds them, so ``list(csv.DictReader(f))`` can be passed straight in
     (numeric strings are parsed). A dict of columns (``{"iteration": [...], ...}``) is accepted
     too. Keys: ``iteration``, ``train_loss``, ``train_accuracy`` (the moving averages),
-    ``val_loss``, ``val_accuracy``; other keys are ignored. A validation value may be NaN,
-    ``None``, ``""`` or missing on rows where no validation ran: validation is drawn as markers
-    joined through the rows where it exists. Accuracy is plotted as given (a fraction in
-    ``[0, 1]`` from :func:`jaxnet.step.evaluate`). The loss axis is logarithmic when every loss
-    is positive, so late progress stays visible.
+    ``val_loss``, ``val_accuracy``, and, for a run that averages its weights,
+    ``val_loss_averaged`` and ``val_accuracy_averaged`` (drawn beside); other keys are ignored.
+    A validation value may be NaN, ``None``, ``""`` or missing on rows where no validation ran:
+    validation is drawn as markers joined through the rows where it exists. Accuracy is plotted
+    as given (a fraction in ``[0, 1]`` from :func:`jaxnet.step.evaluate`). The loss axis is
+    logarithmic when every loss is positive, so late progress stays visible.
 
     Args:
         history: rows (``Iterable[Mapping]``) or columns (``Mapping[str, Sequence]``), ``T >= 1``
@@ -435,17 +436,20 @@ def plot_learning_curves(
         (ax_acc, "train_accuracy", "val_accuracy", "accuracy"),
     )
     for ax, train_key, val_key, name in panels:
-        train, val = cols[train_key], cols[val_key]
-        ok_train, ok_val = np.isfinite(train), np.isfinite(val)
+        train, val, averaged = cols[train_key], cols[val_key], cols[val_key + "_averaged"]
+        ok_train, ok_val, ok_avg = np.isfinite(train), np.isfinite(val), np.isfinite(averaged)
         ax.plot(it[ok_train], train[ok_train], color="C0", lw=1.2, label="train (moving average)")
         if ok_val.any():
             ax.plot(it[ok_val], val[ok_val], "o-", color="C1", ms=4, lw=1.2, label="validation")
         else:
             ax.plot([], [], "o-", color="C1", label="validation (none)")
+        if ok_avg.any():
+            label = "validation, averaged weights"
+            ax.plot(it[ok_avg], averaged[ok_avg], "s-", color="C2", ms=3, lw=1.2, label=label)
         ax.set_xlabel("iteration")
         ylabel = name
         if name == "loss":
-            values = np.concatenate([train[ok_train], val[ok_val]])
+            values = np.concatenate([train[ok_train], val[ok_val], averaged[ok_avg]])
             if values.size and np.all(values > 0):
                 ax.set_yscale("log")
                 # ticks at 1, 2, 5 x 10^n, labelled as plain numbers (0.05, 0.1, 0.2, ...)

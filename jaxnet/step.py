@@ -81,15 +81,25 @@ def preprocess(
 
 
 def loss_and_logits(
-    arch: Architecture, params: Params, x: jax.Array, y: jax.Array, rules: str = "analytic"
+    arch: Architecture,
+    params: Params,
+    x: jax.Array,
+    y: jax.Array,
+    rules: str = "analytic",
+    label_smoothing: float = 0.0,
 ) -> tuple[jax.Array, jax.Array]:
     """``(loss, logits)``: :func:`loss_fn`'s scalar loss and the ``(N, num_classes)`` logits."""
     logits = forward(arch, params, x, rules)
-    return layer_ops(rules).softmax_cross_entropy(logits, y), logits
+    return layer_ops(rules).softmax_cross_entropy(logits, y, label_smoothing), logits
 
 
 def loss_fn(
-    arch: Architecture, params: Params, x: jax.Array, y: jax.Array, rules: str = "analytic"
+    arch: Architecture,
+    params: Params,
+    x: jax.Array,
+    y: jax.Array,
+    rules: str = "analytic",
+    label_smoothing: float = 0.0,
 ) -> jax.Array:
     """The mean softmax cross-entropy of a batch: differentiate it with ``jax.grad(..., 1)``.
 
@@ -99,11 +109,12 @@ def loss_fn(
         x: a float batch ``(N, H, W, C)`` in the params' dtype.
         y: integer labels ``(N,)`` in ``[0, num_classes)``.
         rules: ``"analytic"`` or ``"autodiff"``, for every layer and the loss.
+        label_smoothing: ``eps`` in ``[0, 1)``: targets ``(1 - eps) onehot + eps / K``.
 
     Returns:
         The scalar mean loss, in the params' dtype.
     """
-    return loss_and_logits(arch, params, x, y, rules)[0]
+    return loss_and_logits(arch, params, x, y, rules, label_smoothing)[0]
 
 
 def train_step(
@@ -117,6 +128,7 @@ def train_step(
     x: jax.Array,
     y: jax.Array,
     *,
+    label_smoothing: float = 0.0,
     diagnostics: bool = False,
 ) -> tuple[Params, optax.OptState, Metrics]:
     """The one train-step body: preprocess, loss and gradient, optimizer update (traceable).
@@ -126,6 +138,7 @@ def train_step(
         params: ``{layer name: {"w", "b"}}``; opt_state: the optimizer's state for them.
         x: ``(B, H, W, C)`` uint8 images or an already prepared float batch.
         y: ``(B,)`` integer labels.
+        label_smoothing: as :func:`loss_fn` (the metrics' loss is the smoothed one).
         diagnostics: also return :func:`layer_diagnostics` of this step (a Python bool:
             a separate compiled step, so the steps without them pay nothing).
 
@@ -136,7 +149,7 @@ def train_step(
     """
     x = preprocess(x, mean, scale, _params_dtype(params))
     (loss, logits), grads = jax.value_and_grad(
-        lambda p: loss_and_logits(arch, p, x, y, rules), has_aux=True
+        lambda p: loss_and_logits(arch, p, x, y, rules, label_smoothing), has_aux=True
     )(params)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     metrics = {"loss": loss}
@@ -181,6 +194,7 @@ def make_train_step(
     mean: float | np.ndarray = 0.0,
     mesh: Mesh | int | None = None,
     scale: float = 1 / 255,
+    label_smoothing: float = 0.0,
 ) -> TrainStep:
     """Build the jitted train step: loss, gradient, optimizer update and new params in one region.
 
@@ -202,6 +216,7 @@ def make_train_step(
         mean: subtracted after scaling: a float or a per-channel ``(C,)`` array.
         mesh: ``None`` (one device), a data mesh, or a device count ``D``.
         scale: the factor applied to uint8 pixels before ``mean`` is subtracted.
+        label_smoothing: as :func:`loss_fn`.
 
     Returns:
         The jitted step (with a mesh, a callable that checks the batch size; ``step.mesh``).
@@ -220,7 +235,9 @@ def make_train_step(
     layer_ops(rules)  # ValueError for an unknown rules, before any tracing
     mean_np = _check_mean(arch, mean)
 
-    step = partial(train_step, arch, optimizer, rules, mean_np, scale)
+    step = partial(
+        train_step, arch, optimizer, rules, mean_np, scale, label_smoothing=label_smoothing
+    )
     if mesh is None:
         return jax.jit(step, donate_argnums=(0, 1))
     mesh = parallel.as_mesh(mesh)
@@ -275,16 +292,24 @@ class EvalResult(NamedTuple):
     accuracy: float
 
 
-def _eval_batch_impl(arch, rules, params, x, y, valid, mean, scale):
-    """Summed loss over the ``valid`` rows ``()`` and predictions ``(B,)`` of one batch."""
+def _eval_batch_impl(arch, rules, flip, params, x, y, valid, mean, scale):
+    """Summed loss over the ``valid`` rows ``()`` and predictions ``(B,)`` of one batch.
+
+    Each example runs alone (a batch of one), so its result does not depend on its neighbours;
+    with ``flip`` its logits are the mean of the image's and its mirror image's.
+    """
     x = preprocess(x, mean, scale, _params_dtype(params))
-    per_example = jax.vmap(lambda xi, yi: loss_and_logits(arch, params, xi[None], yi[None], rules))
-    losses, logits = per_example(x, y)  # (B,), (B, 1, K)
+    logits_of = jax.vmap(lambda xi: forward(arch, params, xi[None], rules)[0])
+    logits = logits_of(x)  # (B, K)
+    if flip:
+        logits = (logits + logits_of(x[:, :, ::-1])) / 2
+    loss = layer_ops(rules).softmax_cross_entropy
+    losses = jax.vmap(lambda li, yi: loss(li[None], yi[None]))(logits, y)
     loss_sum = jnp.sum(jnp.where(valid, losses, jnp.zeros((), losses.dtype)))
-    return loss_sum, jnp.argmax(logits[:, 0], axis=-1)
+    return loss_sum, jnp.argmax(logits, axis=-1)
 
 
-_eval_batch = jax.jit(_eval_batch_impl, static_argnums=(0, 1))
+_eval_batch = jax.jit(_eval_batch_impl, static_argnums=(0, 1, 2))
 
 
 @cache
@@ -293,7 +318,7 @@ def _sharded_eval_batch(mesh: Mesh) -> Callable:
     rep, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     return jax.jit(
         parallel.partitionable(_eval_batch_impl),
-        static_argnums=(0, 1),
+        static_argnums=(0, 1, 2),
         in_shardings=(rep, batch, batch, batch, rep, rep),
         out_shardings=(rep, rep),
     )
@@ -309,6 +334,7 @@ def evaluate(
     rules: str = "analytic",
     mesh: Mesh | int | None = None,
     scale: float = 1 / 255,
+    flip: bool = False,
 ) -> EvalResult:
     """Predictions, mean loss and accuracy of the network over a whole set.
 
@@ -324,6 +350,8 @@ def evaluate(
         y: ``(N,)`` integer labels in ``[0, num_classes)``.
         batch_size: examples per compiled batch, >= 1 (a multiple of the mesh's size).
         mean, rules, mesh, scale: as :func:`make_train_step`.
+        flip: test-time augmentation: each example's logits are the mean of the image's and of
+            its left-right mirror image's (for photographs, not digits).
 
     Returns:
         An :class:`EvalResult`: ``predictions (N,)``, ``loss``, ``accuracy``.
@@ -375,7 +403,7 @@ def evaluate(
             yb = xp.concatenate([yb, xp.zeros((batch_size - k,), yb.dtype)])
         valid = np.arange(batch_size) < k
         loss_sum, pred = eval_batch(
-            arch, rules, params, put(xb), put(yb), put(valid), mean_dev, scale_dev
+            arch, rules, bool(flip), params, put(xb), put(yb), put(valid), mean_dev, scale_dev
         )
         sums.append(loss_sum)
         preds.append(pred)

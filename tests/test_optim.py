@@ -139,3 +139,22 @@ def test_keeps_float32_under_x64_and_traces_once():
 def test_bad_hyperparameters(kwargs, error, match):
     with pytest.raises(error, match=match):
         momentum(**kwargs)
+
+
+@pytest.mark.parametrize(("mu", "wd"), [(0.9, 0.005), (0.5, 0.0)])
+def test_nesterov_by_hand_float64(mu, wd):
+    # m = mu m + (1 - mu) g; w -= alpha ((mu m + (1 - mu) g) + lambda w), the look-ahead.
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(2)
+        params = jax.tree.map(jnp.asarray, random_tree(rng, np.float64))
+        grads = [jax.tree.map(jnp.asarray, random_tree(rng, np.float64)) for _ in range(6)]
+        ours = run(momentum(0.1, mu, wd, nesterov=True), params, grads)
+        w = jax.tree.map(np.asarray, params)
+        m = jax.tree.map(np.zeros_like, w)
+        for g, got in zip(grads, ours, strict=True):
+            m = jax.tree.map(lambda m, g: mu * m + (1 - mu) * np.asarray(g), m, g)
+            look = jax.tree.map(lambda m, g: mu * m + (1 - mu) * np.asarray(g), m, g)
+            w = jax.tree.map(lambda w, d: w - 0.1 * (d + wd * w), w, look)
+            assert_trees_close(got, w, rtol=1e-12, atol=1e-14)
+        plain = run(momentum(0.1, mu, wd), params, grads)
+        assert not np.allclose(jax.tree.leaves(plain[-1])[0], jax.tree.leaves(ours[-1])[0])

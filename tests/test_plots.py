@@ -258,3 +258,23 @@ def test_plot_gradients_validation(tmp_path, history, err, match):
     with pytest.raises(err, match=match):
         plots.plot_gradients(history, tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_plot_learning_curves_draws_the_averaged_weights_beside(tmp_path, monkeypatch):
+    drawn = []
+    real_save = plots.save_figure
+    monkeypatch.setattr(
+        plots, "save_figure", lambda fig, path: drawn.append(fig) or real_save(fig, path)
+    )
+    rows = _history(12, val_every=4)
+    path = tmp_path / "curves.png"
+    check_png(path, plots.plot_learning_curves(rows, path))
+    for row in rows:
+        row["val_loss_averaged"] = row["val_loss"] * 0.9
+        row["val_accuracy_averaged"] = row["val_accuracy"] + 0.01
+    check_png(path, plots.plot_learning_curves(rows, path))
+    plain, averaged = (
+        [t.get_text() for ax in f.axes for t in ax.get_legend().get_texts()] for f in drawn
+    )
+    assert "validation, averaged weights" not in plain
+    assert averaged.count("validation, averaged weights") == 2

@@ -275,3 +275,24 @@ def test_whole_network_analytic_equals_autodiff(name):
             )
         )
         assert moved > 1e-3  # the runs went somewhere, so agreeing means something
+
+
+def test_evaluate_with_flip_averages_the_mirror_images_logits():
+    arch = tiny()
+    params = init(arch, jax.random.key(5))
+    x, y = data(arch, 7)
+    xf = jnp.asarray(x, jnp.float32) / 255
+    logits = (
+        jit_forward(arch, params, xf, "analytic")
+        + jit_forward(arch, params, xf[:, :, ::-1], "analytic")
+    ) / 2
+    result = evaluate(arch, params, x, y, batch_size=4, flip=True)
+    np.testing.assert_array_equal(result.predictions, np.argmax(logits, axis=1))
+    want = -np.mean(np.asarray(jax.nn.log_softmax(logits))[np.arange(7), y])
+    assert result.loss == pytest.approx(float(want), rel=1e-5)
+    # An image equal to its mirror image gets the plain result.
+    symmetric = np.concatenate([x[:, :, :4], x[:, :, :4][:, :, ::-1]], axis=2)
+    plain = evaluate(arch, params, symmetric, y, batch_size=4)
+    flipped = evaluate(arch, params, symmetric, y, batch_size=4, flip=True)
+    np.testing.assert_array_equal(plain.predictions, flipped.predictions)
+    assert flipped.loss == pytest.approx(plain.loss, rel=1e-6)

@@ -1,6 +1,14 @@
-"""Softmax cross-entropy loss with its analytic backward rule (report eqs. 26, 29)."""
+"""Softmax cross-entropy loss with its analytic backward rule (report eqs. 26, 29).
+
+With label smoothing ``eps`` the target of each row is ``t = (1 - eps) onehot(c) + eps / K``
+instead of ``onehot(c)``: the loss is ``-sum_k t_k log softmax(x)_k`` and eq. 29 becomes
+``(softmax(x) - t) / N``. ``eps = 0`` is the report's loss, computed exactly as before.
+"""
 
 from __future__ import annotations
+
+import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -26,8 +34,18 @@ def _picked(log_p: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.where(valid, picked, jnp.nan)
 
 
-def _loss_and_log_softmax(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _check_smoothing(smoothing: float) -> None:
+    if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)):
+        raise TypeError(f"smoothing must be a Python float in [0, 1), got {smoothing!r}")
+    if not (0.0 <= smoothing < 1.0 and math.isfinite(smoothing)):
+        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+
+
+def _loss_and_log_softmax(
+    logits: jax.Array, labels: jax.Array, smoothing: float
+) -> tuple[jax.Array, jax.Array]:
     """Check the arguments; return the mean loss and the ``(N, K)`` log-softmax it came from."""
+    _check_smoothing(smoothing)
     logits, labels = jnp.asarray(logits), jnp.asarray(labels)  # as custom_vjp does with NumPy
     check_float("logits", logits)
     check_int("labels", labels)
@@ -39,56 +57,69 @@ def _loss_and_log_softmax(logits: jax.Array, labels: jax.Array) -> tuple[jax.Arr
             f"{tuple(logits.shape)}, got shape {tuple(labels.shape)}"
         )
     log_p = _log_softmax(logits)
-    return -jnp.mean(_picked(log_p, labels)), log_p
+    per_row = -_picked(log_p, labels)
+    if smoothing:
+        per_row = (1 - smoothing) * per_row - smoothing * jnp.mean(log_p, axis=1)
+    return jnp.mean(per_row), log_p
 
 
-def softmax_cross_entropy_forward(logits: jax.Array, labels: jax.Array) -> jax.Array:
+def softmax_cross_entropy_forward(
+    logits: jax.Array, labels: jax.Array, smoothing: float = 0.0
+) -> jax.Array:
     """Mean over the batch of ``-log softmax(logits)[label]`` (eq. 26), with no custom rule.
 
     Args:
         logits: ``(N, K)`` floating point.
         labels: ``(N,)`` integer class indices in ``[0, K)``.
+        smoothing: label smoothing ``eps`` in ``[0, 1)``, a Python float (0: none).
 
     Returns:
         The scalar mean loss, in the dtype of ``logits``. A label outside ``[0, K)`` gives NaN.
 
     Raises:
-        ValueError: wrong ranks, or ``labels`` does not have one entry per row of ``logits``.
+        ValueError: wrong ranks, ``labels`` does not have one entry per row of ``logits``, or
+            ``smoothing`` outside ``[0, 1)``.
         TypeError: ``logits`` is not floating point or ``labels`` is not integer.
     """
-    return _loss_and_log_softmax(logits, labels)[0]
+    return _loss_and_log_softmax(logits, labels, smoothing)[0]
 
 
-@jax.custom_vjp
-def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def softmax_cross_entropy(
+    logits: jax.Array, labels: jax.Array, smoothing: float = 0.0
+) -> jax.Array:
     """Softmax cross-entropy loss (eq. 26) whose gradient is eq. 29.
 
     Args:
         logits: ``(N, K)`` floating point.
         labels: ``(N,)`` integer class indices in ``[0, K)``.
+        smoothing: label smoothing ``eps`` in ``[0, 1)``, a Python float (0: none).
 
     Returns:
         The scalar mean loss over the batch. Finite for logits up to 1e4 in float32.
     """
-    return softmax_cross_entropy_forward(logits, labels)
+    return softmax_cross_entropy_forward(logits, labels, smoothing)
 
 
-def _softmax_cross_entropy_fwd(logits, labels):
-    loss, log_p = _loss_and_log_softmax(logits, labels)
+def _softmax_cross_entropy_fwd(logits, labels, smoothing):
+    loss, log_p = _loss_and_log_softmax(logits, labels, smoothing)
     return loss, (log_p, labels)
 
 
-def _softmax_cross_entropy_bwd(residuals, g):
-    """Backward rule, eq. 29: ``dL/dlogits = g * (softmax(logits) - onehot(labels)) / N``.
+def _softmax_cross_entropy_bwd(smoothing, residuals, g):
+    """Backward rule, eq. 29: ``dL/dlogits = g * (softmax(logits) - t) / N``.
 
+    ``t = onehot(labels)``, or ``(1 - eps) onehot(labels) + eps / K`` with label smoothing.
     ``g`` is the scalar cotangent of the mean loss. ``softmax`` is ``exp(log_softmax)``, kept
     from the forward pass, so no large exponent is ever formed. The labels are integers and get
     no cotangent (``None``).
     """
     log_p, labels = residuals
     n, k = log_p.shape
-    onehot = jax.nn.one_hot(labels, k, dtype=log_p.dtype)
-    return (g * (jnp.exp(log_p) - onehot) / n, None)
+    target = jax.nn.one_hot(labels, k, dtype=log_p.dtype)
+    if smoothing:
+        target = (1 - smoothing) * target + smoothing / k
+    return (g * (jnp.exp(log_p) - target) / n, None)
 
 
 softmax_cross_entropy.defvjp(_softmax_cross_entropy_fwd, _softmax_cross_entropy_bwd)

@@ -89,6 +89,16 @@ class FitConfig:
             images, on the device.
         crop_pad: padding of the random crop, in pixels.
         flip: mirror half of the augmented images left-right (not for digits).
+        cutout: side of a square, at a random place in each augmented image (it may reach
+            past the edges), set to black like the crop's padding (0: none).
+        label_smoothing: train towards (1 - eps) onehot + eps / K instead of onehot (0: none;
+            the validation and test losses stay plain cross-entropy).
+        weight_average: decay of an exponential moving average of the weights, kept beside
+            them and evaluated beside them; the run reports (and saves as params.npz) the
+            averaged weights (0: none). Early on the decay is min(d, (1 + t) / (10 + t)).
+        flip_test: evaluate each validation and test image as the mean of its and its mirror
+            image's logits (test-time augmentation; not for digits).
+        nesterov: Nesterov's look-ahead variant of the momentum rule (not the seed's).
         pixel_scale: uint8 pixels are multiplied by this before the mean is subtracted: 1/255
             gives [0, 1] (the MNIST starter), 1 raw values (the CIFAR-10 starter).
         conv_init_gain: convolution kernels start at this times He's scale (the CIFAR-10
@@ -116,6 +126,11 @@ class FitConfig:
     augment: bool = _setting(_any, False)
     crop_pad: int = _setting(nonnegative_int, 4)
     flip: bool = _setting(_any, True)
+    cutout: int = _setting(nonnegative_int, 0)
+    label_smoothing: float = _setting(_fraction(closed_at_zero=True), 0.0)
+    weight_average: float = _setting(_fraction(closed_at_zero=True), 0.0)
+    flip_test: bool = _setting(_any, False)
+    nesterov: bool = _setting(_any, False)
     pixel_scale: float = _setting(positive, 1 / 255)
     conv_init_gain: float = _setting(positive, 1.0)
     seed: int = _setting(_any, 0)
@@ -149,7 +164,9 @@ class FitConfig:
 
     def optimizer(self) -> optax.GradientTransformation:
         """The seed's momentum scheme (:func:`jaxnet.momentum`) with this run's schedule."""
-        return momentum(self.learning_rate_schedule(), self.momentum, self.weight_decay)
+        return momentum(
+            self.learning_rate_schedule(), self.momentum, self.weight_decay, self.nesterov
+        )
 
 
 def flag_name(field_name: str) -> str:

@@ -129,32 +129,40 @@ def channel_mean(images: np.ndarray, scale: float = 1 / 255) -> np.ndarray:
 
 
 def augment(
-    key: jax.Array, images: jax.Array | np.ndarray, pad: int = 4, flip: bool = True
+    key: jax.Array,
+    images: jax.Array | np.ndarray,
+    pad: int = 4,
+    flip: bool = True,
+    cutout: int = 0,
 ) -> jax.Array:
-    """Random crop with zero padding and random horizontal flip, per image; jit-able.
+    """Random crop with zero padding, random horizontal flip and cutout, per image; jit-able.
 
     Each image is zero-padded by ``pad`` pixels on every side, cropped back to ``H x W`` at an
     offset drawn uniformly from ``0 .. 2 * pad`` in each direction, then mirrored left-right with
-    probability 1/2 if ``flip`` (not for digits, whose mirror images are not digits). The same
-    key gives the same result.
+    probability 1/2 if ``flip`` (not for digits, whose mirror images are not digits). With
+    ``cutout = s > 0`` a square of ``s x s`` pixels centred on a uniformly drawn pixel (cut off
+    at the edges) is then set to 0, black like the crop's padding (DeVries and Taylor, 2017).
+    The same key gives the same result.
 
     Args:
         key: a JAX PRNG key.
         images: ``(N, H, W, C)``, uint8 or float.
         pad: padding in pixels, a Python int ``>= 0`` (static under ``jit``).
         flip: whether to mirror half of the images left-right (static under ``jit``).
+        cutout: side of the blacked-out square, a Python int ``>= 0`` (0: none).
 
     Returns:
         ``(N, H, W, C)``, the dtype of ``images``.
 
     Raises:
-        ValueError: ``images`` is not 4-d, or ``pad`` is negative or not an int.
+        ValueError: ``images`` is not 4-d, or ``pad`` or ``cutout`` is negative or not an int.
     """
     images = jnp.asarray(images)
     if images.ndim != 4:
         raise ValueError(f"images must be (N, H, W, C), got shape {images.shape}")
-    if not isinstance(pad, int) or isinstance(pad, bool) or pad < 0:
-        raise ValueError(f"pad must be an int >= 0, got {pad!r}")
+    for name, value in (("pad", pad), ("cutout", cutout)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
     n, h, w, c = images.shape
     crop_key, flip_key = jax.random.split(key)
     offsets = jax.random.randint(crop_key, (n, 2), 0, 2 * pad + 1)
@@ -165,4 +173,12 @@ def augment(
         crop = lax.dynamic_slice(image, (offset[0], offset[1], 0), (h, w, c))
         return jnp.where(flip, crop[:, ::-1, :], crop)
 
-    return jax.vmap(one)(padded, offsets, flips)
+    out = jax.vmap(one)(padded, offsets, flips)
+    if cutout:
+        size = jnp.array([[h], [w]])
+        starts = jax.random.randint(jax.random.fold_in(key, 1), (n, 2, 1), 0, size) - cutout // 2
+        rows = (jnp.arange(h) >= starts[:, 0]) & (jnp.arange(h) < starts[:, 0] + cutout)
+        cols = (jnp.arange(w) >= starts[:, 1]) & (jnp.arange(w) < starts[:, 1] + cutout)
+        inside = rows[:, :, None, None] & cols[:, None, :, None]  # (n, h, w, 1)
+        out = jnp.where(inside, jnp.zeros((), out.dtype), out)
+    return out

@@ -41,6 +41,9 @@ HISTORY_FIELDS = (
 )
 """The columns of every history row (and of ``history.csv``), before the per-layer ones."""
 
+AVERAGED_FIELDS = ("val_loss_averaged", "val_accuracy_averaged")
+"""The validation columns of the weights' moving average, in rows of runs that keep one."""
+
 DIAGNOSTICS = ("grad_norm", "update_ratio")
 """The per-layer columns, ``grad_norm/NAME`` and ``update_ratio/NAME`` for each parametrised
 layer (:func:`jaxnet.step.layer_diagnostics`: the last step's values at that row)."""
@@ -86,22 +89,33 @@ class StopOnNaN(Hook):
 
 
 class Evaluation(Hook):
-    """Evaluate the validation set at history rows every ``eval_every`` iterations, and last."""
+    """Evaluate the validation set at history rows every ``eval_every`` iterations, and last.
+
+    A run that keeps a moving average of its weights has both evaluated: the weights, then
+    the average.
+    """
 
     def __init__(
         self, evaluate: Callable[[Any], EvalResult], log_every: int, eval_every: int
     ) -> None:
         self.evaluate, self.log_every, self.eval_every = evaluate, log_every, eval_every
-        self.latest: tuple[int, EvalResult] | None = None
+        self.latest: tuple[int, EvalResult, EvalResult | None] | None = None
 
     def __call__(self, run: Run, last: bool) -> None:
         i = run.iteration
         if last or (i % self.log_every == 0 and i % self.eval_every == 0):
-            self.latest = (i, self.evaluate(run.state.params))
+            averaged = run.state.averaged_params
+            self.latest = (
+                i,
+                self.evaluate(run.state.params),
+                None if averaged is None else self.evaluate(averaged),
+            )
 
-    def result_at(self, iteration: int) -> EvalResult | None:
-        """The evaluation made at ``iteration``, if there was one."""
-        return self.latest[1] if self.latest and self.latest[0] == iteration else None
+    def result_at(self, iteration: int) -> tuple[EvalResult | None, EvalResult | None]:
+        """The evaluations of the weights and of their average made at ``iteration``."""
+        if self.latest and self.latest[0] == iteration:
+            return self.latest[1], self.latest[2]
+        return None, None
 
 
 class History(Hook):
@@ -128,7 +142,7 @@ class History(Hook):
         if not (last or i % self.every == 0):
             return
         loss, accuracy = run.state.averages(i, self.config.ema_decay)
-        val = self.evaluation.result_at(i) if self.evaluation else None
+        val, averaged = self.evaluation.result_at(i) if self.evaluation else (None, None)
         diagnostics = jax.device_get(run.state.diagnostics).tolist()
         per_layer = {
             f"{kind}/{name}": value
@@ -145,11 +159,19 @@ class History(Hook):
                 "val_accuracy": val.accuracy if val else math.nan,
                 "learning_rate": float(self.schedule(i - 1)),
                 "elapsed_s": run.train_time_s,
+                **self._averaged(run, averaged),
                 **per_layer,
             }
         )
         if self.on_row is not None:
             self.on_row(run.history)
+
+    @staticmethod
+    def _averaged(run: Run, result: EvalResult | None) -> dict[str, float]:
+        if run.state.averaged_params is None:
+            return {}
+        values = (result.loss, result.accuracy) if result else (math.nan, math.nan)
+        return dict(zip(AVERAGED_FIELDS, values, strict=True))
 
 
 class ProgressBar(Hook):
@@ -177,6 +199,8 @@ class ProgressBar(Hook):
         postfix = {"loss": f"{row['train_loss']:.3f}", "acc": f"{row['train_accuracy']:.3f}"}
         if not math.isnan(row["val_accuracy"]):
             postfix["val_acc"] = f"{row['val_accuracy']:.3f}"
+        if not math.isnan(row.get("val_accuracy_averaged", math.nan)):
+            postfix["val_acc_avg"] = f"{row['val_accuracy_averaged']:.3f}"
         self.bar.set_postfix(postfix, refresh=False)
         self.bar.update(run.iteration - self.bar.n)
 

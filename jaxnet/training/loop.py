@@ -66,7 +66,7 @@ def make_fit_step(
             x, y = jax.lax.with_sharding_constraint((x, y), parallel.batch_sharding(mesh))
         if config.augment:
             key = jax.random.fold_in(aug_key, iteration)
-            x = augment(key, x, config.crop_pad, config.flip)
+            x = augment(key, x, config.crop_pad, config.flip, config.cutout)
         params, opt_state, metrics = train_step(
             arch,
             optimizer,
@@ -77,9 +77,12 @@ def make_fit_step(
             state.opt_state,
             x,
             y,
+            label_smoothing=config.label_smoothing,
             diagnostics=diagnostics,
         )
-        return state.advance(params, opt_state, metrics, iteration, config.ema_decay)
+        return state.advance(
+            params, opt_state, metrics, iteration, config.ema_decay, config.weight_average
+        )
 
     def several(state: TrainState, images, labels, batches, iteration) -> TrainState:
         def body(state, offset):
@@ -164,6 +167,7 @@ def fit(
             batch_size=config.eval_batch_size,
             mean=data.mean,
             scale=config.pixel_scale,
+            flip=config.flip_test,
         )
         evaluation = hooks_lib.Evaluation(validate, config.log_every, config.eval_every)
     saver = hooks_lib.Checkpoints(checkpoints, config) if checkpoints is not None else None

@@ -26,6 +26,8 @@ class TrainState(NamedTuple):
             (:func:`jaxnet.step.layer_diagnostics`), computed on the device by the step before
             each history row (other steps carry it unchanged) and read back only when the row
             is written; NaN before the first such step.
+        averaged_params: the moving average of ``params`` (``config.weight_average``), or
+            ``None`` when the run keeps none.
     """
 
     params: Any
@@ -33,11 +35,23 @@ class TrainState(NamedTuple):
     ema: jax.Array
     bad_iteration: jax.Array
     diagnostics: jax.Array
+    averaged_params: Any = None
 
     def advance(
-        self, params: Any, opt_state: Any, metrics: dict, iteration: jax.Array, decay: float
+        self,
+        params: Any,
+        opt_state: Any,
+        metrics: dict,
+        iteration: jax.Array,
+        decay: float,
+        weight_average: float = 0.0,
     ) -> TrainState:
-        """The state after one step: its new arrays, the averages and NaN watch updated."""
+        """The state after one step: its new arrays, the averages and NaN watch updated.
+
+        The weights' average uses decay ``min(weight_average, (1 + t) / (10 + t))`` at
+        iteration ``t`` (as TensorFlow's ``ExponentialMovingAverage(num_updates=t)``), so the
+        early average is not dominated by the initial weights.
+        """
         batch = jnp.stack([metrics["loss"], metrics["accuracy"]]).astype(jnp.float32)
         ema = decay * self.ema + (1 - decay) * batch
         first_bad = (self.bad_iteration < 0) & ~jnp.isfinite(metrics["loss"])
@@ -45,7 +59,14 @@ class TrainState(NamedTuple):
         diagnostics = self.diagnostics
         if "grad_norm" in metrics:
             diagnostics = jnp.stack([metrics["grad_norm"], metrics["update_ratio"]])
-        return TrainState(params, opt_state, ema, bad, diagnostics.astype(jnp.float32))
+        averaged = self.averaged_params
+        if averaged is not None:
+            t = iteration.astype(jnp.float32)
+            d = jnp.minimum(weight_average, (1 + t) / (10 + t))
+            averaged = jax.tree.map(
+                lambda a, p: d.astype(p.dtype) * a + (1 - d).astype(p.dtype) * p, averaged, params
+            )
+        return TrainState(params, opt_state, ema, bad, diagnostics.astype(jnp.float32), averaged)
 
     def averages(self, iterations_done: int, decay: float) -> tuple[float, float]:
         """The debiased moving averages ``(loss, accuracy)`` after ``iterations_done`` steps.
@@ -72,6 +93,8 @@ def initial_state(arch: Architecture, config: FitConfig) -> TrainState:
         ema=jnp.zeros(2, jnp.float32),
         bad_iteration=jnp.array(-1, jnp.int32),
         diagnostics=jnp.full((2, len(arch.parametrised)), jnp.nan, jnp.float32),
+        # a copy: the step donates the state, and one buffer cannot be donated twice
+        averaged_params=jax.tree.map(jnp.copy, params) if config.weight_average > 0 else None,
     )
 
 
@@ -97,3 +120,9 @@ class Run:
     def params(self) -> Any:
         """The network's parameters."""
         return self.state.params
+
+    @property
+    def reported_params(self) -> Any:
+        """The weights the run reports: the moving average if it keeps one, else ``params``."""
+        averaged = self.state.averaged_params
+        return self.state.params if averaged is None else averaged

@@ -80,3 +80,43 @@ def test_label_out_of_range_gives_nan():
 def test_bad_arguments(logits, labels, error, match):
     with pytest.raises(error, match=match):
         softmax_cross_entropy(logits, labels)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("eps", [0.1, 0.5])
+def test_label_smoothing_loss_and_rule(x64, compare_rules, config, eps):
+    # loss = -sum_k t_k log p_k averaged over rows, t = (1 - eps) onehot + eps / K; the rule is
+    # (p - t) / N, and it agrees with autodiff of the same forward.
+    logits, labels = make(config)
+    n, k = config
+    target = (1 - eps) * jax.nn.one_hot(labels, k) + eps / k
+    log_p = jax.nn.log_softmax(logits)
+    ref = -jnp.mean(jnp.sum(target * log_p, axis=1))
+    assert rel_err(softmax_cross_entropy(logits, labels, eps), ref) < 1e-14
+    assert rel_err(autodiff.softmax_cross_entropy(logits, labels, eps), ref) < 1e-14
+    compare_rules(
+        lambda z, c: softmax_cross_entropy(z, c, eps),
+        lambda z, c: autodiff.softmax_cross_entropy(z, c, eps),
+        (logits, labels),
+        (0,),
+    )
+    dl = jax.grad(softmax_cross_entropy)(logits, labels, eps)
+    assert rel_err(dl, (jnp.exp(log_p) - target) / n) < 1e-14
+    check_grads(lambda z: softmax_cross_entropy(z, labels, eps), (logits,), order=1, modes=["rev"])
+
+
+def test_no_smoothing_is_the_reports_loss_bit_for_bit():
+    logits, labels = make((16, 10), jnp.float32)
+    a = jax.value_and_grad(softmax_cross_entropy)(logits, labels)
+    b = jax.value_and_grad(softmax_cross_entropy)(logits, labels, 0.0)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize(
+    ("smoothing", "error"), [(1.0, ValueError), (-0.1, ValueError), (True, TypeError)]
+)
+def test_bad_smoothing(smoothing, error):
+    logits, labels = make((4, 10), jnp.float32)
+    with pytest.raises(error, match="smoothing"):
+        softmax_cross_entropy(logits, labels, smoothing)

@@ -96,3 +96,32 @@ def test_augment_seeded_and_varied():
         training_data.augment(jax.random.key(0), images, pad=-1)
     with pytest.raises(ValueError, match="N, H, W, C"):
         training_data.augment(jax.random.key(0), images[0])
+
+
+@pytest.mark.parametrize("size", [1, 3, 4])
+def test_cutout_blacks_out_one_square_per_image(size):
+    # Images with no black pixel: after cutout (no crop, no flip) the black pixels of each image
+    # form one s x s square, cut off where it reaches past an edge, at a place that varies.
+    images = np.random.default_rng(4).integers(1, 256, (64, 9, 7, 3), dtype=np.uint8)
+    out = np.asarray(training_data.augment(jax.random.key(5), images, 0, False, size))
+    corners = set()
+    for image, result in zip(images, out, strict=True):
+        black = np.all(result == 0, axis=-1)
+        np.testing.assert_array_equal(result[~black], image[~black])
+        rows, cols = np.flatnonzero(black.any(1)), np.flatnonzero(black.any(0))
+        assert black.sum() == len(rows) * len(cols)  # a rectangle ...
+        assert black[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].all()
+        for idx, n in ((rows, 9), (cols, 7)):  # ... s long unless cut off by an edge
+            assert len(idx) == size or (len(idx) < size and (idx[0] == 0 or idx[-1] == n - 1))
+        corners.add((rows[0], cols[0]))
+    assert len(corners) > 20
+
+
+def test_no_cutout_is_the_crop_and_flip_bit_for_bit():
+    images = np.random.default_rng(6).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
+    key = jax.random.key(7)
+    np.testing.assert_array_equal(
+        training_data.augment(key, images, 2, True), training_data.augment(key, images, 2, True, 0)
+    )
+    with pytest.raises(ValueError, match="cutout"):
+        training_data.augment(key, images, 2, True, -1)

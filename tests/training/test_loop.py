@@ -169,3 +169,52 @@ def test_a_batch_larger_than_the_training_set_is_refused_before_any_step():
 def test_bad_steps_per_call(steps_per_call):
     with pytest.raises(ValueError, match="steps-per-call must be a positive integer"):
         fit(tiny(), small_data(), CONFIG, progress=False, steps_per_call=steps_per_call)
+
+
+EVERY_OPTION = dataclasses.replace(
+    CONFIG,
+    flip=True,
+    cutout=3,
+    label_smoothing=0.1,
+    weight_average=0.9,
+    flip_test=True,
+    nesterov=True,
+)
+
+
+def test_the_averaged_weights_are_validated_beside_the_weights():
+    plain = fit(tiny(), small_data(), CONFIG, progress=False)
+    averaged = fit(
+        tiny(), small_data(), dataclasses.replace(CONFIG, weight_average=0.9), progress=False
+    )
+    # Averaging changes no step: the same weights, and the same validation of them.
+    for a, b in zip(leaves(plain.params), leaves(averaged.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert [r["val_accuracy"] for r in averaged.history] == [
+        r["val_accuracy"] for r in plain.history
+    ]
+    assert "val_accuracy_averaged" not in plain.history[-1]
+    last = averaged.history[-1]
+    assert 0.0 <= last["val_accuracy_averaged"] <= 1.0 and last["val_loss_averaged"] > 0
+    assert last["val_loss_averaged"] != last["val_loss"]
+    assert averaged.reported_params is averaged.state.averaged_params
+    differ = [
+        not np.allclose(a, b)
+        for a, b in zip(leaves(averaged.params), leaves(averaged.reported_params), strict=True)
+    ]
+    assert any(differ)
+
+
+def test_every_option_learns_and_resumes_bit_identically(tmp_path):
+    arch, data = tiny(), small_data()
+    manager = CheckpointManager(tmp_path / "run")
+    full = fit(arch, data, EVERY_OPTION, manager, progress=False)
+    assert full.history[-1]["val_accuracy_averaged"] > 0.6
+    manager.path_for(30).unlink()
+    resumed = fit(arch, data, EVERY_OPTION, manager, resume=True, progress=False)
+    for a, b in zip(leaves(full.state), leaves(resumed.state), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert resumed.history == full.history[:2] + resumed.history[2:]
+    assert [r["val_loss_averaged"] for r in resumed.history] == [
+        r["val_loss_averaged"] for r in full.history
+    ]

@@ -46,3 +46,35 @@ def test_conv_init_gain_scales_only_the_kernels():
     tenth = initial_state(tiny(), FitConfig(**base, conv_init_gain=0.1)).params
     np.testing.assert_allclose(tenth["conv1"]["w"], 0.1 * one["conv1"]["w"], rtol=1e-6)
     np.testing.assert_array_equal(tenth["dense1"]["w"], one["dense1"]["w"])
+
+
+def test_the_weights_average_by_hand():
+    import jax
+
+    config = FitConfig(iterations=10, batch_size=4, learning_rate=0.1, weight_average=0.5)
+    state = initial_state(tiny(), config)
+    leaf = lambda tree: np.asarray(jax.tree.leaves(tree)[0])  # noqa: E731
+    w0 = leaf(state.params)
+    np.testing.assert_array_equal(leaf(state.averaged_params), w0)
+    assert jax.tree.leaves(state.averaged_params)[0] is not jax.tree.leaves(state.params)[0]
+    metrics = {"loss": jnp.float32(1.0), "accuracy": jnp.float32(0.5)}
+    w1 = jax.tree.map(lambda p: p + 1.0, state.params)
+    # iteration 0: decay min(0.5, 1/10) = 0.1, so the average is 0.1 w0 + 0.9 w1
+    s1 = state.advance(w1, state.opt_state, metrics, jnp.int32(0), 0.9, 0.5)
+    np.testing.assert_allclose(leaf(s1.averaged_params), 0.1 * w0 + 0.9 * leaf(w1), rtol=1e-6)
+    # iteration 90: min(0.5, 91/100) = 0.5
+    w2 = jax.tree.map(lambda p: p + 1.0, w1)
+    s2 = s1.advance(w2, s1.opt_state, metrics, jnp.int32(90), 0.9, 0.5)
+    want = 0.5 * leaf(s1.averaged_params) + 0.5 * leaf(w2)
+    np.testing.assert_allclose(leaf(s2.averaged_params), want, rtol=1e-6)
+
+
+def test_no_average_kept_unless_asked():
+    from jaxnet.training import Run
+
+    state = initial_state(tiny(), FitConfig(iterations=10, batch_size=4, learning_rate=0.1))
+    assert state.averaged_params is None
+    assert Run(state).reported_params is state.params
+    averaged = FitConfig(iterations=10, batch_size=4, learning_rate=0.1, weight_average=0.9)
+    state = initial_state(tiny(), averaged)
+    assert Run(state).reported_params is state.averaged_params

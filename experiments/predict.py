@@ -51,6 +51,8 @@ class Run(NamedTuple):
         scale: uint8 pixels are multiplied by this (1/255, or 1 for raw values) ...
         mean: ... and this float32 ``(C,)`` training mean is subtracted.
         class_names: the ``K`` class names, in label order.
+        flip: the run was evaluated with flip test-time augmentation (``flip_test``), and so
+            are its predictions.
     """
 
     folder: Path
@@ -59,6 +61,7 @@ class Run(NamedTuple):
     scale: float
     mean: np.ndarray
     class_names: tuple[str, ...]
+    flip: bool = False
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
@@ -136,7 +139,9 @@ def load_run(folder: str | os.PathLike[str]) -> Run:
         ) from None
     except (checkpoint.CheckpointError, OSError) as err:
         raise RunError(str(err)) from None
-    return Run(folder, arch, params, scale, mean, tuple(str(n) for n in names))
+    fit = config.get("fit") if isinstance(config.get("fit"), dict) else {}
+    flip = bool(fit.get("flip_test", False))
+    return Run(folder, arch, params, scale, mean, tuple(str(n) for n in names), flip)
 
 
 def network_input(run: Run, images: np.ndarray, dtype: Any = np.float32) -> Any:
@@ -158,7 +163,7 @@ def network_input(run: Run, images: np.ndarray, dtype: Any = np.float32) -> Any:
 
 
 def probabilities(run: Run, images: np.ndarray) -> np.ndarray:
-    """The softmax of the network's logits for each image.
+    """The softmax of the network's logits for each image (with the run's flip averaging).
 
     Args:
         run: the run.
@@ -169,14 +174,13 @@ def probabilities(run: Run, images: np.ndarray) -> np.ndarray:
     """
     import jax
 
-    from jaxnet import network
+    from jaxnet.step import predict_logits
 
     rows = []
     for start in range(0, len(images), BATCH):
         x = network_input(run, images[start : start + BATCH])
-        rows.append(
-            np.asarray(jax.nn.softmax(network.forward(run.arch, run.params, x)), np.float64)
-        )
+        logits = predict_logits(run.arch, run.params, x, flip=run.flip)
+        rows.append(np.asarray(jax.nn.softmax(logits), np.float64))
     return np.concatenate(rows) if rows else np.zeros((0, run.arch.num_classes))
 
 

@@ -292,6 +292,20 @@ class EvalResult(NamedTuple):
     accuracy: float
 
 
+def predict_logits(
+    arch: Architecture, params: Params, x: jax.Array, rules: str = "analytic", flip: bool = False
+) -> jax.Array:
+    """The logits a trained network gives a prepared batch ``(N, H, W, C)``: ``(N, K)``.
+
+    With ``flip`` (test-time augmentation, for photographs) they are the mean of the logits of
+    each image and of its left-right mirror image.
+    """
+    logits = forward(arch, params, x, rules)
+    if flip:
+        logits = (logits + forward(arch, params, x[:, :, ::-1], rules)) / 2
+    return logits
+
+
 def _eval_batch_impl(arch, rules, flip, params, x, y, valid, mean, scale):
     """Summed loss over the ``valid`` rows ``()`` and predictions ``(B,)`` of one batch.
 
@@ -299,10 +313,7 @@ def _eval_batch_impl(arch, rules, flip, params, x, y, valid, mean, scale):
     with ``flip`` its logits are the mean of the image's and its mirror image's.
     """
     x = preprocess(x, mean, scale, _params_dtype(params))
-    logits_of = jax.vmap(lambda xi: forward(arch, params, xi[None], rules)[0])
-    logits = logits_of(x)  # (B, K)
-    if flip:
-        logits = (logits + logits_of(x[:, :, ::-1])) / 2
+    logits = jax.vmap(lambda xi: predict_logits(arch, params, xi[None], rules, flip)[0])(x)
     loss = layer_ops(rules).softmax_cross_entropy
     losses = jax.vmap(lambda li, yi: loss(li[None], yi[None]))(logits, y)
     loss_sum = jnp.sum(jnp.where(valid, losses, jnp.zeros((), losses.dtype)))

@@ -231,3 +231,22 @@ def test_real_digits_as_files_agree_with_evaluate(trained, tmp_path, capsys):
         if name in ("own size", "inverted", "RGB"):  # the very same 28x28 digits come back
             assert agreement == 1.0, (name, agreement)
         assert abs(accuracy - reference.accuracy) <= 0.01, (name, accuracy, reference.accuracy)
+
+
+def test_a_run_evaluated_with_flips_predicts_with_flips(tmp_path):
+    rng = np.random.default_rng(3)
+    pics = rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    plain = predict.load_run(write_run(tmp_path / "plain", "cifar10_modified"))
+    flipped = predict.load_run(
+        write_run(tmp_path / "flip", "cifar10_modified", fit={"flip_test": True})
+    )
+    assert not plain.flip and flipped.flip
+    x = predict.network_input(plain, pics)
+    arch = plain.arch
+    mean_logits = (
+        jaxnet.forward(arch, plain.params, x) + jaxnet.forward(arch, plain.params, x[:, :, ::-1])
+    ) / 2
+    np.testing.assert_allclose(
+        predict.probabilities(flipped, pics), jax.nn.softmax(mean_logits), rtol=1e-5, atol=1e-7
+    )
+    assert not np.allclose(predict.probabilities(plain, pics), predict.probabilities(flipped, pics))

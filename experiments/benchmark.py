@@ -955,6 +955,14 @@ def _epoch_config(steps: int, epochs: int, batch: int):
     )
 
 
+def _random_training_set(arch: Any, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` random uint8 images of ``arch``'s shape, random labels, and their mean."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, *arch.input_shape), dtype=np.uint8)
+    labels = rng.integers(0, arch.num_classes, n).astype(np.int32)
+    return images, labels, np.array([images.mean() / 255.0], np.float32)
+
+
 def bench_epoch(
     quick: bool = False, batch: int = 64, epochs: int = 2, steps_per_call: int = STEPS_PER_CALL
 ) -> dict[str, Any]:
@@ -987,10 +995,7 @@ def bench_epoch(
     arch = architectures.mnist()
     n = EPOCH_IMAGES[quick]
     steps = n // batch
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (n, *arch.input_shape), dtype=np.uint8)
-    labels = rng.integers(0, arch.num_classes, n).astype(np.int32)
-    mean = np.array([images.mean() / 255.0], np.float32)
+    images, labels, mean = _random_training_set(arch, n)
     config = _epoch_config(steps, epochs, batch)
 
     step = make_fit_step(arch, config, mean)

@@ -59,3 +59,32 @@ def test_a_bad_flag_exits_2_with_the_configs_message(flags, message, capsys):
         parser().parse_args(flags)
     assert exit_info.value.code == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+ACCURACY_OPTIONS = {
+    "cutout": 0,
+    "label_smoothing": 0.0,
+    "weight_average": 0.0,
+    "flip_test": False,
+    "nesterov": False,
+}
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10_baseline", "cifar10_modified"])
+def test_the_seed_presets_train_as_the_seed_did(name):
+    # None of the accuracy options is on in --preset seed: its reproductions stay as they were.
+    from experiments import cifar10
+
+    exp = mnist.EXPERIMENT if name == "mnist" else cifar10.experiment(name.split("_")[1])
+    args = build_parser(exp, "prog", "").parse_args(["--preset", "seed"])
+    config = fit_config(exp, args, n_train=48000)
+    assert {k: getattr(config, k) for k in ACCURACY_OPTIONS} == ACCURACY_OPTIONS
+    assert config.momentum == exp.presets["seed"].fit["momentum"]
+
+
+def test_each_accuracy_option_is_a_flag():
+    flags = "--cutout 8 --label-smoothing 0.1 --weight-average 0.999 --flip-test --nesterov"
+    args = parser().parse_args(flags.split())
+    config = fit_config(mnist.EXPERIMENT, args, n_train=6400)
+    assert (config.cutout, config.label_smoothing, config.weight_average) == (8, 0.1, 0.999)
+    assert config.flip_test and config.nesterov

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.predict import Run, RunError, load_run, network_input
+from experiments.predict import Run, RunError, load_run, network_input, run_parser
 
 CHANNELS = 4  # channels drawn per layer
 POSITIVE, NEGATIVE = "#b2182b", "#2166ac"  # the ends of RdBu_r, for bars too
@@ -374,12 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command's flags."""
     from jaxnet.images import INVERT
 
-    p = argparse.ArgumentParser(
-        prog="python -m experiments.explain",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run folder")
+    p = run_parser("experiments.explain", __doc__)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--index", type=int, default=None, help="a test-set image, by index")
     which.add_argument(

@@ -233,16 +233,22 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def run_parser(module: str, doc: str) -> argparse.ArgumentParser:
+    """The parser of a command on a finished run (predict, explain): its ``RUN_DIR`` argument."""
+    p = argparse.ArgumentParser(
+        prog=f"python -m {module}",
+        description=doc.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run folder")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command's flags."""
     from jaxnet.images import INVERT
 
-    p = argparse.ArgumentParser(
-        prog="python -m experiments.predict",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run folder")
+    p = run_parser("experiments.predict", __doc__)
     p.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="PNG or JPEG files")
     p.add_argument("--top", type=_positive_int, default=3, help="classes shown per image")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of lines")

@@ -189,23 +189,24 @@ def dense(n, features, m, dt, ties, seed):
     st.sampled_from([1.0, 30.0, 1e3]),
     dtypes,
     st.booleans(),
+    st.sampled_from([0.0, 0.1, 0.5]),
     st.integers(0, 2**16),
 )
-def loss(n, k, scale, dt, ties, seed):
-    announce(n=n, k=k, scale=scale, dtype=dt, ties=ties, seed=seed)
+def loss(n, k, scale, dt, ties, smoothing, seed):
+    announce(n=n, k=k, scale=scale, dtype=dt, ties=ties, smoothing=smoothing, seed=seed)
     rng = np.random.default_rng(seed)
     logits = values(rng, (n, k), ties, dt) * scale
     labels = jnp.asarray(rng.integers(0, k, n), jnp.int32)
     g = jnp.asarray(rng.standard_normal(), dt)
 
     def rule(fn):
-        return lambda z: fn(z, labels)
+        return lambda z: fn(z, labels, smoothing)
 
     got = both_vjps(
         rule(jaxnet.softmax_cross_entropy), rule(autodiff.softmax_cross_entropy), (logits,), g
     )
-    want_loss, _ = ref.softmax_cross_entropy(logits, labels)
-    want_grad = float(g) * ref.softmax_cross_entropy_grad(logits, labels)
+    want_loss, _ = ref.softmax_cross_entropy(logits, labels, smoothing)
+    want_grad = float(g) * ref.softmax_cross_entropy_grad(logits, labels, smoothing)
     check_all("softmax_cross_entropy", got, (want_loss, want_grad), dt)
 
 

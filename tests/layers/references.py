@@ -94,18 +94,26 @@ def dense_vjp(x, w, g):
     return (g @ w).reshape(x.shape), g.T @ x2, g.sum(axis=0)
 
 
-def softmax_cross_entropy(logits, labels):
-    """Mean over the batch of ``-log softmax(logits)[label]``, and the softmax itself."""
+def softmax_cross_entropy(logits, labels, smoothing=0.0):
+    """Mean over the batch of ``-sum_k t_k log softmax(logits)_k``, and the softmax itself.
+
+    ``t = (1 - smoothing) onehot(label) + smoothing / K``: the report's loss for smoothing 0.
+    """
     z = np.asarray(logits, np.float64)
     z = z - z.max(axis=1, keepdims=True)
     log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    n = z.shape[0]
-    return -log_p[np.arange(n), np.asarray(labels)].mean(), np.exp(log_p)
+    t = _targets(z.shape, labels, smoothing)
+    return -(t * log_p).sum(axis=1).mean(), np.exp(log_p)
 
 
-def softmax_cross_entropy_grad(logits, labels):
-    """Eq. 29: ``(softmax(z) - onehot(c)) / N``."""
+def _targets(shape, labels, smoothing):
+    n, k = shape
+    t = np.full((n, k), smoothing / k)
+    t[np.arange(n), np.asarray(labels)] += 1.0 - smoothing
+    return t
+
+
+def softmax_cross_entropy_grad(logits, labels, smoothing=0.0):
+    """Eq. 29: ``(softmax(z) - t) / N``, ``t`` the (smoothed) one-hot targets."""
     _, p = softmax_cross_entropy(logits, labels)
-    n = p.shape[0]
-    p[np.arange(n), np.asarray(labels)] -= 1.0
-    return p / n
+    return (p - _targets(p.shape, labels, smoothing)) / p.shape[0]

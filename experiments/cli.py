@@ -62,7 +62,7 @@ class Experiment:
     Attributes:
         name: default run folder name (``runs/<name>``) and title.
         architecture: the ``jaxnet.architectures`` name.
-        presets: ``{"best": ..., "seed": ...}``; ``best`` is the default.
+        presets: ``{"best": ..., "seed": ...}`` (and ``"long"``); ``best`` is the default.
         load: ``(args) -> jaxnet.datasets.Dataset``, may raise ``jaxnet.datasets.DataError``.
         module: the command, for messages (``experiments.mnist``).
         seed_accuracy: the seed report's test accuracy, for the summary line.
@@ -185,7 +185,8 @@ def build_parser(exp: Experiment, prog: str, description: str) -> argparse.Argum
         "--preset",
         choices=sorted(exp.presets),
         default="best",
-        help=f"'seed': the report's own settings; 'best' (default): ours. {presets}",
+        help=f"'seed': the report's own settings; 'best' (default): ours; 'long' (where "
+        f"there is one): ours, longer. {presets}",
     )
     p.add_argument(
         "--out",

@@ -1,6 +1,6 @@
 """Train the report's MNIST network (Table 1) and write everything the report shows.
 
-    python -m experiments.mnist                  # our schedule: >= 99% test accuracy
+    python -m experiments.mnist                  # our schedule: >= 99.2% test accuracy
     python -m experiments.mnist --preset seed    # the assignment's starter settings
     python -m experiments.mnist --idx-dir DIR    # any data set in MNIST's idx format
 
@@ -30,10 +30,10 @@ PRESETS = {
             "crop_pad": 2,
             "flip": False,
         },
-        epochs=12,
+        epochs=30,
         val_size=2000,
         description="batch 64, lr 0.1 with warm-up and cosine decay, random shifts of up to "
-        "2 pixels, 12 epochs",
+        "2 pixels, 30 epochs",
     ),
     "seed": Preset(
         fit={

@@ -29,11 +29,12 @@ PRESETS = {
             "augment": True,
             "crop_pad": 2,
             "flip": False,
+            "eval_every": 1000,
         },
-        epochs=30,
+        epochs=24,
         val_size=2000,
         description="batch 64, lr 0.1 with warm-up and cosine decay, random shifts of up to "
-        "2 pixels, 30 epochs",
+        "2 pixels, 24 epochs",
     ),
     "seed": Preset(
         fit={

@@ -2,12 +2,30 @@
 
 Used wherever a Python int enters the library (layer specs, the layers' padding, stride and
 window), so every such mistake reads alike: ``TypeError`` for a value that is not an int,
-``ValueError`` for one that is too small, each naming the argument and what it got.
+``ValueError`` for one that is too small, each naming the argument and what it got. Also the
+one search for class labels out of range (:func:`out_of_range`), for data files and metrics.
 """
 
 from __future__ import annotations
 
 import numbers
+
+import numpy as np
+
+
+def out_of_range(values: np.ndarray, num_classes: int) -> str | None:
+    """``None`` if every value is in ``0 .. num_classes - 1``; else what is wrong, for a message.
+
+    The text names the first bad value and its index and counts the bad ones:
+    ``"12 at index 3 is outside 0..9 (2 out of range)"``.
+    """
+    bad = np.flatnonzero((values < 0) | (values >= num_classes))
+    if not bad.size:
+        return None
+    i = int(bad[0])
+    return (
+        f"{int(values[i])} at index {i} is outside 0..{num_classes - 1} ({bad.size} out of range)"
+    )
 
 
 def int_at_least(name: str, value: object, minimum: int) -> int:

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxnet._validate import out_of_range
+
 __all__ = [
     "accuracy",
     "confusion_matrix",
@@ -78,13 +80,9 @@ def confusion_matrix(labels: Any, predictions: Any, num_classes: int) -> np.ndar
             f"{p.shape[0]} predictions"
         )
     for name, arr in (("labels", y), ("predictions", p)):
-        bad = np.flatnonzero((arr < 0) | (arr >= k))
-        if bad.size:
-            i = int(bad[0])
-            raise ValueError(
-                f"{name}[{i}] = {int(arr[i])} is outside [0, {k}) for num_classes={k} "
-                f"({bad.size} value(s) out of range)"
-            )
+        wrong = out_of_range(arr, k)
+        if wrong:
+            raise ValueError(f"{name}: {wrong} for num_classes={k}")
     counts = np.bincount(y * k + p, minlength=k * k)
     return counts.reshape(k, k).astype(np.int64)
 

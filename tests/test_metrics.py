@@ -53,8 +53,13 @@ def test_confusion_matrix_empty_and_one_class():
         ([0, 1], [0], 2, "same length"),
         ([[0, 1]], [[0, 1]], 2, "labels must be 1-d"),
         ([0, 1], [[0, 1]], 2, "predictions must be 1-d"),
-        ([0, 3], [0, 1], 3, r"labels\[1\] = 3 is outside \[0, 3\)"),
-        ([0, 1], [-1, 1], 3, r"predictions\[0\] = -1 is outside"),
+        (
+            [0, 3],
+            [0, 1],
+            3,
+            r"labels: 3 at index 1 is outside 0..2 \(1 out of range\) for num_classes=3",
+        ),
+        ([0, 1], [-1, 1], 3, r"predictions: -1 at index 0 is outside"),
         ([0], [0], 0, "at least 1"),
     ],
 )

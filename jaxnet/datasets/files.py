@@ -22,6 +22,7 @@ from typing import NamedTuple
 import numpy as np
 import pooch
 
+from jaxnet._validate import out_of_range
 from jaxnet.io import atomic_write
 
 ENV_DATA = "JAXNET_DATA"  # names the data root, the folder holding mnist/, cifar10/
@@ -114,13 +115,9 @@ def read(path: Path) -> bytes:
 
 def check_labels(labels: np.ndarray, path: Path, num_classes: int) -> None:
     """Raise :class:`DataError` naming ``path`` if a label is outside ``0 .. num_classes - 1``."""
-    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
-    if bad.size:
-        i = int(bad[0])
-        raise DataError(
-            f"{path}: label {int(labels[i])} at index {i} is outside 0..{num_classes - 1} "
-            f"({bad.size} labels out of range)"
-        )
+    wrong = out_of_range(labels, num_classes)
+    if wrong:
+        raise DataError(f"{path}: label {wrong}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -70,7 +70,8 @@ class RunFolder:
         io.write_json(self.config_path, config)
 
     def write_history(self, history: list[dict[str, float]]) -> None:
-        """Write ``history.csv``: :data:`jaxnet.training.HISTORY_FIELDS`, then the per-layer
+        """Write ``history.csv``: :data:`jaxnet.training.HISTORY_FIELDS`, then the averaged
+        weights' validation columns (a run with ``weight_average``) and the per-layer
         diagnostics columns (``grad_norm/NAME``, ``update_ratio/NAME``) the rows hold."""
         extra = dict.fromkeys(k for row in history for k in row if k not in HISTORY_FIELDS)
         fields = [*HISTORY_FIELDS, *extra]

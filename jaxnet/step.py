@@ -85,8 +85,8 @@ def loss_and_logits(
     params: Params,
     x: jax.Array,
     y: jax.Array,
-    rules: str = "analytic",
-    label_smoothing: float = 0.0,
+    rules: str,
+    label_smoothing: float,
 ) -> tuple[jax.Array, jax.Array]:
     """``(loss, logits)``: :func:`loss_fn`'s scalar loss and the ``(N, num_classes)`` logits."""
     logits = forward(arch, params, x, rules)

@@ -158,7 +158,9 @@ def test_peers_compute_jaxnet_loss_with_the_same_weights(net):
     params = init(arch, jax.random.PRNGKey(0))
     x, y = _batch(arch)
     xf = x / 255.0 - benchmark.MEAN
-    loss_j, logits_j = loss_and_logits(arch, params, jnp.asarray(xf, jnp.float32), y)
+    loss_j, logits_j = loss_and_logits(
+        arch, params, jnp.asarray(xf, jnp.float32), y, "analytic", 0.0
+    )
     model = torch_peer.sequential(arch, params)
     logits_t = model(torch_peer.images(x).float() / 255 - benchmark.MEAN).detach().numpy()
     loss_e, logits_e = equinox_peer.loss(

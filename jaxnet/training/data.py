@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxnet._validate import int_at_least
+
 
 class TrainData(NamedTuple):
     """What :func:`jaxnet.training.fit` trains and validates on.
@@ -155,14 +157,13 @@ def augment(
         ``(N, H, W, C)``, the dtype of ``images``.
 
     Raises:
-        ValueError: ``images`` is not 4-d, or ``pad`` or ``cutout`` is negative or not an int.
+        ValueError: ``images`` is not 4-d, or ``pad`` or ``cutout`` is negative.
+        TypeError: ``pad`` or ``cutout`` is not an int.
     """
     images = jnp.asarray(images)
     if images.ndim != 4:
         raise ValueError(f"images must be (N, H, W, C), got shape {images.shape}")
-    for name, value in (("pad", pad), ("cutout", cutout)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    pad, cutout = int_at_least("pad", pad, 0), int_at_least("cutout", cutout, 0)
     n, h, w, c = images.shape
     crop_key, flip_key = jax.random.split(key)
     offsets = jax.random.randint(crop_key, (n, 2), 0, 2 * pad + 1)

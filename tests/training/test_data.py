@@ -94,6 +94,8 @@ def test_augment_seeded_and_varied():
     assert len(np.unique(picks % 81)) > 60
     with pytest.raises(ValueError, match="pad"):
         training_data.augment(jax.random.key(0), images, pad=-1)
+    with pytest.raises(TypeError, match="pad must be an int"):
+        training_data.augment(jax.random.key(0), images, pad=1.5)
     with pytest.raises(ValueError, match="N, H, W, C"):
         training_data.augment(jax.random.key(0), images[0])
 

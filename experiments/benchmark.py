@@ -941,7 +941,7 @@ def _epoch_config(steps: int, epochs: int, batch: int):
     return FitConfig(
         iterations=(epochs + 1) * steps,
         batch_size=batch,
-        learning_rate=0.1,
+        learning_rate=0.2,
         momentum=0.9,
         weight_decay=5e-4,
         schedule="cosine",

@@ -1,6 +1,6 @@
 """Train the report's MNIST network (Table 1) and write everything the report shows.
 
-    python -m experiments.mnist                  # our schedule: about 99.2% test accuracy
+    python -m experiments.mnist                  # our schedule: about 99.3% test accuracy
     python -m experiments.mnist --preset seed    # the assignment's starter settings
     python -m experiments.mnist --idx-dir DIR    # any data set in MNIST's idx format
 
@@ -21,7 +21,7 @@ PRESETS = {
     "best": Preset(
         fit={
             "batch_size": 64,
-            "learning_rate": 0.1,
+            "learning_rate": 0.2,
             "momentum": 0.9,
             "weight_decay": 5e-4,
             "schedule": "cosine",
@@ -33,7 +33,7 @@ PRESETS = {
         },
         epochs=24,
         val_size=2000,
-        description="batch 64, lr 0.1 with warm-up and cosine decay, random shifts of up to "
+        description="batch 64, lr 0.2 with warm-up and cosine decay, random shifts of up to "
         "2 pixels, 24 epochs",
     ),
     "seed": Preset(

@@ -28,7 +28,7 @@ def test_every_field_is_a_flag_documented_by_the_field():
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [
-        ([], {"batch_size": 64, "learning_rate": 0.1, "schedule": "cosine", "augment": True}),
+        ([], {"batch_size": 64, "learning_rate": 0.2, "schedule": "cosine", "augment": True}),
         (["--preset", "seed"], {"batch_size": 16, "iterations": 3000, "schedule": "constant"}),
         (["--preset", "seed", "--batch-size", "32", "--schedule", "cosine"],
          {"batch_size": 32, "schedule": "cosine", "iterations": 3000}),

@@ -154,22 +154,14 @@ def usable(*arrays: jax.Array) -> bool:
     return all(a.dtype == jnp.float32 for a in arrays) and enabled() and available()
 
 
-def _pays(kernel: str, x_shape, w_shape, padding, stride) -> bool:
-    """Whether oneDNN was measured faster than XLA for ``kernel`` of this convolution.
-
-    Backward weights of an output of 8 x 8 pixels or fewer ran at 0.1-0.8x XLA's speed
-    (CIFAR-10 Table 3's 3 x 3 layers, batch 16-256); everything else measured ran faster.
-    """
-    ho, wo = (_out_size(*a) for a in zip(x_shape[1:3], w_shape[:2], padding, stride, strict=True))
-    return not (kernel == "backward_weights" and ho * wo <= 64)
-
-
 def pick(kernel: str, xla_fn, a: jax.Array, b: jax.Array, *static) -> jax.Array:
     """``kernel`` of the analytic conv rule on oneDNN where it runs, else ``xla_fn(a, b, *static)``.
 
     The one place that decides it: float32, not turned off by ``JAXNET_CONV=xla``, the kernels
-    :func:`available`, measured to pay (:func:`_pays`), and, when the program is lowered, the
-    CPU (:func:`jax.lax.platform_dependent`: a GPU or TPU never sees the custom call).
+    :func:`available`, and, when the program is lowered, the CPU
+    (:func:`jax.lax.platform_dependent`: a GPU or TPU never sees the custom call). Every kernel
+    of every convolution in the report's networks, at batch 16 to 256, measured faster on
+    oneDNN (``docs/performance.md``), so there is no choice by shape.
 
     Args:
         kernel: ``"forward"`` (``a, b = x, w``; ``static = padding, stride``),
@@ -183,13 +175,7 @@ def pick(kernel: str, xla_fn, a: jax.Array, b: jax.Array, *static) -> jax.Array:
         "backward_data": conv_backward_data,
         "backward_weights": conv_backward_weights,
     }[kernel]
-    if kernel == "forward":
-        shapes = (a.shape, b.shape)
-    elif kernel == "backward_data":
-        shapes = (static[0], b.shape)
-    else:
-        shapes = (a.shape, static[0])
-    if not (usable(a, b) and _pays(kernel, *shapes, *static[-2:])):
+    if not usable(a, b):
         return xla_fn(a, b, *static)
     return jax.lax.platform_dependent(
         a, b, cpu=lambda a, b: fn(a, b, *static), default=lambda a, b: xla_fn(a, b, *static)

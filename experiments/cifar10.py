@@ -17,7 +17,7 @@ from typing import Any
 from experiments.cli import Experiment, Preset, main
 
 
-def _our_schedule(epochs: int, warmup: int, more: str = "", **extra: Any) -> Preset:
+def _our_schedule(epochs: int, warmup: int, **extra: Any) -> Preset:
     """Our schedule for either network: warm-up then cosine decay, crops and flips, and each
     test image classified with its mirror image (``flip_test``)."""
     return Preset(
@@ -34,51 +34,25 @@ def _our_schedule(epochs: int, warmup: int, more: str = "", **extra: Any) -> Pre
         },
         epochs=epochs,
         val_size=2000,
-        description=f"batch 64, lr 0.05 with warm-up and cosine decay, crops and flips, flip "
-        f"test-time augmentation{more}, {epochs} epochs",
     )
 
 
-def _the_seeds(
-    whose: str, batch: int, lr: float, iterations: int, more: str = "", **extra: Any
-) -> Preset:
+def _the_seeds(batch: int, lr: float, iterations: int, **extra: Any) -> Preset:
     """The seed's settings for either network: momentum 0.95, weight decay 0.001."""
     fit = {"batch_size": batch, "learning_rate": lr, "momentum": 0.95, "weight_decay": 1e-3}
     limit = extra.pop("train_limit", None)
-    return Preset(
-        fit={**fit, **extra},
-        iterations=iterations,
-        train_limit=limit,
-        description=f"the {whose} lr {lr:g}, batch {batch}, {iterations} iterations, momentum "
-        f"0.95, weight decay 0.001{more}",
-    )
+    return Preset(fit={**fit, **extra}, iterations=iterations, train_limit=limit)
 
 
 PRESETS = {
     "baseline": {
         "best": _our_schedule(epochs=10, warmup=200),
-        "seed": _the_seeds(
-            "starter's",
-            16,
-            1e-3,
-            5000,
-            ", on the first 20000 images in raw pixel values minus the mean, kernels drawn at "
-            "0.1 times He's scale",
-            pixel_scale=1.0,
-            conv_init_gain=0.1,
-            train_limit=20000,
-        ),
+        "seed": _the_seeds(16, 1e-3, 5000, pixel_scale=1.0, conv_init_gain=0.1, train_limit=20000),
     },
     "modified": {
         "best": _our_schedule(epochs=22, warmup=300, eval_every=1000),
-        "long": _our_schedule(
-            epochs=75,
-            warmup=500,
-            more=", the weights averaged (decay 0.999) and the average reported",
-            weight_average=0.999,
-            eval_every=2500,
-        ),
-        "seed": _the_seeds("report's", 32, 1e-2, 6000),
+        "long": _our_schedule(epochs=75, warmup=500, weight_average=0.999, eval_every=2500),
+        "seed": _the_seeds(32, 1e-2, 6000),
     },
 }
 SEED_ACCURACY = {"baseline": 0.48, "modified": 0.58}

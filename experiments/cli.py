@@ -44,7 +44,6 @@ class Preset:
         train_limit: keep only the first that many training images (before the validation
             split), as the CIFAR-10 starter loads two of the five batches.
         val_size: training images held out for validation.
-        description: one line for ``--help``.
     """
 
     fit: dict[str, Any]
@@ -52,7 +51,39 @@ class Preset:
     epochs: float | None = None
     train_limit: int | None = None
     val_size: int = 2000
-    description: str = ""
+
+    @property
+    def description(self) -> str:
+        """The preset in words, for ``--help``: what it sets, in the settings' own values."""
+        s = {f.name: f.default for f in fields(FitConfig) if f.default is not MISSING}
+        s.update(self.fit)
+        words = [f"batch {s['batch_size']}", f"lr {s['learning_rate']:g}"]
+        if s["schedule"] == "cosine":
+            words[-1] += f" with {s['warmup']} warm-up steps, then cosine decay"
+        words += [f"momentum {s['momentum']:g}", f"weight decay {s['weight_decay']:g}"]
+        if s["nesterov"]:
+            words.append("Nesterov momentum")
+        if s["augment"]:
+            flips = " and flips" if s["flip"] else ""
+            words.append(f"random shifts of up to {s['crop_pad']} pixels{flips}")
+        if s["cutout"]:
+            words.append(f"cutout {s['cutout']}x{s['cutout']}")
+        if s["label_smoothing"]:
+            words.append(f"label smoothing {s['label_smoothing']:g}")
+        if s["weight_average"]:
+            words.append(f"the weights averaged (decay {s['weight_average']:g}) and reported")
+        if s["flip_test"]:
+            words.append("flip test-time augmentation")
+        if self.train_limit is not None:
+            words.append(f"the first {self.train_limit} training images")
+        if s["pixel_scale"] == 1.0:
+            words.append("raw pixel values minus the mean")
+        if s["conv_init_gain"] != 1.0:
+            words.append(f"kernels drawn at {s['conv_init_gain']:g} times He's scale")
+        length = (
+            f"{self.iterations} iterations" if self.epochs is None else f"{self.epochs:g} epochs"
+        )
+        return ", ".join([*words, length])
 
 
 @dataclass(frozen=True)

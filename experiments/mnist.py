@@ -33,8 +33,6 @@ PRESETS = {
         },
         epochs=24,
         val_size=2000,
-        description="batch 64, lr 0.2 with warm-up and cosine decay, random shifts of up to "
-        "2 pixels, 24 epochs",
     ),
     "seed": Preset(
         fit={
@@ -45,8 +43,6 @@ PRESETS = {
         },
         iterations=3000,
         val_size=2000,
-        description="the starter's lr 0.1, batch 16, 3000 iterations, momentum 0.9, "
-        "weight decay 0.005",
     ),
 }
 

@@ -88,3 +88,35 @@ def test_each_accuracy_option_is_a_flag():
     config = fit_config(mnist.EXPERIMENT, args, n_train=6400)
     assert (config.cutout, config.label_smoothing, config.weight_average) == (8, 0.1, 0.999)
     assert config.flip_test and config.nesterov
+
+
+def test_a_presets_description_says_its_own_settings():
+    from experiments import cifar10
+    from experiments.cli import Preset
+
+    assert mnist.PRESETS["best"].description == (
+        "batch 64, lr 0.2 with 200 warm-up steps, then cosine decay, momentum 0.9, weight decay "
+        "0.0005, random shifts of up to 2 pixels, 24 epochs"
+    )
+    long = cifar10.PRESETS["modified"]["long"].description
+    assert "weights averaged (decay 0.999)" in long and long.endswith("75 epochs")
+    every = Preset(
+        fit={"batch_size": 8, "learning_rate": 0.5, "nesterov": True, "augment": True}
+        | {"cutout": 6, "label_smoothing": 0.1, "pixel_scale": 1.0, "conv_init_gain": 0.1},
+        iterations=30,
+        train_limit=100,
+    ).description
+    for words in (
+        "batch 8",
+        "lr 0.5,",
+        "Nesterov",
+        "4 pixels and flips",
+        "cutout 6x6",
+        "label smoothing 0.1",
+        "first 100",
+        "raw pixel",
+        "0.1 times He",
+        "30 iterations",
+    ):
+        assert words in every, words
+    assert "warm-up" not in every and "test-time" not in every

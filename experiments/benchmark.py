@@ -49,8 +49,8 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -63,6 +63,7 @@ import numpy as np
 import optax
 
 from jaxnet import allocator, architectures, io, parallel
+from jaxnet.backends import onednn
 from jaxnet.network import Architecture, init, layer_ops, parameter_rows
 from jaxnet.optim import momentum
 from jaxnet.step import make_train_step
@@ -79,7 +80,6 @@ EPOCH_IMAGES = {False: 58000, True: 4096}  # MNIST's 60000 less a 2000-image val
 STEPS_PER_CALL = 8  # the epoch check's second fit run: steps per compiled call
 TORCH_FORMAT = "channels_last"  # the PyTorch formulation kept (docs/performance.md)
 TORCH_FOREACH = None  # PyTorch's default: a for-loop update on CPU, foreach on CUDA
-CONV_ENV = "JAXNET_CONV"  # set to "xla" to keep jaxnet's convolutions on XLA
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ class Peers:
     Attributes:
         torch: :mod:`experiments.peers.pytorch_peer` (``torch`` is its ``.torch``), or ``None``.
         equinox: :mod:`experiments.peers.equinox_peer`, or ``None``.
-        onednn: ``jaxnet.backends.onednn`` where it exists and is ``available()``, or ``None``.
+        onednn: ``jaxnet.backends.onednn`` where it is ``available()``, or ``None``.
         torch_device: PyTorch's device, matching JAX's (:func:`torch_device`).
         notes: one line per peer left out, saying why.
     """
@@ -232,13 +232,12 @@ def import_peers(use_torch: bool = True, use_equinox: bool = True) -> Peers:
         equinox_peer, missing = _import("experiments.peers.equinox_peer")
         if equinox_peer is None:
             notes.append(f'Equinox: left out ({missing} not installed: pip install -e ".[peers]")')
-    onednn, _ = _import("jaxnet.backends.onednn")  # absent from this jaxnet: no line
-    if onednn is not None and not onednn.available():
+    if not onednn.available():
         notes.append(
             "jaxnet's oneDNN convolutions: not available here (the analytic rules use XLA's)"
         )
-        onednn = None
-    return Peers(torch_peer, equinox_peer, onednn, device, tuple(notes))
+    kernels = onednn if onednn.available() else None
+    return Peers(torch_peer, equinox_peer, kernels, device, tuple(notes))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,35 +334,18 @@ def _jax_loop(step: Callable, state: tuple, xs: list, ys: list) -> Runner:
     return run
 
 
-@contextmanager
-def _conv_choice(value: str | None) -> Iterator[None]:
-    """``$JAXNET_CONV`` set to ``value`` (``None``: unset, the default path) for a while."""
-    before = os.environ.get(CONV_ENV)
-    if value is None:
-        os.environ.pop(CONV_ENV, None)
-    else:
-        os.environ[CONV_ENV] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(CONV_ENV, None)
-        else:
-            os.environ[CONV_ENV] = before
-
-
-def _under(conv: str | None, run: Runner) -> Runner:
-    """``run`` with jaxnet's convolution backend chosen by ``$JAXNET_CONV = conv`` as it traces."""
+def _on_xla(run: Runner) -> Runner:
+    """``run`` with jaxnet's convolutions kept on XLA as it traces (``onednn.turned_off``)."""
 
     def wrapped(k: int) -> None:
-        with _conv_choice(conv):
+        with onednn.turned_off():
             run(k)
 
     return wrapped
 
 
 def jaxnet_runner(
-    case: Case, rules: str, devices: int = 1, conv: str | None = None
+    case: Case, rules: str, devices: int = 1, xla_convs: bool = False
 ) -> Runner | None:
     """``jaxnet.make_train_step(arch, jaxnet.momentum(...), rules, mean=MEAN)`` on uint8 batches.
 
@@ -372,8 +354,8 @@ def jaxnet_runner(
         rules: ``"analytic"`` or ``"autodiff"``.
         devices: more than 1: data-parallel over that many devices (each batch split over
             them, :mod:`jaxnet.parallel`); ``None`` is returned when they do not divide it.
-        conv: ``$JAXNET_CONV`` while the step traces (``"xla"`` keeps XLA's convolutions);
-            ``None`` leaves jaxnet's default.
+        xla_convs: keep jaxnet's convolutions on XLA (else jaxnet's default: oneDNN where
+            it runs).
 
     Returns:
         The runner (params and optimizer state donated and carried from call to call).
@@ -389,7 +371,7 @@ def jaxnet_runner(
     run = _jax_loop(
         step, (params, optimizer.init(params)), [put(x) for x in xs], list(map(put, ys))
     )
-    return run if conv is None else _under(conv, run)
+    return _on_xla(run) if xla_convs else run
 
 
 def equinox_runner(case: Case, donate: str = "none") -> Runner:
@@ -522,8 +504,8 @@ def step_methods(peers: Peers, plan: Plan) -> list[Method]:
             Method("analytic (oneDNN convs)", analytic, partial(jaxnet_layers, rules="analytic")),
             Method(
                 "analytic (XLA convs)",
-                partial(analytic, conv="xla"),
-                partial(jaxnet_layers, rules="analytic", conv="xla"),
+                partial(analytic, xla_convs=True),
+                partial(jaxnet_layers, rules="analytic", xla_convs=True),
             ),
         ]
     else:
@@ -650,13 +632,13 @@ def _jax_update(optimizer: optax.GradientTransformation, params: Any) -> Runner:
     return _repeat(jax.jit(apply), grads, state, params)
 
 
-def jaxnet_layers(case: Case, rules: str, conv: str | None = None) -> Pieces:
+def jaxnet_layers(case: Case, rules: str, xla_convs: bool = False) -> Pieces:
     """The pieces of ``jaxnet.make_train_step``'s step (see :func:`jax_pieces`).
 
     Args:
         case: the network, batch and seed.
         rules: ``"analytic"`` or ``"autodiff"``.
-        conv: ``$JAXNET_CONV`` while the pieces trace (see :func:`jaxnet_runner`).
+        xla_convs: keep jaxnet's convolutions on XLA (see :func:`jaxnet_runner`).
 
     Returns:
         The pieces.
@@ -671,7 +653,7 @@ def jaxnet_layers(case: Case, rules: str, conv: str | None = None) -> Pieces:
         for layer in case.arch.layers
     ]
     optimizer = momentum(LEARNING_RATE, MOMENTUM, WEIGHT_DECAY)
-    with _conv_choice(conv):
+    with onednn.turned_off() if xla_convs else nullcontext():
         pieces = jax_pieces(
             lambda x: preprocess(x, MEAN, 1 / 255, jnp.float32),
             layers,
@@ -680,7 +662,7 @@ def jaxnet_layers(case: Case, rules: str, conv: str | None = None) -> Pieces:
             jax.device_put(xs[0]),
             jax.device_put(ys[0]),
         )
-    return pieces if conv is None else {key: _under(conv, run) for key, run in pieces.items()}
+    return {key: _on_xla(run) for key, run in pieces.items()} if xla_convs else pieces
 
 
 def _with_flatten_merged(modules: Sequence[Any], is_flatten: Callable[[Any], bool]) -> list[list]:

@@ -19,6 +19,7 @@ import pytest
 from experiments import benchmark
 from experiments.peers import nchw_weights
 from jaxnet import architectures, init, momentum
+from jaxnet.backends import onednn
 from jaxnet.step import loss_and_logits, make_train_step
 
 TINY = benchmark.Settings(windows=1, window_s=0.001)
@@ -141,12 +142,10 @@ def test_with_onednn_the_analytic_rules_run_on_each_kernel_set(monkeypatch):
         "analytic (XLA convs)",
         "autodiff",
     ]
-    monkeypatch.setenv(benchmark.CONV_ENV, "before")
+    monkeypatch.delenv(onednn.ENV_VAR, raising=False)
     seen = []
-    run = benchmark._under("xla", lambda k: seen.append(os.environ.get(benchmark.CONV_ENV)))
-    run(1)
-    benchmark._under(None, lambda k: seen.append(os.environ.get(benchmark.CONV_ENV)))(1)
-    assert seen == ["xla", None] and os.environ[benchmark.CONV_ENV] == "before"
+    benchmark._on_xla(lambda k: seen.append(onednn.enabled()))(1)
+    assert seen == [False] and onednn.enabled()
 
 
 @pytest.mark.parametrize("net", NETS)
@@ -244,7 +243,7 @@ def test_command_writes_json_and_table(tmp_path, capsys):
     out = capsys.readouterr().out
     result = json.loads(path.read_text())
     ref = result["meta"]["reference"]  # the analytic rules on oneDNN's convolutions where built
-    assert ref == ("analytic (oneDNN convs)" if onednn_built() else "analytic")
+    assert ref == ("analytic (oneDNN convs)" if onednn.available() else "analytic")
     assert f"| mnist | 2 | {ref} |" in out and "ceiling" in out and "where time goes" in out
     assert set(result) == {"meta", "ceiling_gflops", "groups", "epoch"}
     assert result["epoch"] is None
@@ -319,11 +318,3 @@ def test_pytorch_runs_on_the_device_that_matches_jax(monkeypatch, backend, cuda,
     monkeypatch.setattr(jax, "default_backend", lambda: backend)
     fake_torch = SimpleNamespace(cuda=SimpleNamespace(is_available=lambda: cuda))
     assert benchmark.torch_device(fake_torch) == expected
-
-
-def onednn_built() -> bool:
-    try:
-        from jaxnet.backends import onednn
-    except ImportError:
-        return False
-    return onednn.available()

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.predict import Run, RunError, load_run, network_input, run_parser
+from experiments.predict import Run, RunError, error, load_run, network_input, run_parser, say
 
 CHANNELS = 4  # channels drawn per layer
 POSITIVE, NEGATIVE = "#b2182b", "#2166ac"  # the ends of RdBu_r, for bars too
@@ -446,10 +446,6 @@ def main(argv: list[str] | None = None) -> int:
     from jaxnet import images
     from jaxnet.datasets import DataError
 
-    def error(message: str, status: int = 2) -> int:
-        print(f"error: {message}", file=sys.stderr)
-        return status
-
     try:
         run = load_run(args.run_dir)
         label = None if args.label is None else _class_index(args.label, run.class_names)
@@ -464,16 +460,18 @@ def main(argv: list[str] | None = None) -> int:
             image = images.read(args.image, run.arch.input_shape, args.invert)
             what, stem = str(args.image), args.image.stem
     except (RunError, ValueError, images.ImageFileError) as err:
-        return error(str(err))
+        error(str(err))
+        return 2
     except DataError as err:
-        return error(str(err), 1)
+        error(str(err))
+        return 1
 
     expl = explain(run, image, label, np.float32 if args.float32 else np.float64)
     title = f"{run.folder}: {what}"
-    print(format_table(expl, title))
+    say(format_table(expl, title))
     out = args.out if args.out is not None else run.folder / f"explain-{stem}.png"
     plot_explanation(expl, title, out)
-    print(f"figure: {out}")
+    say(f"figure: {out}")
     return 0
 
 

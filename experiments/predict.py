@@ -265,8 +265,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _error(message: str) -> None:
+def error(message: str) -> None:
+    """One line on stderr: ``error: message``."""
     print(f"error: {message}", file=sys.stderr)
+
+
+def say(text: str) -> None:
+    """Print ``text``; if the reader has gone (``... | head``), the rest of the output is dropped
+    without a traceback and the command carries on (its figure is still written)."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -278,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run = load_run(args.run_dir)
     except RunError as err:
-        _error(str(err))
+        error(str(err))
         return 2
     converted: dict[int, np.ndarray] = {}
     failures: dict[int, str] = {}
@@ -293,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     for i, path in enumerate(args.images):
         if i in failures:
-            _error(failures[i])
+            error(failures[i])
             results.append({"image": str(path), "error": failures[i]})
             continue
         p = probs[good.index(i)]
@@ -304,9 +314,9 @@ def main(argv: list[str] | None = None) -> int:
         results.append({"image": str(path), "classes": classes})
         if not args.json:
             answer = ", ".join(f"{c['class']} {c['probability']:.1%}" for c in classes)
-            print(f"{path}: {answer}")
+            say(f"{path}: {answer}")
     if args.json:
-        print(json.dumps(results, indent=2))
+        say(json.dumps(results, indent=2))
     if args.figure is not None and good:
         answers = [results[i]["classes"][0] for i in good]
         contact_sheet(

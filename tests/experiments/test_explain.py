@@ -181,3 +181,26 @@ def test_one_image_exactly(tmp_path, argv):
     with pytest.raises(SystemExit) as info:
         explain.main([a.format(run=folder) for a in argv])
     assert info.value.code == 2
+
+
+def test_a_reader_that_goes_early_costs_no_traceback_and_the_figure_is_written(tmp_path, mnist_dir):
+    # `python -m experiments.explain RUN --index 0 | head -1`: the table's write meets a closed
+    # pipe; the command drops the rest of its output and still writes its figure.
+    import subprocess
+
+    from run_helpers import ROOT, command, env
+
+    folder = write_run(tmp_path / "run", "mnist")
+    argv = [str(folder), "--index", "0", "--data-dir", str(mnist_dir), "--no-verify"]
+    proc = subprocess.Popen(
+        command("experiments.explain", *argv),
+        cwd=ROOT,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # the reader is gone before the first line
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr.decode()
+    assert b"Traceback" not in stderr
+    assert (folder / "explain-0.png").read_bytes().startswith(PNG)

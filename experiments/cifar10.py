@@ -5,7 +5,8 @@
     python -m experiments.cifar10 --arch modified --preset seed  # the report's settings
     python -m experiments.cifar10 --arch baseline --preset seed  # the assignment's starter
 
-Outputs go to ``runs/cifar10_<arch>`` (``--out``), as for ``experiments.mnist``.
+Outputs go to ``runs/cifar10_<arch>`` (``runs/cifar10_<arch>_<preset>`` for ``seed`` and
+``long``; ``--out``), as for ``experiments.mnist``.
 """
 
 from __future__ import annotations

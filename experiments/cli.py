@@ -91,7 +91,7 @@ class Experiment:
     """One experiment command.
 
     Attributes:
-        name: default run folder name (``runs/<name>``) and title.
+        name: default run folder name (``runs/<name>``, :func:`default_out`) and title.
         architecture: the ``jaxnet.architectures`` name.
         presets: ``{"best": ..., "seed": ...}`` (and ``"long"``); ``best`` is the default.
         load: ``(args) -> jaxnet.datasets.Dataset``, may raise ``jaxnet.datasets.DataError``.
@@ -222,8 +222,10 @@ def build_parser(exp: Experiment, prog: str, description: str) -> argparse.Argum
     p.add_argument(
         "--out",
         type=Path,
-        default=Path("runs") / exp.name,
-        help="run folder for checkpoints, figures, tables and metrics",
+        default=None,
+        help=f"run folder for checkpoints, figures, tables and metrics (default: runs/{exp.name} "
+        f"for the best preset, runs/{exp.name}_PRESET for another, so that no preset's run "
+        "replaces another's)",
     )
     for flag, kwargs in _RUN_FLAGS.items():
         p.add_argument(flag, **kwargs)
@@ -238,6 +240,12 @@ def build_parser(exp: Experiment, prog: str, description: str) -> argparse.Argum
     if exp.extra_args is not None:
         exp.extra_args(p)
     return p
+
+
+def default_out(exp: Experiment, preset: str) -> Path:
+    """The run folder when ``--out`` is not given: ``runs/<name>``, ``runs/<name>_<preset>``
+    for a preset other than ``best``."""
+    return Path("runs") / (exp.name if preset == "best" else f"{exp.name}_{preset}")
 
 
 def fit_config(exp: Experiment, args: argparse.Namespace, n_train: int) -> FitConfig:
@@ -265,6 +273,8 @@ def main(exp: Experiment, argv: list[str] | None, prog: str, description: str) -
     """Run one experiment command; returns the process exit status."""
     parser = build_parser(exp, prog, description)
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = default_out(exp, args.preset)
     folder = RunFolder(args.out)
     try:
         saved = _check_folder(exp, args, folder)

@@ -4,9 +4,9 @@
     python -m experiments.mnist --preset seed    # the assignment's starter settings
     python -m experiments.mnist --idx-dir DIR    # any data set in MNIST's idx format
 
-Outputs go to ``runs/mnist`` (``--out``): config.json, history.csv, metrics.json, params.npz,
-kernels.png, misclassified.png, confusion_matrix.png, learning_curves.png, parameters.md,
-per_class.md, and checkpoints/.
+Outputs go to ``runs/mnist`` (``runs/mnist_seed`` with ``--preset seed``; ``--out``):
+config.json, history.csv, metrics.json, params.npz, kernels.png, misclassified.png,
+confusion_matrix.png, learning_curves.png, parameters.md, per_class.md, and checkpoints/.
 """
 
 from __future__ import annotations

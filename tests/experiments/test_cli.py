@@ -120,3 +120,16 @@ def test_a_presets_description_says_its_own_settings():
     ):
         assert words in every, words
     assert "warm-up" not in every and "test-time" not in every
+
+
+def test_each_preset_has_its_own_default_folder():
+    from pathlib import Path
+
+    from experiments import cifar10
+    from experiments.cli import default_out
+
+    assert default_out(mnist.EXPERIMENT, "best") == Path("runs/mnist")
+    assert default_out(mnist.EXPERIMENT, "seed") == Path("runs/mnist_seed")
+    long = default_out(cifar10.experiment("modified"), "long")
+    assert long == Path("runs/cifar10_modified_long")
+    assert parser().parse_args([]).out is None  # main fills it in from the preset

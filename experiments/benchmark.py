@@ -232,11 +232,11 @@ def import_peers(use_torch: bool = True, use_equinox: bool = True) -> Peers:
         equinox_peer, missing = _import("experiments.peers.equinox_peer")
         if equinox_peer is None:
             notes.append(f'Equinox: left out ({missing} not installed: pip install -e ".[peers]")')
-    if not onednn.available():
+    kernels = onednn if onednn.available() else None
+    if kernels is None:
         notes.append(
             "jaxnet's oneDNN convolutions: not available here (the analytic rules use XLA's)"
         )
-    kernels = onednn if onednn.available() else None
     return Peers(torch_peer, equinox_peer, kernels, device, tuple(notes))
 
 

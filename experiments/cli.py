@@ -76,8 +76,10 @@ class Preset:
             words.append("flip test-time augmentation")
         if self.train_limit is not None:
             words.append(f"the first {self.train_limit} training images")
-        if s["pixel_scale"] == 1.0:
-            words.append("raw pixel values minus the mean")
+        if s["pixel_scale"] != FitConfig.pixel_scale:
+            scale = s["pixel_scale"]
+            pixels = "raw pixel values" if scale == 1.0 else f"pixel values times {scale:g}"
+            words.append(f"{pixels} minus the mean")
         if s["conv_init_gain"] != 1.0:
             words.append(f"kernels drawn at {s['conv_init_gain']:g} times He's scale")
         length = (

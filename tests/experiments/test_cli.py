@@ -120,6 +120,8 @@ def test_a_presets_description_says_its_own_settings():
     ):
         assert words in every, words
     assert "warm-up" not in every and "test-time" not in every
+    scaled = Preset(fit={"batch_size": 8, "learning_rate": 0.5, "pixel_scale": 0.5}, epochs=2)
+    assert "pixel values times 0.5 minus the mean" in scaled.description
 
 
 def test_each_preset_has_its_own_default_folder():

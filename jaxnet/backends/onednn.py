@@ -9,8 +9,10 @@ convolutions:
 - :func:`conv_backward_weights`: ``dL/dw`` from ``x`` and ``g``.
 
 JAX cannot differentiate a custom call: these serve the analytic rule only, which says how to
-differentiate them. They run under ``jit``, ``vmap`` (the handler loops over the mapped axes)
-and with donated arguments.
+differentiate them. They run under ``jit``, ``vmap`` and with donated arguments. Under
+``vmap`` the forward pass and ``dL/dx`` fold the mapped axis into the batch when the kernel is
+shared (one call, as XLA's own batching rule for a convolution does); otherwise the handler
+loops over the mapped axes.
 
 The kernels live in ``_onednn_conv*.so``, built from ``onednn_conv.cc`` by ``pip install`` on
 Linux x86_64 against the PyPI wheels ``onednn-devel-cpu-gomp`` (headers) and
@@ -39,7 +41,7 @@ import os
 import platform
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cache
 
 import jax
@@ -194,6 +196,8 @@ def _check(name: str, a: jax.Array, layout: str) -> None:
 
 
 def _call(target: str, shape: tuple[int, ...], a, b, padding, stride) -> jax.Array:
+    """The custom call ``target`` on ``a, b`` with result ``shape``; under ``vmap`` the handler
+    loops over the mapped axes (every operand broadcast to them)."""
     if not available():
         raise RuntimeError("the oneDNN kernels are not available (see the warning for why)")
     call = jax.ffi.ffi_call(
@@ -202,6 +206,26 @@ def _call(target: str, shape: tuple[int, ...], a, b, padding, stride) -> jax.Arr
     ph, pw = padding
     sh, sw = stride
     return call(a, b, ph=np.int64(ph), pw=np.int64(pw), sh=np.int64(sh), sw=np.int64(sw))
+
+
+def _per_image(kernel: Callable[[jax.Array, jax.Array], jax.Array]) -> Callable:
+    """``kernel(a, w)``, whose result's row ``i`` depends only on ``a``'s row ``i``, with a
+    ``vmap`` rule that folds the mapped axis into the batch: mapped over ``a`` alone (one
+    kernel ``w`` for all, as when each image of a batch is evaluated alone) it is one call on
+    ``(V * N, ...)``, not ``V`` calls of ``N`` images. Mapped over ``w`` too, ``V`` calls."""
+    fn = jax.custom_batching.custom_vmap(kernel)
+
+    @fn.def_vmap
+    def rule(axis_size: int, in_batched: list[bool], a: jax.Array, w: jax.Array):
+        a_batched, w_batched = in_batched
+        if w_batched or not a_batched:
+            return jax.vmap(kernel, (0 if a_batched else None, 0 if w_batched else None))(
+                a, w
+            ), True
+        out = fn(a.reshape(-1, *a.shape[2:]), w)
+        return out.reshape(axis_size, -1, *out.shape[1:]), True
+
+    return fn
 
 
 def conv_forward(
@@ -220,10 +244,15 @@ def conv_forward(
     """
     _check("x", x, "(N, H, W, C_in)")
     _check("w", w, "(KH, KW, C_in, C_out)")
-    n, h, wd, _ = x.shape
+    _, h, wd, _ = x.shape
     kh, kw, _, c_out = w.shape
     ho, wo = (_out_size(*a) for a in zip((h, wd), (kh, kw), padding, stride, strict=True))
-    return _call("jaxnet_onednn_conv_forward", (n, ho, wo, c_out), x, w, padding, stride)
+
+    def kernel(x: jax.Array, w: jax.Array) -> jax.Array:
+        shape = (x.shape[0], ho, wo, c_out)
+        return _call("jaxnet_onednn_conv_forward", shape, x, w, padding, stride)
+
+    return _per_image(kernel)(x, w)
 
 
 def conv_backward_data(
@@ -247,8 +276,13 @@ def conv_backward_data(
     """
     _check("g", g, "(N, Ho, Wo, C_out)")
     _check("w", w, "(KH, KW, C_in, C_out)")
-    x_shape = tuple(int(d) for d in x_shape)
-    return _call("jaxnet_onednn_conv_backward_data", x_shape, g, w, padding, stride)
+    _, h, wd, c_in = (int(d) for d in x_shape)
+
+    def kernel(g: jax.Array, w: jax.Array) -> jax.Array:
+        shape = (g.shape[0], h, wd, c_in)
+        return _call("jaxnet_onednn_conv_backward_data", shape, g, w, padding, stride)
+
+    return _per_image(kernel)(g, w)
 
 
 def conv_backward_weights(

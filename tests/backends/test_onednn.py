@@ -117,10 +117,47 @@ def test_vmap(x_shape, kernel, padding, stride):
         lambda x, g: onednn.conv_backward_weights(x, g, w.shape, padding, stride)
     )
     assert rel_err(jax.jit(bwd_weights)(xs, gs), dws) <= RTOL
-    # Only the activations mapped: the kernel is broadcast to every index.
-    ys1 = jax.vmap(reference, (0, None, None, None))(xs, w, padding, stride)
-    fwd1 = jax.vmap(onednn.conv_forward, (0, None, None, None))
-    assert rel_err(jax.jit(fwd1, static_argnums=(2, 3))(xs, w, padding, stride), ys1) <= RTOL
+    # Only the kernel mapped: one call per kernel.
+    x_ws = jax.vmap(reference, (None, 0, None, None))(x, ws, padding, stride)
+    fwd_w = jax.vmap(onednn.conv_forward, (None, 0, None, None))
+    assert rel_err(jax.jit(fwd_w, static_argnums=(2, 3))(x, ws, padding, stride), x_ws) <= RTOL
+
+
+@pytest.mark.parametrize("x_shape, kernel, padding, stride", [CONFIGS[2], CONFIGS[3]])
+def test_vmap_over_the_activations_alone_is_one_call_on_the_folded_batch(
+    x_shape, kernel, padding, stride
+):
+    """The forward pass and dL/dx mapped over the images only (as evaluation maps each image
+    alone): one custom call on ``(V * N, ...)``, equal to XLA's, under one and two vmaps."""
+    n = x_shape[0]
+    xs = jax.random.normal(jax.random.PRNGKey(1), (2, 3, *x_shape), jnp.float32)
+    x, w, kg = make(x_shape, kernel)
+    ys = jax.vmap(jax.vmap(reference, (0, None, None, None)), (0, None, None, None))(
+        xs, w, padding, stride
+    )
+    gs = jax.random.normal(kg, ys.shape, jnp.float32)
+    dxs = jax.vmap(
+        jax.vmap(lambda g: jax.vjp(lambda x: reference(x, w, padding, stride), x)[1](g)[0])
+    )(gs)
+
+    def fwd(xs):
+        return onednn.conv_forward(xs, w, padding, stride)
+
+    def bwd_data(gs):
+        return onednn.conv_backward_data(gs, w, x.shape, padding, stride)
+
+    for depth, (xv, yv, gv, dxv) in ((1, (xs[0], ys[0], gs[0], dxs[0])), (2, (xs, ys, gs, dxs))):
+        f, b = fwd, bwd_data
+        for _ in range(depth):
+            f, b = jax.vmap(f), jax.vmap(b)
+        assert rel_err(jax.jit(f)(xv), yv) <= RTOL
+        assert rel_err(jax.jit(b)(gv), dxv) <= RTOL
+        folded = 3 * n if depth == 1 else 6 * n
+        for fn, arg in ((f, xv), (b, gv)):
+            hlo = jax.jit(fn).lower(arg).as_text()
+            calls = [line for line in hlo.splitlines() if "custom_call" in line]
+            assert len(calls) == 1, calls
+            assert f"tensor<{folded}x" in calls[0], calls[0]
 
 
 def test_donated_arguments():

@@ -9,7 +9,8 @@ architecture, its presets and how to load its data; :func:`main` does the rest:
    work;
 2. load the data (a missing or bad file is one line on stderr and status 1), hold out the
    validation split, and build the config: the preset, then the flags given;
-3. train with :func:`jaxnet.training.fit` (progress bar, checkpoints, Ctrl-C, NaN stop);
+3. train with :func:`jaxnet.training.fit` (progress bar, checkpoints, Ctrl-C, NaN stop; a
+   run that cannot be resumed from its checkpoint is one line on stderr and status 1);
 4. evaluate the test set and write the run folder (:class:`experiments.run_folder.RunFolder`).
 """
 
@@ -406,6 +407,7 @@ def _settle(exp: Experiment, args: argparse.Namespace, saved: dict | None, datas
 
 def _train_and_report(exp, arch, folder, args, config, dataset, split, mean) -> int:
     """Train, then evaluate the test set and write the run folder; the exit status."""
+    from jaxnet.checkpoint import CheckpointError
     from jaxnet.training import DivergedError, TrainData, fit
 
     train_x, train_y, val_x, val_y = split
@@ -430,6 +432,8 @@ def _train_and_report(exp, arch, folder, args, config, dataset, split, mean) -> 
         )
     except DivergedError as err:
         return _error(str(err), 1)
+    except CheckpointError as err:  # only --resume reads checkpoints; nothing is deleted
+        return _error(f"cannot resume: {err}", 1)
     folder.write_history(run.history)
     if run.interrupted:
         print(

@@ -177,7 +177,8 @@ def _check_against(path: Path, stored: Mapping[str, Any], wanted: Mapping[str, A
         problems.append(_listed(differ))
     if problems:
         raise CheckpointMismatchError(
-            f"checkpoint {path} was saved for a different architecture: {'; '.join(problems)}"
+            f"checkpoint {path} does not fit the structure it is restored into (another "
+            f"network, or another version's training state): {'; '.join(problems)}"
         )
 
 

@@ -41,7 +41,7 @@ import os
 import platform
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import cache
 
 import jax
@@ -208,24 +208,30 @@ def _call(target: str, shape: tuple[int, ...], a, b, padding, stride) -> jax.Arr
     return call(a, b, ph=np.int64(ph), pw=np.int64(pw), sh=np.int64(sh), sw=np.int64(sw))
 
 
-def _per_image(kernel: Callable[[jax.Array, jax.Array], jax.Array]) -> Callable:
-    """``kernel(a, w)``, whose result's row ``i`` depends only on ``a``'s row ``i``, with a
-    ``vmap`` rule that folds the mapped axis into the batch: mapped over ``a`` alone (one
-    kernel ``w`` for all, as when each image of a batch is evaluated alone) it is one call on
-    ``(V * N, ...)``, not ``V`` calls of ``N`` images. Mapped over ``w`` too, ``V`` calls."""
+def _per_image(target: str, image_shape: tuple[int, ...], a, w, padding, stride) -> jax.Array:
+    """The custom call ``target`` on a batch ``a`` and a kernel ``w`` whose result's row ``i``,
+    of shape ``image_shape``, depends on ``a``'s row ``i`` alone (the forward pass, ``dL/dx``).
+
+    Its ``vmap`` rule folds the mapped axis into the batch: mapped over ``a`` alone (one kernel
+    for all, as when :func:`jaxnet.evaluate` maps each image alone) it is one call on
+    ``(V * N, ...)``, not ``V`` calls of ``N`` images; mapped over ``w`` too, ``V`` calls.
+    """
+
+    def kernel(a: jax.Array, w: jax.Array) -> jax.Array:
+        return _call(target, (a.shape[0], *image_shape), a, w, padding, stride)
+
     fn = jax.custom_batching.custom_vmap(kernel)
 
     @fn.def_vmap
     def rule(axis_size: int, in_batched: list[bool], a: jax.Array, w: jax.Array):
         a_batched, w_batched = in_batched
         if w_batched or not a_batched:
-            return jax.vmap(kernel, (0 if a_batched else None, 0 if w_batched else None))(
-                a, w
-            ), True
+            axes = (0 if a_batched else None, 0 if w_batched else None)
+            return jax.vmap(kernel, axes)(a, w), True
         out = fn(a.reshape(-1, *a.shape[2:]), w)
         return out.reshape(axis_size, -1, *out.shape[1:]), True
 
-    return fn
+    return fn(a, w)
 
 
 def conv_forward(
@@ -247,12 +253,7 @@ def conv_forward(
     _, h, wd, _ = x.shape
     kh, kw, _, c_out = w.shape
     ho, wo = (_out_size(*a) for a in zip((h, wd), (kh, kw), padding, stride, strict=True))
-
-    def kernel(x: jax.Array, w: jax.Array) -> jax.Array:
-        shape = (x.shape[0], ho, wo, c_out)
-        return _call("jaxnet_onednn_conv_forward", shape, x, w, padding, stride)
-
-    return _per_image(kernel)(x, w)
+    return _per_image("jaxnet_onednn_conv_forward", (ho, wo, c_out), x, w, padding, stride)
 
 
 def conv_backward_data(
@@ -276,13 +277,8 @@ def conv_backward_data(
     """
     _check("g", g, "(N, Ho, Wo, C_out)")
     _check("w", w, "(KH, KW, C_in, C_out)")
-    _, h, wd, c_in = (int(d) for d in x_shape)
-
-    def kernel(g: jax.Array, w: jax.Array) -> jax.Array:
-        shape = (g.shape[0], h, wd, c_in)
-        return _call("jaxnet_onednn_conv_backward_data", shape, g, w, padding, stride)
-
-    return _per_image(kernel)(g, w)
+    image_shape = tuple(int(d) for d in x_shape[1:])
+    return _per_image("jaxnet_onednn_conv_backward_data", image_shape, g, w, padding, stride)
 
 
 def conv_backward_weights(

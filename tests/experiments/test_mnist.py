@@ -135,6 +135,27 @@ def test_occupied_folder_is_refused(idx_dir, tmp_path, capsys):
     )
 
 
+def test_a_checkpoint_that_does_not_fit_is_one_line_on_resume(idx_dir, tmp_path, capsys):
+    """A run saved before the state had a field (here ``diagnostics``, as an older jaxnet saved
+    it): --resume names the checkpoint and the missing field in one line, status 1, and
+    deletes nothing."""
+    out = tmp_path / "run"
+    assert mnist.run(["--idx-dir", str(idx_dir), "--out", str(out), *SMALL]) == 0
+    saved = sorted((out / "checkpoints").glob("ckpt_*.npz"))
+    for path in saved:
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files if k != ".diagnostics"}
+        assert len(arrays) < len(z.files)
+        np.savez(path, **arrays)
+    before = {path: path.read_bytes() for path in saved}
+    capsys.readouterr()
+    assert mnist.run(["--idx-dir", str(idx_dir), "--out", str(out), *SMALL, "--resume"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: cannot resume: checkpoint ") and str(saved[-1]) in err
+    assert "missing from the file: .diagnostics" in err
+    assert {path: path.read_bytes() for path in saved} == before
+
+
 def test_missing_data_is_one_line_and_status_1(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("JAXNET_CACHE", str(tmp_path / "cache"))
     empty = tmp_path / "empty"

@@ -33,6 +33,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxnet._validate import int_at_least
 from jaxnet.io import atomic_write
 
 FORMAT_NAME = "jaxnet.checkpoint"
@@ -224,15 +225,13 @@ class CheckpointManager:
 
     Args:
         directory: the folder; created (with parents) if missing.
-        keep: how many checkpoints to keep, an int >= 1 (else ``ValueError``).
+        keep: how many checkpoints to keep, an int >= 1 (else ``TypeError`` or ``ValueError``).
     """
 
     PATTERN = re.compile(r"ckpt_(\d{8,})\.npz")
 
     def __init__(self, directory: str | os.PathLike[str], keep: int = 3) -> None:
-        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-            raise ValueError(f"keep must be an int >= 1, got {keep!r}")
-        self.directory, self.keep = Path(directory), keep
+        self.directory, self.keep = Path(directory), int_at_least("keep", keep, 1)
         self.directory.mkdir(parents=True, exist_ok=True)
         for tmp in self.directory.glob(".ckpt_*.tmp"):
             tmp.unlink(missing_ok=True)

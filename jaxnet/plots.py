@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator
 
 from jaxnet import metrics
+from jaxnet._validate import int_at_least
 from jaxnet.io import atomic_write
 
 __all__ = [
@@ -203,7 +204,8 @@ def plot_misclassified(
         ValueError: ``images`` is not ``(N, H, W, 1 or 3)``, ``labels`` or ``predictions`` is not
             ``(N,)``, a class index is outside ``[0, K)``, ``max_images < 1``, or ``mean`` is
             given for uint8 images or has the wrong shape.
-        TypeError: ``images`` is neither uint8 nor float, or a class array is not integer.
+        TypeError: ``images`` is neither uint8 nor float, a class array is not integer, or
+            ``max_images`` is not an int.
     """
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
@@ -222,8 +224,7 @@ def plot_misclassified(
                 f"{name}[{i}] = {int(arr[i])} is outside [0, {len(names)}) "
                 f"({len(names)} class names)"
             )
-    if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1:
-        raise ValueError(f"max_images must be an int >= 1, got {max_images!r}")
+    max_images = int_at_least("max_images", max_images, 1)
     wrong = np.flatnonzero(y != p)
     shown = wrong[:max_images]
     shown_images = _displayable(images[shown], mean)  # only those drawn: the test set may be big

@@ -21,6 +21,7 @@ import optax
 from jax.sharding import Mesh
 
 from jaxnet import parallel
+from jaxnet._validate import int_at_least
 from jaxnet.network import Architecture, forward, layer_ops
 
 Params = dict[str, dict[str, jax.Array]]
@@ -371,12 +372,12 @@ def evaluate(
         ValueError: an empty set, ``x`` and ``y`` of different lengths or wrong shapes, a
             ``batch_size`` < 1, a bad ``mean`` or ``rules``, a bad mesh, or a ``batch_size``
             that does not divide over the mesh.
-        TypeError: non-integer labels, or images neither uint8 nor floating point.
+        TypeError: non-integer labels, images neither uint8 nor floating point, or a
+            ``batch_size`` that is not an int.
     """
     layer_ops(rules)  # ValueError for an unknown rules, before any tracing
     mean_np = _check_mean(arch, mean)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    batch_size = int_at_least("batch_size", batch_size, 1)
     if x.ndim != 4 or tuple(x.shape[1:]) != arch.input_shape:
         raise ValueError(
             f"x must have shape (N, {', '.join(map(str, arch.input_shape))}), got {x.shape}"

@@ -204,7 +204,7 @@ def test_evaluate_a_set_of_any_size_with_one_compilation(monkeypatch):
         (lambda x, y: (x[:, :4], y, {}), ValueError, r"x must have shape \(N, 8, 8, 3\)"),
         (lambda x, y: (x, y.astype(np.float32), {}), TypeError, "integer labels"),
         (lambda x, y: (x.astype(np.int32), y, {}), TypeError, "uint8 or floating"),
-        (lambda x, y: (x, y, {"batch_size": 0}), ValueError, "batch_size must be an int >= 1"),
+        (lambda x, y: (x, y, {"batch_size": 0}), ValueError, "batch_size must be >= 1"),
         (lambda x, y: (x, y, {"rules": "exact"}), ValueError, "rules must be one of"),
     ],
 )

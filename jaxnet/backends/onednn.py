@@ -48,6 +48,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxnet._validate import int_at_least
+
 ENV_VAR = "JAXNET_CONV"
 """Set to ``xla`` to keep every convolution on XLA (``onednn`` or unset: use it where it can)."""
 
@@ -141,11 +143,10 @@ def set_threads(n: int) -> None:
     else one per core).
 
     Raises:
-        ValueError: ``n`` is not an int >= 0.
+        TypeError: ``n`` is not an int; ValueError: ``n < 0``.
         RuntimeError: the kernels are not :func:`available`.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"n must be an int >= 0, got {n!r}")
+    n = int_at_least("n", n, 0)
     if not available():
         raise RuntimeError("the oneDNN kernels are not available")
     _library().JaxnetOnednnSetNumThreads(ctypes.c_int(n))

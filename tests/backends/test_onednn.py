@@ -160,6 +160,23 @@ def test_vmap_over_the_activations_alone_is_one_call_on_the_folded_batch(
             assert f"tensor<{folded}x" in calls[0], calls[0]
 
 
+def test_set_threads_keeps_results_and_checks_its_argument():
+    """One OpenMP thread, then the default again: the same results; a bad count is refused."""
+    x, w, _ = make((4, 12, 12, 3), (5, 5, 8))
+    fwd = jax.jit(onednn.conv_forward, static_argnums=(2, 3))
+    want = reference(x, w, (2, 2), (1, 1))
+    try:
+        onednn.set_threads(1)
+        assert rel_err(fwd(x, w, (2, 2), (1, 1)), want) <= RTOL
+    finally:
+        onednn.set_threads(0)
+    assert rel_err(fwd(x, w, (2, 2), (1, 1)), want) <= RTOL
+    with pytest.raises(ValueError, match="n must be >= 0, got -1"):
+        onednn.set_threads(-1)
+    with pytest.raises(TypeError, match=r"n must be an int, got 1\.5"):
+        onednn.set_threads(1.5)
+
+
 def test_donated_arguments():
     """A donated input whose buffer XLA reuses for the output (same shape and dtype)."""
     x, w, _ = make((2, 8, 8, 3), (3, 3, 3))

@@ -225,10 +225,9 @@ def _per_image(target: str, image_shape: tuple[int, ...], a, w, padding, stride)
 
     @fn.def_vmap
     def rule(axis_size: int, in_batched: list[bool], a: jax.Array, w: jax.Array):
-        a_batched, w_batched = in_batched
-        if w_batched or not a_batched:
-            axes = (0 if a_batched else None, 0 if w_batched else None)
-            return jax.vmap(kernel, axes)(a, w), True
+        a_batched, w_batched = in_batched  # at least one is: JAX calls a rule only then
+        if w_batched:
+            return jax.vmap(kernel, (0 if a_batched else None, 0))(a, w), True
         out = fn(a.reshape(-1, *a.shape[2:]), w)
         return out.reshape(axis_size, -1, *out.shape[1:]), True
 

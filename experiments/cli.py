@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from experiments.predict import error
 from experiments.run_folder import RunFolder
 from jaxnet.training.config import FitConfig, flag_name, nonnegative_int, positive, positive_int
 
@@ -81,7 +82,7 @@ class Preset:
             scale = s["pixel_scale"]
             pixels = "raw pixel values" if scale == 1.0 else f"pixel values times {scale:g}"
             words.append(f"{pixels} minus the mean")
-        if s["conv_init_gain"] != 1.0:
+        if s["conv_init_gain"] != FitConfig.conv_init_gain:
             words.append(f"kernels drawn at {s['conv_init_gain']:g} times He's scale")
         length = (
             f"{self.iterations} iterations" if self.epochs is None else f"{self.epochs:g} epochs"
@@ -287,7 +288,7 @@ def main(exp: Experiment, argv: list[str] | None, prog: str, description: str) -
         try:
             dataset = exp.load(args)
         except DataError as err:
-            return _error(str(err), 1)
+            return error(str(err), 1)
         config, run_config, dataset, split = _settle(exp, args, saved, dataset)
     except Refused as err:
         parser.error(str(err))
@@ -295,7 +296,7 @@ def main(exp: Experiment, argv: list[str] | None, prog: str, description: str) -
 
     arch = architectures.get(exp.architecture)
     if tuple(dataset.test_images.shape[1:]) != tuple(arch.input_shape):
-        return _error(
+        return error(
             f"the data's images are {dataset.test_images.shape[1:]}, the "
             f"{exp.architecture} network takes {tuple(arch.input_shape)}",
             1,
@@ -431,9 +432,9 @@ def _train_and_report(exp, arch, folder, args, config, dataset, split, mean) -> 
             steps_per_call=args.steps_per_call,
         )
     except DivergedError as err:
-        return _error(str(err), 1)
+        return error(str(err), 1)
     except CheckpointError as err:  # only --resume reads checkpoints; nothing is deleted
-        return _error(f"cannot resume: {err}", 1)
+        return error(f"cannot resume: {err}", 1)
     folder.write_history(run.history)
     if run.interrupted:
         print(
@@ -511,11 +512,6 @@ def _environment() -> dict[str, str]:
         "device_count": str(jax.device_count()),
         "cpu_count": str(os.cpu_count()),
     }
-
-
-def _error(message: str, status: int) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return status
 
 
 def _peak_rss_mb() -> float:

@@ -460,11 +460,9 @@ def main(argv: list[str] | None = None) -> int:
             image = images.read(args.image, run.arch.input_shape, args.invert)
             what, stem = str(args.image), args.image.stem
     except (RunError, ValueError, images.ImageFileError) as err:
-        error(str(err))
-        return 2
+        return error(str(err))
     except DataError as err:
-        error(str(err))
-        return 1
+        return error(str(err), 1)
 
     expl = explain(run, image, label, np.float32 if args.float32 else np.float64)
     title = f"{run.folder}: {what}"

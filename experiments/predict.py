@@ -265,9 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def error(message: str) -> None:
-    """One line on stderr: ``error: message``."""
+def error(message: str, status: int = 2) -> int:
+    """One line on stderr, ``error: message``; returns ``status`` (every command's error line)."""
     print(f"error: {message}", file=sys.stderr)
+    return status
 
 
 def say(text: str) -> None:
@@ -288,8 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run = load_run(args.run_dir)
     except RunError as err:
-        error(str(err))
-        return 2
+        return error(str(err))
     converted: dict[int, np.ndarray] = {}
     failures: dict[int, str] = {}
     for i, path in enumerate(args.images):

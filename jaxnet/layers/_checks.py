@@ -32,12 +32,24 @@ def check_rank(name: str, a: jnp.ndarray, rank: int, layout: str) -> None:
         )
 
 
-def check_same_dtype(**arrays: jnp.ndarray) -> None:
-    """Raise TypeError unless all arrays share one dtype (no silent promotion inside a layer)."""
+def check_floats(**arrays: jnp.ndarray) -> None:
+    """Raise TypeError unless every array is floating point and all share one dtype (no silent
+    promotion inside a layer)."""
+    for name, a in arrays.items():
+        check_float(name, a)
     dtypes = {name: a.dtype for name, a in arrays.items()}
     if len(set(dtypes.values())) > 1:
         got = ", ".join(f"{name}: {dtype}" for name, dtype in dtypes.items())
         raise TypeError(f"arrays must share one floating dtype, got {got}")
+
+
+def check_bias(b: jnp.ndarray, w: jnp.ndarray, n_out: int) -> None:
+    """Raise ValueError unless the bias ``b`` has shape ``(n_out,)``, the outputs of ``w``."""
+    if b.shape != (n_out,):
+        raise ValueError(
+            f"b must have shape ({n_out},) to match w of shape {tuple(w.shape)}, "
+            f"got shape {tuple(b.shape)}"
+        )
 
 
 def pair(name: str, value: int | tuple[int, int], minimum: int) -> tuple[int, int]:

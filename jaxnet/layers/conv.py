@@ -27,15 +27,13 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxnet.backends import onednn, xla_cpu
-from jaxnet.layers._checks import check_float, check_rank, check_same_dtype, pair
+from jaxnet.layers._checks import check_bias, check_floats, check_rank, pair
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def _check_conv(x, w, b, padding: tuple[int, int], stride: tuple[int, int]) -> None:
-    for name, a in (("x", x), ("w", w), ("b", b)):
-        check_float(name, a)
-    check_same_dtype(x=x, w=w, b=b)
+    check_floats(x=x, w=w, b=b)
     check_rank("x", x, 4, "(N, H, W, C_in)")
     check_rank("w", w, 4, "(KH, KW, C_in, C_out)")
     if w.shape[2] != x.shape[3]:
@@ -43,11 +41,7 @@ def _check_conv(x, w, b, padding: tuple[int, int], stride: tuple[int, int]) -> N
             f"w must have C_in = {x.shape[3]} input channels to match x of shape "
             f"{tuple(x.shape)}, got w of shape {tuple(w.shape)}"
         )
-    if b.shape != (w.shape[3],):
-        raise ValueError(
-            f"b must have shape ({w.shape[3]},) to match w of shape {tuple(w.shape)}, "
-            f"got shape {tuple(b.shape)}"
-        )
+    check_bias(b, w, w.shape[3])
     for dim, size, k, p in (
         ("H", x.shape[1], w.shape[0], padding[0]),
         ("W", x.shape[2], w.shape[1], padding[1]),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxnet.layers._checks import check_float, check_same_dtype
+from jaxnet.layers._checks import check_bias, check_floats
 
 
 def dense_forward(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
@@ -33,9 +33,7 @@ def dense_forward(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
         TypeError: an argument is not floating point, or the dtypes differ.
     """
     x, w, b = jnp.asarray(x), jnp.asarray(w), jnp.asarray(b)  # as custom_vjp does with NumPy
-    for name, a in (("x", x), ("w", w), ("b", b)):
-        check_float(name, a)
-    check_same_dtype(x=x, w=w, b=b)
+    check_floats(x=x, w=w, b=b)
     if x.ndim < 1:
         raise ValueError(f"x must have shape (N, ...), got a scalar of shape {tuple(x.shape)}")
     if w.ndim != 2:
@@ -48,11 +46,7 @@ def dense_forward(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
             f"w must have shape (M, {d}) for x of shape {tuple(x.shape)} "
             f"(D = {d} features per sample), got w of shape {tuple(w.shape)}"
         )
-    if b.shape != (w.shape[0],):
-        raise ValueError(
-            f"b must have shape ({w.shape[0]},) to match w of shape {tuple(w.shape)}, "
-            f"got shape {tuple(b.shape)}"
-        )
+    check_bias(b, w, w.shape[0])
     return x.reshape(x.shape[0], d) @ w.T + b
 
 

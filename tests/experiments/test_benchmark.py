@@ -284,7 +284,7 @@ def test_bad_flags_exit_with_status_2():
 
 def test_data_parallel_row_on_two_virtual_devices(tmp_path):
     """--devices 2 adds the analytic rules on 2 virtual CPU devices, made before JAX starts."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     out = tmp_path / "bench.json"
     env = {**os.environ, "PYTHONPATH": str(root)}
     env.pop("XLA_FLAGS", None)

@@ -16,13 +16,27 @@ import numpy as np
 import optax
 import pytest
 
-from experiments import benchmark
+from experiments.benchmark import epoch, run
+from experiments.benchmark.case import (
+    MEAN,
+    Case,
+    Method,
+    Peers,
+    Plan,
+    import_peers,
+    on_xla,
+    step_flops,
+    torch_device,
+)
+from experiments.benchmark.methods import ratio_pairs, step_methods
+from experiments.benchmark.tables import format_table
+from experiments.benchmark.timing import Settings, interleaved, median_ratio
 from experiments.peers import nchw_weights
 from jaxnet import architectures, init, momentum
 from jaxnet.backends import onednn
 from jaxnet.step import loss_and_logits, make_train_step
 
-TINY = benchmark.Settings(windows=1, window_s=0.001)
+TINY = Settings(windows=1, window_s=0.001)
 NETS = ["mnist", "cifar10_modified"]
 LR, MU, WD = 0.1, 0.9, 5e-3
 
@@ -36,18 +50,18 @@ def _batch(arch, n=3, seed=0):
 
 def _jaxnet_after_one_step(arch, optimizer, x, y):
     params = init(arch, jax.random.PRNGKey(0))
-    step = make_train_step(arch, optimizer, mean=benchmark.MEAN)
+    step = make_train_step(arch, optimizer, mean=MEAN)
     params, _, metrics = step(params, optimizer.init(params), x, y)
     return nchw_weights(arch, params), float(metrics["loss"])
 
 
 def test_step_flops_counts_forward_dw_and_dx_but_not_the_first_dx():
-    per_image = benchmark.step_flops(architectures.mnist(), 1)
+    per_image = step_flops(architectures.mnist(), 1)
     conv1 = 2 * 28 * 28 * 5 * 5 * 1 * 16
     conv2 = 2 * 14 * 14 * 5 * 5 * 16 * 16
     dense = 2 * 784 * 10
     assert per_image == 2 * conv1 + 3 * conv2 + 3 * dense
-    assert benchmark.step_flops(architectures.mnist(), 7) == 7 * per_image
+    assert step_flops(architectures.mnist(), 7) == 7 * per_image
 
 
 def test_interleaved_gives_one_time_per_round_for_every_runner():
@@ -59,16 +73,16 @@ def test_interleaved_gives_one_time_per_round_for_every_runner():
 
         return run
 
-    timed = benchmark.interleaved({"a": runner("a"), "b": runner("b")}, TINY)
+    timed = interleaved({"a": runner("a"), "b": runner("b")}, TINY)
     assert set(timed) == {"a", "b"}
     for per_window, seconds in timed.values():
         assert per_window >= 1 and len(seconds) == TINY.windows
-    assert benchmark.median_ratio([1.0, 2.0, 4.0], [2.0, 2.0, 2.0]) == 1.0
+    assert median_ratio([1.0, 2.0, 4.0], [2.0, 2.0, 2.0]) == 1.0
 
 
 def test_ratio_pairs_put_the_reference_against_each_method():
     names = ["analytic", "autodiff", "analytic x2", "PyTorch", "PyTorch hand-written"]
-    assert benchmark.ratio_pairs(names) == [
+    assert ratio_pairs(names) == [
         ("analytic", "autodiff"),
         ("analytic x2", "analytic"),
         ("analytic", "PyTorch"),
@@ -78,9 +92,9 @@ def test_ratio_pairs_put_the_reference_against_each_method():
 
 
 def test_group_record_has_every_method_ratio_and_layer():
-    case = benchmark.Case(architectures.mnist(), 2)
-    methods = benchmark.step_methods(benchmark.Peers(), benchmark.Plan())
-    group = benchmark.bench_group(case, methods, TINY, TINY)
+    case = Case(architectures.mnist(), 2)
+    methods = step_methods(Peers(), Plan())
+    group = run.bench_group(case, methods, TINY, TINY)
     assert group["net"] == "mnist" and group["batch"] == 2 and group["failed"] == {}
     assert set(group["methods"]) == {"analytic", "autodiff"}
     for record in group["methods"].values():
@@ -103,16 +117,14 @@ def test_a_failing_optional_method_is_one_line_and_the_run_goes_on():
         raise RuntimeError("no C++ compiler\nlong traceback")
 
     methods = [
-        *benchmark.step_methods(benchmark.Peers(), benchmark.Plan()),
-        benchmark.Method("torch.compile", broken, optional=True),
+        *step_methods(Peers(), Plan()),
+        Method("torch.compile", broken, optional=True),
     ]
-    group = benchmark.bench_group(benchmark.Case(architectures.mnist(), 2), methods, TINY, None)
+    group = run.bench_group(Case(architectures.mnist(), 2), methods, TINY, None)
     assert group["failed"] == {"torch.compile": "RuntimeError: no C++ compiler"}
     assert "torch.compile" not in group["methods"] and group["layers"] is None
     with pytest.raises(RuntimeError):  # a method that must work raises
-        benchmark.bench_group(
-            benchmark.Case(architectures.mnist(), 2), [benchmark.Method("x", broken)], TINY, None
-        )
+        run.bench_group(Case(architectures.mnist(), 2), [Method("x", broken)], TINY, None)
 
 
 def test_missing_peers_are_left_out_with_a_line(monkeypatch, capsys):
@@ -120,23 +132,23 @@ def test_missing_peers_are_left_out_with_a_line(monkeypatch, capsys):
         monkeypatch.setitem(sys.modules, name, None)  # import torch -> ImportError
     for name in ("experiments.peers.pytorch_peer", "experiments.peers.equinox_peer"):
         monkeypatch.delitem(sys.modules, name, raising=False)
-    peers = benchmark.import_peers()
+    peers = import_peers()
     assert peers.torch is None and peers.equinox is None
     assert peers.notes[:2] == (
         'PyTorch: left out (torch not installed: pip install -e ".[peers]")',
         'Equinox: left out (equinox not installed: pip install -e ".[peers]")',
     )
     assert all("oneDNN" in note for note in peers.notes[2:])  # where it is not built
-    plan = benchmark.Plan(("mnist",), (2,), TINY, layer_settings=None, epoch=False)
-    result = benchmark.run_benchmark(plan, peers, log=lambda line: None, reuse_freed_memory=False)
-    table = benchmark.format_table(result)
+    plan = Plan(("mnist",), (2,), TINY, layer_settings=None, epoch=False)
+    result = run.run_benchmark(plan, peers, log=lambda line: None, reuse_freed_memory=False)
+    table = format_table(result)
     assert all(note in table for note in peers.notes)
     analytic = {"analytic (oneDNN convs)", "analytic (XLA convs)"} if peers.onednn else {"analytic"}
     assert set(result["groups"][0]["methods"]) == analytic | {"autodiff"}
 
 
 def test_with_onednn_the_analytic_rules_run_on_each_kernel_set(monkeypatch):
-    methods = benchmark.step_methods(benchmark.Peers(onednn=SimpleNamespace()), benchmark.Plan())
+    methods = step_methods(Peers(onednn=SimpleNamespace()), Plan())
     assert [m.name for m in methods[:3]] == [
         "analytic (oneDNN convs)",
         "analytic (XLA convs)",
@@ -144,7 +156,7 @@ def test_with_onednn_the_analytic_rules_run_on_each_kernel_set(monkeypatch):
     ]
     monkeypatch.delenv(onednn.ENV_VAR, raising=False)
     seen = []
-    benchmark._on_xla(lambda k: seen.append(onednn.enabled()))(1)
+    on_xla(lambda k: seen.append(onednn.enabled()))(1)
     assert seen == [False] and onednn.enabled()
 
 
@@ -156,12 +168,12 @@ def test_peers_compute_jaxnet_loss_with_the_same_weights(net):
     arch = architectures.get(net)
     params = init(arch, jax.random.PRNGKey(0))
     x, y = _batch(arch)
-    xf = x / 255.0 - benchmark.MEAN
+    xf = x / 255.0 - MEAN
     loss_j, logits_j = loss_and_logits(
         arch, params, jnp.asarray(xf, jnp.float32), y, "analytic", 0.0
     )
     model = torch_peer.sequential(arch, params)
-    logits_t = model(torch_peer.images(x).float() / 255 - benchmark.MEAN).detach().numpy()
+    logits_t = model(torch_peer.images(x).float() / 255 - MEAN).detach().numpy()
     loss_e, logits_e = equinox_peer.loss(
         equinox_peer.CNN(arch, params), jnp.asarray(xf.transpose(0, 3, 1, 2), jnp.float32), y
     )
@@ -189,7 +201,7 @@ def test_equinox_step_updates_like_jaxnet(net):
     optimizer = momentum(LR, MU, WD)
     expected, loss_j = _jaxnet_after_one_step(arch, optimizer, x, y)
     model = equinox_peer.CNN(arch, init(arch, jax.random.PRNGKey(0)))
-    step = equinox_peer.make_train_step(optimizer, benchmark.MEAN)
+    step = equinox_peer.make_train_step(optimizer, MEAN)
     state = optimizer.init(eqx.filter(model, eqx.is_array))
     model, _, metrics = step(model, state, x.transpose(0, 3, 1, 2), y)
     layers = [m for m in model.layers if isinstance(m, (eqx.nn.Conv2d, eqx.nn.Linear))]
@@ -217,7 +229,7 @@ def test_pytorch_steps_update_like_jaxnet_or_as_documented(net, weight_decay):
     model = torch_peer.sequential(arch, params)
     optimizer = torch_peer.sgd(model, LR, MU, weight_decay)
     torch_peer.zero_momentum(optimizer)
-    loss, _ = torch_peer.make_train_step(model, optimizer, benchmark.MEAN)(
+    loss, _ = torch_peer.make_train_step(model, optimizer, MEAN)(
         torch_peer.images(x), torch_peer.torch.from_numpy(y.astype(np.int64))
     )
     pairs = [m for m in model if hasattr(m, "weight")]
@@ -229,7 +241,7 @@ def test_pytorch_steps_update_like_jaxnet_or_as_documented(net, weight_decay):
     assert abs(loss.item() - loss_j) < 1e-5
 
     expected, _ = _jaxnet_after_one_step(arch, momentum(LR, MU, weight_decay), x, y)
-    step, weights = torch_peer.hand_written_step(arch, params, LR, MU, weight_decay, benchmark.MEAN)
+    step, weights = torch_peer.hand_written_step(arch, params, LR, MU, weight_decay, MEAN)
     step(torch_peer.images(x), torch_peer.torch.from_numpy(y.astype(np.int64)))
     got = {name: tuple(t.detach().numpy() for t in pair) for name, pair in weights.items()}
     _assert_same_params(got, expected)
@@ -239,7 +251,7 @@ def test_command_writes_json_and_table(tmp_path, capsys):
     path = tmp_path / "bench.json"
     argv = ["--quick", "--nets", "mnist", "--batches", "2", "--json", str(path)]
     argv += ["--windows", "1", "--window-s", "0.001", "--no-epoch"]
-    assert benchmark.main(argv) == 0
+    assert run.main(argv) == 0
     out = capsys.readouterr().out
     result = json.loads(path.read_text())
     ref = result["meta"]["reference"]  # the analytic rules on oneDNN's convolutions where built
@@ -261,24 +273,24 @@ def test_command_writes_json_and_table(tmp_path, capsys):
 
 
 def test_epoch_check_reports_epoch_and_step_times(monkeypatch):
-    monkeypatch.setattr(benchmark, "EPOCH_IMAGES", {True: 256, False: 256})
-    record = benchmark.bench_epoch(quick=True, batch=64, epochs=2)
+    monkeypatch.setattr(epoch, "EPOCH_IMAGES", {True: 256, False: 256})
+    record = epoch.bench_epoch(quick=True, batch=64, epochs=2)
     assert record["steps"] == 4 and len(record["epochs_s"]) == 2
     assert record["epoch_s"] > 0 and record["steps_x_step_s"] > 0
     assert record["ratio"] == pytest.approx(
         record["epoch_s"] / (record["steps"] * record["step_ms"] / 1e3)
     )
     several = record["several"]
-    assert several["steps_per_call"] == benchmark.STEPS_PER_CALL and len(several["epochs_s"]) == 2
+    assert several["steps_per_call"] == epoch.STEPS_PER_CALL and len(several["epochs_s"]) == 2
     assert several["speedup"] == pytest.approx(record["epoch_s"] / several["epoch_s"])
 
 
 def test_bad_flags_exit_with_status_2():
     with pytest.raises(SystemExit) as error:
-        benchmark.main(["--nets", "no_such_net"])
+        run.main(["--nets", "no_such_net"])
     assert error.value.code == 2
     with pytest.raises(SystemExit) as error:
-        benchmark.main(["--batches", "0"])
+        run.main(["--batches", "0"])
     assert error.value.code == 2
 
 
@@ -317,4 +329,4 @@ def test_data_parallel_row_on_two_virtual_devices(tmp_path):
 def test_pytorch_runs_on_the_device_that_matches_jax(monkeypatch, backend, cuda, expected):
     monkeypatch.setattr(jax, "default_backend", lambda: backend)
     fake_torch = SimpleNamespace(cuda=SimpleNamespace(is_available=lambda: cuda))
-    assert benchmark.torch_device(fake_torch) == expected
+    assert torch_device(fake_torch) == expected

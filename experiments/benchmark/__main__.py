@@ -1,0 +1,7 @@
+"""``python -m experiments.benchmark``."""
+
+import sys
+
+from experiments.benchmark.run import main
+
+sys.exit(main())

@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator
 
 from jaxnet import metrics
-from jaxnet._validate import int_at_least
+from jaxnet._validate import int_at_least, out_of_range
 from jaxnet.io import atomic_write
 
 __all__ = [
@@ -146,6 +146,20 @@ def _int_vector(name: str, x: Any, n: int) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+def _classes(
+    labels: Any, predictions: Any, class_names: Sequence[str], n: int
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The true and predicted classes of ``n`` images, checked against the names' count."""
+    if isinstance(class_names, str):
+        raise TypeError("class_names must be a sequence of names, got a single string")
+    names = [str(c) for c in class_names]
+    y, p = _int_vector("labels", labels, n), _int_vector("predictions", predictions, n)
+    for name, arr in (("labels", y), ("predictions", p)):
+        if wrong := out_of_range(arr, len(names)):
+            raise ValueError(f"{name}: {wrong} ({len(names)} class names)")
+    return y, p, names
+
+
 def _displayable(images: np.ndarray, mean: Any) -> np.ndarray:
     """Images as float ``[0, 1]`` for ``imshow``, from uint8, or from ``x / 255 - mean``."""
     if images.dtype == np.uint8:
@@ -166,6 +180,24 @@ def _displayable(images: np.ndarray, mean: Any) -> np.ndarray:
             )
         out = out + m
     return np.clip(np.nan_to_num(out), 0.0, 1.0)
+
+
+def _nothing_wrong(n: int, title: str) -> Figure:
+    """The misclassified-images figure when every prediction is right: a line that says so."""
+    fig = Figure(figsize=(6.0, 2.5))
+    ax = fig.add_subplot()
+    ax.set_axis_off()
+    ax.text(
+        0.5,
+        0.5,
+        f"No misclassified images:\nall {n} predictions are correct.",
+        ha="center",
+        va="center",
+        fontsize=13,
+        transform=ax.transAxes,
+    )
+    fig.suptitle(f"{title}: 0 of {n} wrong", fontsize=11)
+    return fig
 
 
 def plot_misclassified(
@@ -211,38 +243,13 @@ def plot_misclassified(
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
         raise ValueError(f"images must be NHWC (N, H, W, C) with C 1 or 3, got {images.shape}")
     n = images.shape[0]
-    y = _int_vector("labels", labels, n)
-    p = _int_vector("predictions", predictions, n)
-    if isinstance(class_names, str):
-        raise TypeError("class_names must be a sequence of names, got a single string")
-    names = [str(c) for c in class_names]
-    for name, arr in (("labels", y), ("predictions", p)):
-        bad = np.flatnonzero((arr < 0) | (arr >= len(names)))
-        if bad.size:
-            i = int(bad[0])
-            raise ValueError(
-                f"{name}[{i}] = {int(arr[i])} is outside [0, {len(names)}) "
-                f"({len(names)} class names)"
-            )
+    y, p, names = _classes(labels, predictions, class_names, n)
     max_images = int_at_least("max_images", max_images, 1)
     wrong = np.flatnonzero(y != p)
     shown = wrong[:max_images]
     shown_images = _displayable(images[shown], mean)  # only those drawn: the test set may be big
     if wrong.size == 0:
-        fig = Figure(figsize=(6.0, 2.5))
-        ax = fig.add_subplot()
-        ax.set_axis_off()
-        ax.text(
-            0.5,
-            0.5,
-            f"No misclassified images:\nall {n} predictions are correct.",
-            ha="center",
-            va="center",
-            fontsize=13,
-            transform=ax.transAxes,
-        )
-        fig.suptitle(f"{title}: 0 of {n} wrong", fontsize=11)
-        return save_figure(fig, path)
+        return save_figure(_nothing_wrong(n, title), path)
 
     rows, cols = _grid(shown.size)
     tile = 1.7

@@ -156,7 +156,7 @@ def _classes(
     y, p = _int_vector("labels", labels, n), _int_vector("predictions", predictions, n)
     for name, arr in (("labels", y), ("predictions", p)):
         if wrong := out_of_range(arr, len(names)):
-            raise ValueError(f"{name}: {wrong} ({len(names)} class names)")
+            raise ValueError(f"{name}: {wrong}, for {len(names)} class names")
     return y, p, names
 
 

@@ -107,7 +107,10 @@ def test_plot_misclassified_validation(tmp_path):
         plots.plot_misclassified(images[..., 0], ok, ok, NAMES, tmp_path / "x.png")
     with pytest.raises(ValueError, match=r"labels must have shape \(4,\)"):
         plots.plot_misclassified(images, ok[:3], ok, NAMES, tmp_path / "x.png")
-    with pytest.raises(ValueError, match=r"predictions: 12 at index 1 is outside 0\.\.9"):
+    out_of_range = (
+        r"predictions: 12 at index 1 is outside 0\.\.9 \(1 out of range\), for 10 class names"
+    )
+    with pytest.raises(ValueError, match=out_of_range):
         plots.plot_misclassified(images, ok, [0, 12, 2, 3], NAMES, tmp_path / "x.png")
     with pytest.raises(ValueError, match="mean is for preprocessed"):
         plots.plot_misclassified(images, ok, ok, NAMES, tmp_path / "x.png", mean=0.1)

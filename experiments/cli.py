@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import platform
 import re
 import sys
 from collections.abc import Callable
@@ -29,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from experiments.machine import environment, peak_rss_mb
 from experiments.predict import error
 from experiments.run_folder import RunFolder
 from jaxnet.training.config import FitConfig, flag_name, nonnegative_int, positive, positive_int
@@ -403,7 +402,7 @@ def _settle(exp: Experiment, args: argparse.Namespace, saved: dict | None, datas
         "data_dir": str(args.data_dir) if args.data_dir else None,
         "fit": asdict(config),
     }
-    return config, {**run_config, "environment": _environment()}, dataset, split
+    return config, {**run_config, "environment": environment()}, dataset, split
 
 
 def _train_and_report(exp, arch, folder, args, config, dataset, split, mean) -> int:
@@ -474,7 +473,7 @@ def _report(exp, arch, folder, config, dataset, run, mean, mesh) -> int:
         "train_time_s": seconds,
         "images_per_second": speed,
         "device": folder.config["environment"]["device"],
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
     }
     report = folder.write_results(exp.name, arch, run, dataset, test, figures)
     seed = f" (seed report: {exp.seed_accuracy:.1%})" if exp.seed_accuracy else ""
@@ -484,39 +483,3 @@ def _report(exp, arch, folder, config, dataset, run, mean, mesh) -> int:
         f"{report['peak_rss_mb']:.0f} MiB; outputs in {folder.path}"
     )
     return 0
-
-
-def _environment() -> dict[str, str]:
-    import jax
-    import jaxlib
-    import optax
-
-    device = jax.devices()[0]
-    processor = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                processor = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "processor": processor,
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
-        "optax": optax.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": f"{device.platform}: {device.device_kind}",
-        "device_count": str(jax.device_count()),
-        "cpu_count": str(os.cpu_count()),
-    }
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MiB (Linux reports KiB, macOS bytes)."""
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (2**20 if sys.platform == "darwin" else 2**10)

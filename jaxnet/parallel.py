@@ -54,13 +54,15 @@ def _first_per_process(n: int) -> list[jax.Device]:
     return [d for p in sorted(by_process) for d in by_process[p][:per_process]]
 
 
-def _cpu_threads() -> int:
+def xla_cpu_threads() -> int:
     """The size of XLA's CPU client thread pools: ``$PJRT_NPROC``, ``$NPROC`` or the CPUs."""
     for name in ("PJRT_NPROC", "NPROC"):
         value = os.environ.get(name, "")
         if value.isdigit():
             return int(value)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _warn_if_cpu_threads_short(mesh: Mesh) -> None:
@@ -75,7 +77,7 @@ def _warn_if_cpu_threads_short(mesh: Mesh) -> None:
     if len(local) < 2:
         return
     n = jax.local_device_count()
-    threads = max(_cpu_threads(), n)
+    threads = max(xla_cpu_threads(), n)
     if threads < 2 * n:
         warnings.warn(
             f"{n} CPU devices share a pool of {threads} XLA threads: a data-parallel loop may "

@@ -41,6 +41,16 @@ def tiny() -> Architecture:
 # --- the helpers, on this process's devices -----------------------------------------------------
 
 
+def test_xla_cpu_threads_follows_pjrt_nproc_then_nproc_then_the_cpus(monkeypatch):
+    monkeypatch.setenv("PJRT_NPROC", "6")
+    monkeypatch.setenv("NPROC", "3")
+    assert parallel.xla_cpu_threads() == 6
+    monkeypatch.delenv("PJRT_NPROC")
+    assert parallel.xla_cpu_threads() == 3
+    monkeypatch.setenv("NPROC", "not a number")
+    assert parallel.xla_cpu_threads() == len(os.sched_getaffinity(0))
+
+
 def test_make_mesh_over_all_or_some_devices():
     mesh = parallel.make_mesh()
     assert mesh.axis_names == ("data",) and mesh.size == jax.device_count()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
@@ -48,34 +47,8 @@ from experiments.benchmark.timing import (
     interleaved,
     median_ratio,
 )
+from experiments.machine import cpu_model, load_average
 from jaxnet import allocator, architectures, io, parallel
-
-
-def cpu_threads() -> int:
-    """The CPUs this process may run on: the size of XLA's CPU thread pool."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def cpu_model() -> str:
-    """The CPU's model name from ``/proc/cpuinfo``, or what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load_average() -> float | None:
-    """The 1-minute load average, or ``None`` where the OS has none."""
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
 
 
 def one_line(error: BaseException) -> str:
@@ -180,7 +153,7 @@ def run_benchmark(
     """
     plan = Plan() if plan is None else plan
     peers = import_peers() if peers is None else peers
-    threads = cpu_threads()
+    threads = parallel.xla_cpu_threads()
     if peers.torch is not None:
         peers.torch.torch.set_num_threads(threads)
     methods = step_methods(peers, plan)

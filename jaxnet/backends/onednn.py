@@ -21,13 +21,18 @@ first use and registers the handlers with XLA; where that fails (another platfor
 at install time, a missing wheel) it warns once, in one line naming the reason, and jaxnet runs
 on XLA. ``JAXNET_CONV=xla`` in the environment turns oneDNN off (for comparisons and tests).
 
-Threads: this oneDNN build runs on GNU OpenMP (its threadpool interface, which XLA's intra-op
-pool could feed, is compiled out of the wheel), with one thread per core, beside XLA's own
-pool. OpenMP's default wait policy spins a finished thread for about 300000 iterations before
-it sleeps, which takes the core from XLA's threads running the next operation (and collapses
-when another process loads the machine); so unless the user chose otherwise, the library is
-loaded with ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep at once when a region ends). libgomp
-reads it when it is first loaded; if something loaded it earlier, its setting stands.
+Threads: a call splits its batch into equal slices, one per thread of XLA's own CPU pool where
+the batch divides, and runs the slices single-threaded on the calling thread and the pool
+(backward weights sums their kernel gradients). This oneDNN build runs on GNU OpenMP, whose
+threadpool interface (which XLA's pool could feed) is compiled out of the wheel; splitting the
+batch over XLA's pool ourselves keeps the convolutions on the threads XLA already runs, where
+OpenMP's would have to be woken for every call and compete with XLA's for the cores (1.1-1.5x
+slower steps; figures in ``docs/performance.md``). A batch that no pool size divides (odd, on two
+cores) runs in one piece on OpenMP's threads. OpenMP's default wait policy spins a finished
+thread for about 300000 iterations before it sleeps, which takes the core from XLA's threads;
+so unless the user chose otherwise, the library is loaded with ``OMP_WAIT_POLICY=PASSIVE``
+(threads sleep at once when a region ends). libgomp reads it when it is first loaded; if
+something loaded it earlier, its setting stands.
 """
 
 from __future__ import annotations
@@ -139,8 +144,11 @@ def available() -> bool:
 
 
 def set_threads(n: int) -> None:
-    """OpenMP threads for every later oneDNN call; 0 for OpenMP's default (``OMP_NUM_THREADS``,
-    else one per core).
+    """The most threads every later convolution uses; 0 for all it can have.
+
+    A batch is split into the most slices up to ``n`` (0: XLA's CPU pool size) that divide it,
+    one thread each; one that is not split runs on ``n`` OpenMP threads (0: OpenMP's default,
+    ``OMP_NUM_THREADS``, else one per core).
 
     Raises:
         TypeError: ``n`` is not an int; ValueError: ``n < 0``.

@@ -3,10 +3,17 @@
 // respect to the kernel (backward weights). Zero padding (ph, pw) and stride (sh, sw) are
 // attributes. Loaded and registered by jaxnet/backends/onednn.py.
 //
+// Threads: a call splits its batch into equal slices, one per thread of XLA's own intra-op pool
+// (the handler's ffi::ThreadPool) where the batch divides, and runs each slice single-threaded,
+// on the calling thread and on the pool; backward weights sums the slices' kernel gradients.
+// So the cores XLA uses between the calls run the convolutions too, and no second set of
+// threads (OpenMP's) has to be woken for every call and compete with XLA's. A batch that no
+// pool size divides runs in one piece on OpenMP's threads.
+//
 // Each distinct convolution gets one plan (primitives and the kernel's reorder), built on first
 // use and kept for the life of the process in a mutex-guarded map; executing a plan is
 // thread-safe because the primitives run in oneDNN's user-scratchpad mode, with each calling
-// thread's own scratch buffer (XLA may call a handler from any of its threads).
+// thread's own scratch buffers.
 //
 // Leading axes beyond the four of a convolution (what jax.vmap adds with vmap_method
 // "broadcast_all") are looped over: every operand carries the same leading axes.
@@ -14,6 +21,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -22,6 +30,9 @@
 #include <unordered_map>
 
 #include <atomic>
+#include <exception>
+#include <stdexcept>
+#include <thread>
 
 #include <omp.h>
 
@@ -65,7 +76,7 @@ dnnl::engine& Engine() {
 
 // The primitives of one convolution. The kernel travels in HWIO; where the primitive prefers
 // another (blocked) layout for it, `reorder` converts HWIO into it (forward, backward data) or
-// out of it (backward weights) through the caller's scratch buffer.
+// out of it (backward weights).
 struct Plan {
   dnnl::primitive conv;
   dnnl::memory::desc act_in, act_out;  // NHWC: x and y (forward), g and dx, x and g
@@ -73,9 +84,7 @@ struct Plan {
   dnnl::memory::desc kernel_prim;      // the primitive's layout of the kernel
   bool reorder_kernel = false;
   dnnl::primitive reorder;
-  dnnl::memory::desc conv_pad, reorder_pad;  // scratchpads, both at the buffer's start
-  size_t kernel_offset = 0;                  // then the reordered kernel
-  size_t scratch_bytes = 0;
+  dnnl::memory::desc conv_pad, reorder_pad;  // scratchpads
 };
 
 dnnl::primitive_attr UserScratchpad() {
@@ -124,7 +133,6 @@ std::unique_ptr<Plan> MakePlan(const Conv& k) {
     pd = bwd;
   }
   plan->conv_pad = pd.scratchpad_desc();
-  plan->scratch_bytes = Align(plan->conv_pad.get_size());
   plan->reorder_kernel = plan->kernel_prim != w_user;
   if (plan->reorder_kernel) {
     const bool into_prim = k.kind != Kind::kBackwardWeights;
@@ -133,8 +141,6 @@ std::unique_ptr<Plan> MakePlan(const Conv& k) {
     dnnl::reorder::primitive_desc rpd(eng, src, eng, dst, attr);
     plan->reorder = dnnl::reorder(rpd);
     plan->reorder_pad = rpd.scratchpad_desc();
-    plan->kernel_offset = std::max(plan->scratch_bytes, Align(plan->reorder_pad.get_size()));
-    plan->scratch_bytes = plan->kernel_offset + Align(plan->kernel_prim.get_size());
   }
   return plan;
 }
@@ -148,19 +154,25 @@ const Plan& GetPlan(const Conv& k) {
   return *it->second;
 }
 
-// This thread's scratch buffer, 64-byte aligned, grown as needed and kept.
-char* Scratch(size_t bytes) {
+// This thread's scratch buffers, 64-byte aligned, grown as needed and kept: one for oneDNN's
+// scratchpads, one for the kernels in the primitive's layout (which every slice of a call
+// reads, or writes its own gradient into).
+enum Use { kScratchpad, kKernels };
+
+char* Scratch(Use use, size_t bytes) {
   struct Buffer {
     char* ptr = nullptr;
     size_t size = 0;
     ~Buffer() { std::free(ptr); }
   };
-  thread_local Buffer buf;
+  thread_local Buffer bufs[2];
+  Buffer& buf = bufs[use];
   if (bytes > buf.size) {
     std::free(buf.ptr);
     buf.ptr = static_cast<char*>(std::aligned_alloc(64, Align(bytes)));
     buf.size = buf.ptr ? Align(bytes) : 0;
   }
+  if (bytes && !buf.ptr) throw std::bad_alloc();
   return buf.ptr;
 }
 
@@ -169,57 +181,127 @@ dnnl::stream& Stream() {
   return stream;
 }
 
-// OpenMP threads per oneDNN call; 0 for OpenMP's own count (OMP_NUM_THREADS, else the cores).
-std::atomic<int> num_threads{0};
+// The most threads one call uses (0: XLA's pool size for a split batch, OpenMP's own count,
+// OMP_NUM_THREADS or the cores, for one piece).
+std::atomic<int> max_threads{0};
 
 int Threads() {
   static const int openmp_default = omp_get_max_threads();
-  const int n = num_threads.load(std::memory_order_relaxed);
+  const int n = max_threads.load(std::memory_order_relaxed);
   return n > 0 ? n : openmp_default;
+}
+
+// The slices a batch of n is split into: the largest count up to the thread limit that divides
+// it (1: one piece).
+int64_t Slices(int64_t n, int64_t pool_threads) {
+  const int limit = max_threads.load(std::memory_order_relaxed);
+  for (int64_t p = std::min<int64_t>(limit > 0 ? limit : pool_threads, n); p > 1; --p) {
+    if (n % p == 0) return p;
+  }
+  return 1;
+}
+
+// Runs f(0) .. f(count - 1) on the calling thread and the pool, work-shared: each thread takes
+// the next slice until none is left, and the caller waits only for slices another thread has
+// started (a pool task may start late, or never before the caller is done), so it never waits
+// on a busy pool. An exception in any slice is rethrown in the caller.
+template <typename F>
+void ForEachSlice(ffi::ThreadPool& pool, int64_t count, F f) {
+  struct State {
+    std::atomic<int64_t> next{0}, done{0};
+    std::mutex mutex;
+    std::string error;
+  };
+  auto state = std::make_shared<State>();
+  auto body = std::make_shared<F>(std::move(f));
+  auto work = [state, body, count]() {
+    for (int64_t i; (i = state->next.fetch_add(1)) < count;) {
+      try {
+        (*body)(i);
+      } catch (const std::exception& e) {
+        std::lock_guard<std::mutex> lock(state->mutex);
+        state->error = e.what();
+      }
+      state->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  for (int64_t t = 1; t < count; ++t) pool.Schedule([work]() { work(); });
+  work();
+  while (state->done.load(std::memory_order_acquire) < count) std::this_thread::yield();
+  if (!state->error.empty()) throw std::runtime_error(state->error);
 }
 
 // Runs one convolution on raw pointers: `in` and `out` are the NHWC activations of
 // Plan::act_in / act_out, `kernel` the HWIO kernel (an input, or the output of backward weights).
-void Run(const Conv& k, const float* in, float* kernel, float* out) {
-  const Plan& plan = GetPlan(k);
-  // Per calling thread (an OpenMP ICV); XLA's threads are not OpenMP's, each has its own.
-  omp_set_num_threads(Threads());
+void Run(const Conv& k, ffi::ThreadPool& pool, const float* in, float* kernel, float* out) {
+  const int64_t slices = Slices(k.n, pool.num_threads());
+  Conv slice = k;
+  slice.n = k.n / slices;
+  const Plan& plan = GetPlan(slice);
   dnnl::engine& eng = Engine();
-  dnnl::stream& strm = Stream();
-  char* scratch = Scratch(plan.scratch_bytes);
-  if (plan.scratch_bytes && !scratch) throw std::bad_alloc();
-  dnnl::memory pad(plan.conv_pad, eng, scratch);
-  dnnl::memory user_kernel(plan.kernel_user, eng, kernel);
-  dnnl::memory prim_kernel =
-      plan.reorder_kernel ? dnnl::memory(plan.kernel_prim, eng, scratch + plan.kernel_offset)
-                          : user_kernel;
-  dnnl::memory act_in(plan.act_in, eng, const_cast<float*>(in));
-  dnnl::memory act_out(plan.act_out, eng, out);
-  auto reorder = [&](dnnl::memory& src, dnnl::memory& dst) {
-    dnnl::memory rpad(plan.reorder_pad, eng, scratch);
-    plan.reorder.execute(
-        strm, {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, dst}, {DNNL_ARG_SCRATCHPAD, rpad}});
+  const bool weights = k.kind == Kind::kBackwardWeights;
+  const size_t kernel_bytes = Align(plan.kernel_prim.get_size());
+  // The kernel(s) in the primitive's layout: the forward and backward-data slices share one;
+  // each backward-weights slice writes its own, summed into the first (HWIO when no reorder).
+  const int64_t own = weights ? (plan.reorder_kernel ? slices : slices - 1) : plan.reorder_kernel;
+  char* kernels = Scratch(kKernels, kernel_bytes * own);
+  auto kernel_of = [&](int64_t i) -> float* {  // the kernel slice i reads or writes
+    if (!weights) return plan.reorder_kernel ? reinterpret_cast<float*>(kernels) : kernel;
+    if (!plan.reorder_kernel && i == 0) return kernel;
+    return reinterpret_cast<float*>(kernels + kernel_bytes * (plan.reorder_kernel ? i : i - 1));
   };
-  if (k.kind == Kind::kForward) {
-    if (plan.reorder_kernel) reorder(user_kernel, prim_kernel);
-    plan.conv.execute(strm, {{DNNL_ARG_SRC, act_in},
-                             {DNNL_ARG_WEIGHTS, prim_kernel},
-                             {DNNL_ARG_DST, act_out},
-                             {DNNL_ARG_SCRATCHPAD, pad}});
-  } else if (k.kind == Kind::kBackwardData) {
-    if (plan.reorder_kernel) reorder(user_kernel, prim_kernel);
-    plan.conv.execute(strm, {{DNNL_ARG_DIFF_DST, act_in},
-                             {DNNL_ARG_WEIGHTS, prim_kernel},
-                             {DNNL_ARG_DIFF_SRC, act_out},
-                             {DNNL_ARG_SCRATCHPAD, pad}});
-  } else {
-    plan.conv.execute(strm, {{DNNL_ARG_SRC, act_in},
-                             {DNNL_ARG_DIFF_DST, act_out},
-                             {DNNL_ARG_DIFF_WEIGHTS, prim_kernel},
-                             {DNNL_ARG_SCRATCHPAD, pad}});
-    if (plan.reorder_kernel) reorder(prim_kernel, user_kernel);
+  dnnl::memory user_kernel(plan.kernel_user, eng, kernel);
+  auto reorder = [&](dnnl::memory& src, dnnl::memory& dst) {
+    omp_set_num_threads(1);  // a few thousand numbers: waking OpenMP's threads costs more
+    dnnl::memory pad(plan.reorder_pad, eng, Scratch(kScratchpad, plan.reorder_pad.get_size()));
+    plan.reorder.execute(Stream(),
+                         {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, dst}, {DNNL_ARG_SCRATCHPAD, pad}});
+    Stream().wait();
+  };
+  if (!weights && plan.reorder_kernel) {
+    dnnl::memory prim(plan.kernel_prim, eng, kernel_of(0));
+    reorder(user_kernel, prim);
   }
-  strm.wait();
+  const size_t in_size = plan.act_in.get_size() / sizeof(float);
+  const size_t out_size = plan.act_out.get_size() / sizeof(float);
+  const int threads = slices > 1 ? 1 : Threads();
+  ForEachSlice(pool, slices, [&](int64_t i) {
+    omp_set_num_threads(threads);  // per calling thread (an OpenMP ICV)
+    dnnl::stream& strm = Stream();
+    dnnl::memory pad(plan.conv_pad, eng, Scratch(kScratchpad, plan.conv_pad.get_size()));
+    dnnl::memory kernel_mem(plan.kernel_prim, eng, kernel_of(i));
+    dnnl::memory a(plan.act_in, eng, const_cast<float*>(in) + i * in_size);
+    dnnl::memory b(plan.act_out, eng, out + i * out_size);
+    if (k.kind == Kind::kForward) {
+      plan.conv.execute(strm, {{DNNL_ARG_SRC, a},
+                               {DNNL_ARG_WEIGHTS, kernel_mem},
+                               {DNNL_ARG_DST, b},
+                               {DNNL_ARG_SCRATCHPAD, pad}});
+    } else if (k.kind == Kind::kBackwardData) {
+      plan.conv.execute(strm, {{DNNL_ARG_DIFF_DST, a},
+                               {DNNL_ARG_WEIGHTS, kernel_mem},
+                               {DNNL_ARG_DIFF_SRC, b},
+                               {DNNL_ARG_SCRATCHPAD, pad}});
+    } else {
+      plan.conv.execute(strm, {{DNNL_ARG_SRC, a},
+                               {DNNL_ARG_DIFF_DST, b},
+                               {DNNL_ARG_DIFF_WEIGHTS, kernel_mem},
+                               {DNNL_ARG_SCRATCHPAD, pad}});
+    }
+    strm.wait();
+  });
+  if (weights) {
+    float* sum = kernel_of(0);
+    const size_t count = plan.kernel_prim.get_size() / sizeof(float);
+    for (int64_t i = 1; i < slices; ++i) {
+      const float* part = kernel_of(i);
+      for (size_t j = 0; j < count; ++j) sum[j] += part[j];
+    }
+    if (plan.reorder_kernel) {
+      dnnl::memory prim(plan.kernel_prim, eng, sum);
+      reorder(prim, user_kernel);
+    }
+  }
 }
 
 // Product of the leading axes (beyond the last four) of a buffer, or -1 if it has fewer than 4.
@@ -255,7 +337,7 @@ std::string Str(const Conv& k) {
 // a: x (forward, backward weights) or g (backward data); b: w (forward, backward data) or g
 // (backward weights); r: the result.
 ffi::Error Dispatch(const Conv& k, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
-                    ffi::Result<ffi::Buffer<ffi::F32>> r) {
+                    ffi::Result<ffi::Buffer<ffi::F32>> r, ffi::ThreadPool& pool) {
   const int64_t lead = Leading(a);
   if (lead < 0 || Leading(b) != lead || Leading(*r) != lead) {
     return ffi::Error::InvalidArgument("jaxnet onednn conv: operands of unequal leading axes");
@@ -278,37 +360,37 @@ ffi::Error Dispatch(const Conv& k, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32
   try {
     for (int64_t i = 0; i < lead; ++i) {
       float *ia = pa + i * sa, *ib = pb + i * sb, *ir = pr + i * sr;
-      if (k.kind == Kind::kForward) {
-        Run(k, ia, ib, ir);
-      } else if (k.kind == Kind::kBackwardData) {
-        Run(k, ia, ib, ir);  // in = g, kernel = w, out = dx
+      if (k.kind == Kind::kBackwardWeights) {
+        Run(k, pool, ia, ir, ib);  // in = x, kernel = dw (written), out = g (read)
       } else {
-        Run(k, ia, ir, ib);  // in = x, kernel = dw (written), out = g (read)
+        Run(k, pool, ia, ib, ir);  // forward: x, w, y; backward data: g, w, dx
       }
     }
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("oneDNN: ") + e.what() + " for " + Str(k));
   } catch (const std::bad_alloc&) {
     return ffi::Error::Internal("jaxnet onednn conv: out of memory for " + Str(k));
+  } catch (const std::exception& e) {  // from a slice run on another thread
+    return ffi::Error::Internal(std::string("jaxnet onednn conv: ") + e.what() + " for " + Str(k));
   }
   return ffi::Error::Success();
 }
 
 ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                    ffi::Result<ffi::Buffer<ffi::F32>> y, int64_t ph, int64_t pw, int64_t sh,
-                   int64_t sw) {
+                   int64_t sw, ffi::ThreadPool pool) {
   if (Leading(x) < 0 || Leading(w) < 0) {
     return ffi::Error::InvalidArgument("jaxnet onednn conv: x and w need rank >= 4");
   }
   const Conv k{Kind::kForward, Dim(x, 0), Dim(x, 1), Dim(x, 2), Dim(x, 3), Dim(w, 0), Dim(w, 1),
                Dim(w, 3),      ph,        pw,        sh,        sw};
   if (Dim(w, 2) != k.c) return ffi::Error::InvalidArgument("jaxnet onednn conv: C_in differs");
-  return Dispatch(k, x, w, y);
+  return Dispatch(k, x, w, y, pool);
 }
 
 ffi::Error BackwardData(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> w,
                         ffi::Result<ffi::Buffer<ffi::F32>> dx, int64_t ph, int64_t pw,
-                        int64_t sh, int64_t sw) {
+                        int64_t sh, int64_t sw, ffi::ThreadPool pool) {
   if (Leading(*dx) < 0 || Leading(w) < 0 || Leading(g) < 0) {
     return ffi::Error::InvalidArgument("jaxnet onednn conv: g, w and dx need rank >= 4");
   }
@@ -316,19 +398,19 @@ ffi::Error BackwardData(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> w,
                Dim(w, 0),           Dim(w, 1),   Dim(w, 3),   ph,          pw,
                sh,                  sw};
   if (Dim(w, 2) != k.c) return ffi::Error::InvalidArgument("jaxnet onednn conv: C_in differs");
-  return Dispatch(k, g, w, dx);
+  return Dispatch(k, g, w, dx, pool);
 }
 
 ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
                            ffi::Result<ffi::Buffer<ffi::F32>> dw, int64_t ph, int64_t pw,
-                           int64_t sh, int64_t sw) {
+                           int64_t sh, int64_t sw, ffi::ThreadPool pool) {
   if (Leading(x) < 0 || Leading(*dw) < 0 || Leading(g) < 0) {
     return ffi::Error::InvalidArgument("jaxnet onednn conv: x, g and dw need rank >= 4");
   }
   const Conv k{Kind::kBackwardWeights, Dim(x, 0), Dim(x, 1), Dim(x, 2), Dim(x, 3), Dim(*dw, 0),
                Dim(*dw, 1),            Dim(*dw, 3), ph,      pw,        sh,        sw};
   if (Dim(*dw, 2) != k.c) return ffi::Error::InvalidArgument("jaxnet onednn conv: C_in differs");
-  return Dispatch(k, x, g, dw);
+  return Dispatch(k, x, g, dw, pool);
 }
 
 }  // namespace
@@ -349,7 +431,8 @@ JAXNET_EXPORT void JaxnetOnednnSetNumThreads(int n);
       .Attr<int64_t>("ph")                 \
       .Attr<int64_t>("pw")                 \
       .Attr<int64_t>("sh")                 \
-      .Attr<int64_t>("sw")
+      .Attr<int64_t>("sw")                 \
+      .Ctx<ffi::ThreadPool>()
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnetOnednnConvForward, Forward, JAXNET_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnetOnednnConvBackwardData, BackwardData, JAXNET_CONV_BINDING);
@@ -362,5 +445,5 @@ int JaxnetOnednnVersion() {
   return v->major * 10000 + v->minor * 100 + v->patch;
 }
 
-// Sets the OpenMP threads of every later oneDNN call (0: OpenMP's default).
-void JaxnetOnednnSetNumThreads(int n) { num_threads.store(n < 0 ? 0 : n); }
+// Sets the most threads of every later call (0: XLA's pool size, or OpenMP's for one piece).
+void JaxnetOnednnSetNumThreads(int n) { max_threads.store(n < 0 ? 0 : n); }

@@ -160,17 +160,21 @@ def test_vmap_over_the_activations_alone_is_one_call_on_the_folded_batch(
             assert f"tensor<{folded}x" in calls[0], calls[0]
 
 
-def test_set_threads_keeps_results_and_checks_its_argument():
-    """One OpenMP thread, then the default again: the same results; a bad count is refused."""
-    x, w, _ = make((4, 12, 12, 3), (5, 5, 8))
-    fwd = jax.jit(onednn.conv_forward, static_argnums=(2, 3))
-    want = reference(x, w, (2, 2), (1, 1))
+@pytest.mark.parametrize("threads", [1, 2, 3, 0])
+@pytest.mark.parametrize("batch", [16, 6, 5, 1])
+def test_every_split_of_the_batch_matches_xla(batch, threads):
+    """The batch split into slices over XLA's pool (as many as ``threads`` allows and divide it:
+    16 -> 2, 6 -> 2 or 3, 5 and 1 -> one piece on OpenMP's threads), the kernels reordered once
+    and the slices' kernel gradients summed: every way equals XLA's."""
     try:
-        onednn.set_threads(1)
-        assert rel_err(fwd(x, w, (2, 2), (1, 1)), want) <= RTOL
+        onednn.set_threads(threads)
+        check_config((batch, 9, 9, 24), (3, 3, 24), (1, 1), (1, 1))  # blocked kernel layouts
+        check_config((batch, 8, 7, 3), (5, 4, 5), (2, 1), (2, 1))
     finally:
         onednn.set_threads(0)
-    assert rel_err(fwd(x, w, (2, 2), (1, 1)), want) <= RTOL
+
+
+def test_set_threads_checks_its_argument():
     with pytest.raises(ValueError, match="n must be >= 0, got -1"):
         onednn.set_threads(-1)
     with pytest.raises(TypeError, match=r"n must be an int, got 1\.5"):

@@ -15,6 +15,13 @@
 // thread-safe because the primitives run in oneDNN's user-scratchpad mode, with each calling
 // thread's own scratch buffers.
 //
+// Determinism: oneDNN fixes how a primitive splits its work (and so the order in which backward
+// weights sums over the batch) from OpenMP's thread count on the thread that creates it. A plan
+// is therefore made for the thread count it runs with (1 for a slice), which is part of its key:
+// never inherited from whichever thread happened to ask first. (Before, a plan made on a fresh
+// thread split for 2 threads and one made on a pool thread for 1, so the same seed could end
+// in different last bits depending on XLA's scheduling.)
+//
 // Leading axes beyond the four of a convolution (what jax.vmap adds with vmap_method
 // "broadcast_all") are looped over: every operand carries the same leading axes.
 
@@ -48,17 +55,18 @@ enum class Kind : int64_t { kForward, kBackwardData, kBackwardWeights };
 struct Conv {
   Kind kind;
   int64_t n, h, w, c, kh, kw, o, ph, pw, sh, sw;
+  int64_t threads = 0;  // OpenMP threads the plan is made for and run with (set by Run)
 
   int64_t ho() const { return (h + 2 * ph - kh) / sh + 1; }
   int64_t wo() const { return (w + 2 * pw - kw) / sw + 1; }
-  auto tie() const { return std::tie(kind, n, h, w, c, kh, kw, o, ph, pw, sh, sw); }
+  auto tie() const { return std::tie(kind, n, h, w, c, kh, kw, o, ph, pw, sh, sw, threads); }
   bool operator==(const Conv& b) const { return tie() == b.tie(); }
 };
 
 struct ConvHash {
   size_t operator()(const Conv& k) const {
     size_t seed = static_cast<size_t>(k.kind);
-    for (int64_t v : {k.n, k.h, k.w, k.c, k.kh, k.kw, k.o, k.ph, k.pw, k.sh, k.sw}) {
+    for (int64_t v : {k.n, k.h, k.w, k.c, k.kh, k.kw, k.o, k.ph, k.pw, k.sh, k.sw, k.threads}) {
       seed ^= std::hash<int64_t>()(v) + 0x9e3779b97f4a7c15ULL + (seed << 6) + (seed >> 2);
     }
     return seed;
@@ -95,6 +103,7 @@ dnnl::primitive_attr UserScratchpad() {
 size_t Align(size_t bytes) { return (bytes + 63) / 64 * 64; }
 
 std::unique_ptr<Plan> MakePlan(const Conv& k) {
+  omp_set_num_threads(static_cast<int>(k.threads));  // oneDNN splits the work for this many
   dnnl::engine& eng = Engine();
   const dnnl::memory::dims strides = {k.sh, k.sw}, pad = {k.ph, k.pw};
   const dnnl::memory::desc x_md({k.n, k.c, k.h, k.w}, dt::f32, tag::nhwc);
@@ -236,6 +245,7 @@ void Run(const Conv& k, ffi::ThreadPool& pool, const float* in, float* kernel, f
   const int64_t slices = Slices(k.n, pool.num_threads());
   Conv slice = k;
   slice.n = k.n / slices;
+  slice.threads = slices > 1 ? 1 : Threads();
   const Plan& plan = GetPlan(slice);
   dnnl::engine& eng = Engine();
   const bool weights = k.kind == Kind::kBackwardWeights;
@@ -263,9 +273,8 @@ void Run(const Conv& k, ffi::ThreadPool& pool, const float* in, float* kernel, f
   }
   const size_t in_size = plan.act_in.get_size() / sizeof(float);
   const size_t out_size = plan.act_out.get_size() / sizeof(float);
-  const int threads = slices > 1 ? 1 : Threads();
   ForEachSlice(pool, slices, [&](int64_t i) {
-    omp_set_num_threads(threads);  // per calling thread (an OpenMP ICV)
+    omp_set_num_threads(static_cast<int>(slice.threads));  // per calling thread (an OpenMP ICV)
     dnnl::stream& strm = Stream();
     dnnl::memory pad(plan.conv_pad, eng, Scratch(kScratchpad, plan.conv_pad.get_size()));
     dnnl::memory kernel_mem(plan.kernel_prim, eng, kernel_of(i));

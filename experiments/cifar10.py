@@ -81,7 +81,7 @@ def experiment(arch: str) -> Experiment:
         architecture=f"cifar10_{arch}",
         presets=PRESETS[arch],
         load=_load,
-        module="experiments.cifar10",
+        module=f"experiments.cifar10 --arch {arch}",
         seed_accuracy=SEED_ACCURACY[arch],
         extra_args=_extra_args,
     )

@@ -4,14 +4,19 @@ An experiment module (``experiments/mnist.py``, ``experiments/cifar10.py``) name
 architecture, its presets and how to load its data; :func:`main` does the rest:
 
 1. parse the flags: one per :class:`~jaxnet.training.FitConfig` field (its type, check and
-   help text come from the field), plus the command's own; refuse a bad setting, or a folder
-   that holds another run without ``--resume`` or ``--overwrite``, with status 2, before any
-   work;
+   help text come from the field), plus the command's own; take the run folder's lock (held
+   until the process ends); refuse a bad setting, a folder another process holds or that
+   cannot be written, a folder that holds another run without ``--resume`` or
+   ``--overwrite``, or a setting ``--resume`` cannot change, with status 2, before any work;
 2. load the data (a missing or bad file is one line on stderr and status 1), hold out the
    validation split, and build the config: the preset, then the flags given;
-3. train with :func:`jaxnet.training.fit` (progress bar, checkpoints, Ctrl-C, NaN stop; a
-   run that cannot be resumed from its checkpoint is one line on stderr and status 1);
+3. train with :func:`jaxnet.training.fit` (progress bar, checkpoints, NaN stop; Ctrl-C or
+   SIGTERM saves a checkpoint and exits with 128 + the signal; a run that cannot be resumed
+   from its checkpoint is one line on stderr and status 1);
 4. evaluate the test set and write the run folder (:class:`experiments.run_folder.RunFolder`).
+
+A file that cannot be written (a full disk) is one line naming it, status 1; the checkpoints
+written before it stay, and ``--resume`` continues from the newest.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import signal
 import sys
 from collections.abc import Callable
-from dataclasses import MISSING, Field, asdict, dataclass, fields
+from dataclasses import MISSING, Field, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +35,15 @@ import numpy as np
 
 from experiments.machine import environment, peak_rss_mb
 from experiments.predict import error
-from experiments.run_folder import RunFolder
-from jaxnet.training.config import FitConfig, flag_name, nonnegative_int, positive, positive_int
+from experiments.run_folder import FolderInUse, RunFolder
+from jaxnet.training.config import (
+    RESUMABLE,
+    FitConfig,
+    flag_name,
+    nonnegative_int,
+    positive,
+    positive_int,
+)
 
 
 @dataclass(frozen=True)
@@ -98,7 +111,9 @@ class Experiment:
         architecture: the ``jaxnet.architectures`` name.
         presets: ``{"best": ..., "seed": ...}`` (and ``"long"``); ``best`` is the default.
         load: ``(args) -> jaxnet.datasets.Dataset``, may raise ``jaxnet.datasets.DataError``.
-        module: the command, for messages (``experiments.mnist``).
+        module: the command, for messages: ``experiments.mnist``, or with the flags that pick
+            the network (``experiments.cifar10 --arch baseline``), so that the resume line it
+            prints continues the same run.
         seed_accuracy: the seed report's test accuracy, for the summary line.
         extra_args: adds the experiment's own flags to the parser.
     """
@@ -218,7 +233,7 @@ def build_parser(exp: Experiment, prog: str, description: str) -> argparse.Argum
     p.add_argument(
         "--preset",
         choices=sorted(exp.presets),
-        default="best",
+        default=None,
         help=f"'seed': the report's own settings; 'best' (default): ours; 'long' (where "
         f"there is one): ours, longer. {presets}",
     )
@@ -257,7 +272,7 @@ def fit_config(exp: Experiment, args: argparse.Namespace, n_train: int) -> FitCo
     Raises:
         ValueError: a setting the config refuses (warm-up longer than the run, ...).
     """
-    preset = exp.presets[args.preset]
+    preset = exp.presets[args.preset or "best"]
     given = {f.name: getattr(args, f.name) for f in fields(FitConfig) if hasattr(args, f.name)}
     settings = {**preset.fit, **given}
     if "iterations" not in given:
@@ -277,8 +292,16 @@ def main(exp: Experiment, argv: list[str] | None, prog: str, description: str) -
     parser = build_parser(exp, prog, description)
     args = parser.parse_args(argv)
     if args.out is None:
-        args.out = default_out(exp, args.preset)
+        args.out = default_out(exp, args.preset or "best")
     folder = RunFolder(args.out)
+    try:
+        return _run(exp, parser, args, folder)
+    finally:
+        folder.release()
+
+
+def _run(exp: Experiment, parser: argparse.ArgumentParser, args: argparse.Namespace, folder):
+    """:func:`main` once the flags are parsed and the folder named; the exit status."""
     try:
         saved = _check_folder(exp, args, folder)
         args.devices = _device_count(args.devices)
@@ -320,6 +343,12 @@ def _check_folder(exp: Experiment, args: argparse.Namespace, folder: RunFolder) 
     """Refuse a folder that is not free for this command; the saved config of a resumed run."""
     if folder.path.exists() and not folder.path.is_dir():
         raise Refused(f"--out {folder.path} exists and is not a folder")
+    try:
+        folder.lock()
+    except FolderInUse as err:
+        raise Refused(str(err)) from None
+    except OSError as err:
+        raise Refused(f"--out {folder.path}: cannot write there ({err.strerror})") from None
     if folder.occupied and not (args.resume or args.overwrite):
         raise Refused(
             f"{folder.path} holds another run: pass --resume to continue it or --overwrite to "
@@ -327,9 +356,16 @@ def _check_folder(exp: Experiment, args: argparse.Namespace, folder: RunFolder) 
         )
     if not args.resume:
         return None
-    saved = folder.saved_config()
+    try:
+        saved = folder.saved_config()
+    except (OSError, ValueError) as err:  # unreadable, or not JSON
+        raise Refused(f"--resume: cannot read {folder.config_path} ({err})") from None
     if saved is None:
         raise Refused(f"--resume: {folder.path} holds no run to resume (no config.json)")
+    if not (isinstance(saved, dict) and isinstance(saved.get("fit"), dict)):
+        raise Refused(f"--resume: {folder.config_path} holds no 'fit' settings")
+    if not isinstance(saved.get("val_size"), int) or isinstance(saved["val_size"], bool):
+        raise Refused(f"--resume: {folder.config_path} holds no integer 'val_size'")
     if saved.get("architecture") != exp.architecture:
         raise Refused(
             f"--resume: {folder.path} holds a run of {saved.get('architecture')!r}, "
@@ -363,28 +399,22 @@ def _settle(exp: Experiment, args: argparse.Namespace, saved: dict | None, datas
     from jaxnet.training.data import train_val_split
 
     if saved is not None:
-        names = {f.name for f in fields(FitConfig)}
-        config = FitConfig(**{k: v for k, v in saved["fit"].items() if k in names})
         val_size, train_limit = int(saved["val_size"]), saved.get("train_limit")
-        print(f"resuming with the settings saved in {args.out / 'config.json'}", file=sys.stderr)
     else:
-        preset = exp.presets[args.preset]
+        preset = exp.presets[args.preset or "best"]
         val_size = args.val_size if args.val_size is not None else preset.val_size
         train_limit = preset.train_limit
     images, labels = dataset.train_images[:train_limit], dataset.train_labels[:train_limit]
-    if val_size >= len(labels):
+    n_train = len(labels) - val_size
+    if n_train <= 0:
         n = len(labels)
         raise Refused(f"--val-size {val_size} leaves no training images (the set has {n})")
-    seed = config.seed if saved is not None else getattr(args, "seed", FitConfig.seed)
-    split = train_val_split(images, labels, val_size, seed)
-    # The split holds the training images now: let the loaded copy go (one data set less in
-    # memory while training). A fresh empty array, not a view, which would keep it alive.
-    empty = np.empty((0, *images.shape[1:]), images.dtype)
-    dataset = dataset._replace(train_images=empty, train_labels=np.empty((0,), labels.dtype))
     try:
         if saved is None:
-            config = fit_config(exp, args, n_train=len(split[1]))
-        config.check_training_set(len(split[1]))
+            config = fit_config(exp, args, n_train)
+        else:
+            config, saved = _resumed(args, saved, n_train)
+        config.check_training_set(n_train)
         for size in {config.batch_size, config.eval_batch_size}:
             if size % args.devices:
                 raise ValueError(
@@ -393,16 +423,83 @@ def _settle(exp: Experiment, args: argparse.Namespace, saved: dict | None, datas
                 )
     except ValueError as err:
         raise Refused(str(err)) from None
-    run_config = saved or {
-        "experiment": exp.name,
-        "architecture": exp.architecture,
-        "preset": args.preset,
-        "val_size": val_size,
-        "train_limit": train_limit,
-        "data_dir": str(args.data_dir) if args.data_dir else None,
-        "fit": asdict(config),
-    }
+    split = train_val_split(images, labels, val_size, config.seed)
+    # The split holds the training images now: let the loaded copy go (one data set less in
+    # memory while training). A fresh empty array, not a view, which would keep it alive.
+    empty = np.empty((0, *images.shape[1:]), images.dtype)
+    dataset = dataset._replace(train_images=empty, train_labels=np.empty((0,), labels.dtype))
+    run_config = (
+        saved
+        if saved is not None
+        else {
+            "experiment": exp.name,
+            "architecture": exp.architecture,
+            "preset": args.preset or "best",
+            "val_size": val_size,
+            "train_limit": train_limit,
+            "data_dir": str(args.data_dir) if args.data_dir else None,
+            "fit": asdict(config),
+        }
+    )
     return config, {**run_config, "environment": environment()}, dataset, split
+
+
+def _resumed(args: argparse.Namespace, saved: dict, n_train: int) -> tuple[FitConfig, dict]:
+    """The config a resumed run continues with, and ``config.json``'s content updated.
+
+    The settings in :data:`~jaxnet.training.config.RESUMABLE` (the length, the learning rate and
+    its schedule, the intervals) may be given anew and hold from the newest checkpoint's
+    iteration on, recorded under ``"resumed"``; any other setting given with a value other than
+    the run's is refused, naming it: it shapes the data or the network the checkpoint holds.
+
+    Raises:
+        Refused: a setting that cannot change, a length not past the newest checkpoint, or a
+            ``config.json`` whose settings cannot be read.
+        ValueError: the new settings do not fit together (warm-up longer than the run).
+    """
+    names = {f.name for f in fields(FitConfig)}
+    try:
+        before = FitConfig(**{k: v for k, v in saved["fit"].items() if k in names})
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        where = args.out / "config.json"
+        raise Refused(f"--resume: the settings in {where} are damaged ({err})") from None
+    given = {f.name: getattr(args, f.name) for f in fields(FitConfig) if hasattr(args, f.name)}
+    run_flags = {"val_size": args.val_size, "preset": args.preset}
+    for name, value in run_flags.items():
+        if value is not None and value != saved.get(name):
+            given[name] = value
+    if args.epochs is not None:
+        given["iterations"] = max(1, round(args.epochs * (n_train // before.batch_size)))
+    changed = {k: v for k, v in given.items() if v != getattr(before, k, saved.get(k))}
+    for name, value in changed.items():
+        if name not in RESUMABLE:
+            was = getattr(before, name, saved.get(name))
+            raise Refused(
+                f"--resume cannot change --{flag_name(name)} (the run has {was}, given {value}): "
+                f"only {', '.join('--' + flag_name(n) for n in RESUMABLE)} may change; start "
+                "a new run with another --out for the rest"
+            )
+    start = _newest_checkpoint(args.out)
+    if changed.get("iterations", math.inf) <= start:
+        raise Refused(
+            f"--iterations {changed['iterations']} is not past the run's newest checkpoint "
+            f"(iteration {start})"
+        )
+    config = replace(before, **changed)
+    where = args.out / "config.json"
+    if not changed:
+        print(f"resuming with the settings saved in {where}", file=sys.stderr)
+        return config, saved
+    words = ", ".join(f"{flag_name(k)} {getattr(before, k)} -> {v}" for k, v in changed.items())
+    print(f"resuming from iteration {start} with {words} (recorded in {where})", file=sys.stderr)
+    record = {"from_iteration": start, "changed": changed}
+    return config, {**saved, "fit": asdict(config), "resumed": [*saved.get("resumed", []), record]}
+
+
+def _newest_checkpoint(out: Path) -> int:
+    """The iteration of the run's newest checkpoint (0 when it has none yet)."""
+    found = RunFolder(out).checkpoints().checkpoints()
+    return found[-1][0] if found else 0
 
 
 def _train_and_report(exp, arch, folder, args, config, dataset, split, mean) -> int:
@@ -418,6 +515,7 @@ def _train_and_report(exp, arch, folder, args, config, dataset, split, mean) -> 
         f"run folder {folder.path}",
         file=sys.stderr,
     )
+    resume = f"  python -m {exp.module} --out {folder.path} --resume"
     try:
         run = fit(
             arch,
@@ -434,15 +532,33 @@ def _train_and_report(exp, arch, folder, args, config, dataset, split, mean) -> 
         return error(str(err), 1)
     except CheckpointError as err:  # only --resume reads checkpoints; nothing is deleted
         return error(f"cannot resume: {err}", 1)
-    folder.write_history(run.history)
+    except OSError as err:  # a full disk: what was saved before stays
+        return _write_error(err, resume)
+    try:
+        folder.write_history(run.history)
+    except OSError as err:
+        return _write_error(err, resume)
     if run.interrupted:
+        name = signal.Signals(run.interrupted).name
         print(
-            f"interrupted: a checkpoint is saved in {folder.path / 'checkpoints'}; resume with\n"
-            f"  python -m {exp.module} --out {folder.path} --resume",
+            f"interrupted by {name}: a checkpoint is saved in {folder.path / 'checkpoints'}; "
+            f"resume with\n{resume}",
             file=sys.stderr,
         )
-        return 130
-    return _report(exp, arch, folder, config, dataset, run, mean, mesh)
+        return 128 + run.interrupted
+    try:
+        return _report(exp, arch, folder, config, dataset, run, mean, mesh)
+    except OSError as err:
+        return _write_error(err, resume)
+
+
+def _write_error(err: OSError, resume: str) -> int:
+    """One line for a file that could not be written, and how to go on; status 1."""
+    return error(
+        f"cannot write {err.filename}: {err.strerror}; the checkpoints saved before are "
+        f"intact: make room, then resume with\n{resume}",
+        1,
+    )
 
 
 def _report(exp, arch, folder, config, dataset, run, mean, mesh) -> int:

@@ -3,14 +3,19 @@
 ``config.json`` (every setting and the environment), ``history.csv`` (one row per
 ``log_every`` iterations), ``metrics.json`` (test results), ``params.npz`` (one array per
 parameter, keyed by its pytree path), five figures, two Markdown tables, and ``checkpoints/``.
-Every file is written atomically (:mod:`jaxnet.io`).
+Every file is written atomically (:mod:`jaxnet.io`). A training process holds the folder's
+lock (``.lock``, :meth:`RunFolder.lock`) for its whole life, so that two processes never write
+one run.
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
+import os
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +36,10 @@ TABLES = ("parameters.md", "per_class.md")
 OUTPUT_FILES = ("config.json", "history.csv", "metrics.json", "params.npz", *FIGURES, *TABLES)
 
 
+class FolderInUse(Exception):
+    """Another process holds the run folder's lock; the message names the folder and it."""
+
+
 class RunFolder:
     """The folder of one run and the files in it.
 
@@ -42,6 +51,46 @@ class RunFolder:
         self.path = Path(path)
         self.config_path = self.path / "config.json"
         self.config: dict[str, Any] = {}
+        self._lock_fd: int | None = None
+        self._made = False
+
+    def lock(self) -> None:
+        """Hold the folder for this process until it ends: ``fcntl.flock`` on ``.lock``.
+
+        The operating system releases the lock when the process dies, however it dies, so a
+        SIGKILLed run leaves no stale lock behind. Creating the folder and the lock file also
+        proves, before any work, that the folder can be written. The file holds the holder's
+        process id and host, for the message another process gets.
+
+        Raises:
+            FolderInUse: another process holds it.
+            OSError: the folder cannot be created or written (its ``filename`` names it).
+        """
+        self._made = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise FolderInUse(
+                f"{self.path} is in use by {holder}: wait for it to end, or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode())
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        """Let the lock go; a folder this process made and left empty is removed with it."""
+        if self._lock_fd is None:
+            return
+        lock_file = self.path / ".lock"
+        if self._made and [p.name for p in self.path.iterdir()] == [".lock"]:
+            lock_file.unlink()
+            self.path.rmdir()
+        os.close(self._lock_fd)
+        self._lock_fd = None
 
     @property
     def occupied(self) -> bool:

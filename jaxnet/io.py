@@ -48,19 +48,29 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
 
     Raises:
         ValueError: ``mode`` is neither ``"wb"`` nor ``"w"``.
+        OSError: the file could not be written (no space left, no permission): its
+            ``filename`` is ``path``, never the temporary file, so a message names what the
+            user asked for.
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror or str(err), str(dest)) from err
     try:
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, dest)
+    except OSError as err:  # a full disk, a read-only folder: name the file that was written
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise OSError(err.errno, err.strerror or str(err), str(dest)) from err
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

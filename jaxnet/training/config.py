@@ -169,6 +169,20 @@ class FitConfig:
         )
 
 
+RESUMABLE = (
+    "iterations",
+    "learning_rate",
+    "schedule",
+    "warmup",
+    "log_every",
+    "eval_every",
+    "checkpoint_every",
+)
+"""The settings a resumed run may change: its length (to extend it), its step size and schedule
+(after a NaN stop, as its message advises), and how often it logs, evaluates and saves. Every
+other setting shapes the network, the data or their order, which the checkpoint already holds."""
+
+
 def flag_name(field_name: str) -> str:
     """``batch_size`` -> ``batch-size``: how messages and the command line name a setting."""
     return field_name.replace("_", "-")

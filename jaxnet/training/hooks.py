@@ -10,7 +10,8 @@ each hook checks whether the moment is its own. In the order :func:`jaxnet.train
 - :class:`History`: a row of moving averages, validation results, learning rate and time;
 - :class:`ProgressBar`: the tqdm bar with the latest row;
 - :class:`Checkpoints`: the whole state, every ``checkpoint_every`` iterations, at the end and
-  at Ctrl-C (which :class:`CtrlC` turns into a request the loop honours after its step).
+  at Ctrl-C or SIGTERM (which :class:`StopSignals` turns into a request the loop honours after
+  its step).
 """
 
 from __future__ import annotations
@@ -210,7 +211,7 @@ class ProgressBar(Hook):
 
 
 class Checkpoints(Hook):
-    """Save the whole run every ``every`` iterations, at the end and at Ctrl-C; resume from it."""
+    """Save the whole run every ``every`` iterations, at the end and at a stop signal; resume."""
 
     def __init__(self, manager: CheckpointManager, config: FitConfig) -> None:
         self.manager, self.every, self.config = manager, config.checkpoint_every, config
@@ -239,25 +240,41 @@ class Checkpoints(Hook):
         return Run(state, int(saved["iteration"]), history, float(saved.get("train_time_s", 0)))
 
 
-class CtrlC:
-    """Turns the first Ctrl-C into a request the loop honours after the current step."""
+class StopSignals:
+    """Turns the first Ctrl-C (SIGINT) or SIGTERM into a request the loop honours after its step.
+
+    SIGTERM is what a scheduler (SLURM, Kubernetes, systemd, a preemptible VM) sends before it
+    kills: it is treated as Ctrl-C is, so the step in flight finishes and a checkpoint is
+    saved. :attr:`signal` records which came first (the command exits with ``128 + signal``,
+    the shell's convention: 130 for SIGINT, 143 for SIGTERM). A second signal stops at once
+    (``KeyboardInterrupt``); every file is written atomically (:mod:`jaxnet.io`), so a save it
+    cuts short leaves the checkpoints written before it intact.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
+        self.signal = 0
+        self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> CtrlC:
+    @property
+    def requested(self) -> bool:
+        """Whether a stop was asked for."""
+        return self.signal != 0
+
+    def __enter__(self) -> StopSignals:
         def handler(signum: int, frame: Any) -> None:
-            if self.requested:  # a second Ctrl-C: stop at once
+            if self.requested:  # a second signal: stop at once
                 raise KeyboardInterrupt
-            self.requested = True
+            self.signal = signum
 
         try:
-            self._previous = signal.signal(signal.SIGINT, handler)
-        except ValueError:  # not the main thread: no handler, Ctrl-C behaves as usual
-            self._previous = None
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, handler)
+        except ValueError:  # not the main thread: no handler, signals behave as usual
+            self._previous = {}
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)

@@ -212,7 +212,7 @@ def train(
     for hook in hooks:
         hook.start(run)
     try:
-        with hooks_lib.CtrlC() as ctrl_c:
+        with hooks_lib.StopSignals() as stop:
             while run.iteration < config.iterations:
                 if run.iteration // per_epoch != epoch:
                     epoch = run.iteration // per_epoch
@@ -227,9 +227,9 @@ def train(
                 run.state = call(run.state, images, labels, batches, np.int32(run.iteration))
                 run.iteration += k
                 last = run.iteration == config.iterations
-                if last or ctrl_c.requested or any(run.iteration % k == 0 for k in intervals[1:]):
+                if last or stop.requested or any(run.iteration % k == 0 for k in intervals[1:]):
                     run.train_time_s = time_before + time.perf_counter() - session_start
-                    run.interrupted = ctrl_c.requested and not last
+                    run.interrupted = 0 if last else stop.signal
                     for hook in hooks:
                         hook(run, last)
                     if run.interrupted:

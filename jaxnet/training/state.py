@@ -107,14 +107,15 @@ class Run:
         iteration: optimizer steps done.
         history: one dict per history row (see :data:`jaxnet.training.hooks.HISTORY_FIELDS`).
         train_time_s: seconds spent training, over every session of a resumed run.
-        interrupted: Ctrl-C stopped the run early (a checkpoint was saved first).
+        interrupted: the signal that stopped the run early (``signal.SIGINT``, Ctrl-C, or
+            ``signal.SIGTERM``; a checkpoint was saved first), 0 if none did.
     """
 
     state: TrainState
     iteration: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     train_time_s: float = 0.0
-    interrupted: bool = False
+    interrupted: int = 0
 
     @property
     def params(self) -> Any:

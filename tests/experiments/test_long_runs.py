@@ -238,3 +238,223 @@ def test_batch_that_does_not_divide_is_refused(data_dir, tmp_path):
     )
     assert result.returncode == 2
     assert "batch size 15 does not divide over 2 devices" in result.stderr
+
+
+def test_sigterm_saves_and_resumes_bit_identically(data_dir, reference, tmp_path):
+    """What SLURM, Kubernetes or a preemptible VM sends before the kill: treated as Ctrl-C."""
+    out = tmp_path / "run"
+    proc = start(data_dir, out)
+    wait_for_checkpoints(out, proc, 2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "interrupted by SIGTERM" in err and f"--out {out} --resume" in err
+    assert "Traceback" not in err
+    assert (out / "history.csv").exists() and not (out / "params.npz").exists()
+    result = resume(data_dir, out)
+    assert result.returncode == 0, result.stderr
+    assert_bit_identical(out, reference)
+    assert history_without_time(out) == history_without_time(reference)
+
+
+def test_a_second_signal_during_the_save_corrupts_nothing(data_dir, reference, tmp_path):
+    out = tmp_path / "run"
+    proc = start(data_dir, out)
+    wait_for_checkpoints(out, proc, 2)
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGTERM)  # at once: during the step or the save
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert not list(out.rglob(".*.tmp")), "no half-written file is left"
+    result = resume(data_dir, out)
+    assert result.returncode == 0, result.stderr
+    assert_bit_identical(out, reference)
+
+
+def test_a_folder_in_use_is_refused_before_any_work(data_dir, tmp_path):
+    """Two trainings on one folder: the second (a new run, --resume or --overwrite) is refused,
+    naming the folder and the process that holds it; the first's files stay its own."""
+    out = tmp_path / "run"
+    first = start(data_dir, out, "--iterations", "100000", "--checkpoint-every", "20")
+    wait_for_checkpoints(out, first, 1)
+    config = (out / "config.json").read_bytes()
+    for extra in (("--seed", "5"), ("--resume",), ("--overwrite", "--seed", "5")):
+        second = mnist(data_dir, out, *FLAGS, *extra)
+        assert second.returncode == 2, second.stderr
+        assert f"{out} is in use by process {first.pid} on " in second.stderr
+        assert "Traceback" not in second.stderr
+    assert first.poll() is None, "the first run must still be running for this test to hold"
+    first.send_signal(signal.SIGTERM)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 128 + signal.SIGTERM, err
+    assert (out / "config.json").read_bytes() == config
+    assert json.loads(config)["fit"]["iterations"] == 100000
+    # The lock went with the process: the folder is free again.
+    result = mnist(data_dir, out, "--resume", "--iterations", "120", "--no-progress")
+    assert result.returncode == 2
+    assert "not past the run's newest checkpoint" in result.stderr
+
+
+def test_a_run_killed_by_sigkill_leaves_no_stale_lock(data_dir, tmp_path):
+    out = tmp_path / "run"
+    proc = start(data_dir, out)
+    wait_for_checkpoints(out, proc, 1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / ".lock").exists()
+    result = resume(data_dir, out)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("where", ["proc", "under_a_file"])
+def test_a_run_folder_that_cannot_be_written_is_one_line_before_any_work(data_dir, tmp_path, where):
+    if where == "proc":
+        out = Path("/proc/jaxnet-run")
+    else:
+        (tmp_path / "file").write_text("not a folder")
+        out = tmp_path / "file" / "run"
+    result = mnist(data_dir, out, *FLAGS)
+    assert result.returncode == 2
+    assert f"--out {out}: cannot write there" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_refused_new_run_leaves_no_folder_behind(data_dir, tmp_path):
+    out = tmp_path / "new"
+    result = mnist(data_dir, out, *FLAGS, "--val-size", "100000")
+    assert result.returncode == 2
+    assert not out.exists()
+
+
+def _small_tmpfs(mount: Path, size: str) -> bool:
+    """Mount a tmpfs of ``size`` at ``mount`` where this process may (root, Linux)."""
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True
+    )
+    return done.returncode == 0
+
+
+def test_a_full_disk_is_one_line_and_the_run_resumes(data_dir, reference, tmp_path):
+    """A run folder on a small tmpfs: the checkpoint that does not fit ends the run with one
+    line naming the file; the checkpoints before it stay, and --resume continues."""
+    mount = tmp_path / "small"
+    if not _small_tmpfs(mount, "400k"):
+        pytest.skip("cannot mount a tmpfs here (needs root on Linux)")
+    try:
+        out = mount / "run"
+        result = mnist(data_dir, out, *FLAGS)
+        assert result.returncode == 1
+        assert "Traceback" not in result.stderr
+        line = result.stderr.strip().splitlines()[-2]
+        assert f"error: cannot write {out}/" in line and "No space left on device" in line
+        assert f"--out {out} --resume" in result.stderr
+        kept = sorted((out / "checkpoints").glob("ckpt_*.npz"))
+        assert kept
+        # Make room the way a user would: move the run where there is space, and resume.
+        moved = tmp_path / "moved"
+        subprocess.run(["cp", "-a", str(out), str(moved)], check=True)
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+    (moved / ".lock").unlink()
+    result = resume(data_dir, moved)
+    assert result.returncode == 0, result.stderr
+    assert_bit_identical(moved, reference)
+
+
+def test_resume_applies_the_settings_that_may_change_and_records_them(data_dir, tmp_path):
+    out = tmp_path / "run"
+    flags = [f for f in FLAGS]
+    flags[flags.index("--iterations") + 1] = "60"
+    assert mnist(data_dir, out, *flags, "--schedule", "constant").returncode == 0
+    result = mnist(
+        data_dir, out, "--resume", "--iterations", "120", "--learning-rate", "0.05",
+        "--no-progress",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "resuming from iteration 60 with iterations 60 -> 120, learning-rate" in result.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert config["fit"]["iterations"] == 120 and config["fit"]["learning_rate"] == 0.05
+    assert config["resumed"] == [
+        {"from_iteration": 60, "changed": {"iterations": 120, "learning_rate": 0.05}}
+    ]
+    rows = history_without_time(out)
+    assert int(rows[-1]["iteration"]) == 120
+    assert float(rows[-1]["learning_rate"]) == 0.05
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--batch-size", "32"), "--resume cannot change --batch-size (the run has 16, given 32)"),
+        (("--seed", "4"), "--resume cannot change --seed (the run has 0, given 4)"),
+        (("--no-augment",), "--resume cannot change --augment (the run has True, given False)"),
+        (("--val-size", "50"), "--resume cannot change --val-size (the run has 40, given 50)"),
+        (("--iterations", "100"), "--iterations 100 is not past the run's newest checkpoint"),
+    ],
+)
+def test_resume_refuses_what_it_cannot_change(data_dir, reference, tmp_path, flags, message):
+    out = tmp_path / "run"
+    subprocess.run(["cp", "-a", str(reference), str(out)], check=True)
+    before = (out / "config.json").read_bytes()
+    result = mnist(data_dir, out, "--resume", "--no-progress", *flags)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (out / "config.json").read_bytes() == before
+
+
+def test_resume_with_the_same_settings_repeated_is_accepted(data_dir, reference, tmp_path):
+    """A job script that repeats its whole command with --resume: nothing changes."""
+    out = tmp_path / "run"
+    subprocess.run(["cp", "-a", str(reference), str(out)], check=True)
+    result = mnist(data_dir, out, *FLAGS, "--resume")
+    assert result.returncode == 0, result.stderr
+    assert "resuming with the settings saved in" in result.stderr
+    assert_bit_identical(out, reference)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda c: "{not json", "cannot read"),
+        (lambda c: json.dumps({k: v for k, v in json.loads(c).items() if k != "val_size"}),
+         "holds no integer 'val_size'"),
+        (lambda c: json.dumps({**json.loads(c), "fit": {"batch_size": "x"}}), "are damaged"),
+    ],
+)  # fmt: skip
+def test_resume_from_a_damaged_config_is_one_line(data_dir, reference, tmp_path, damage, message):
+    out = tmp_path / "run"
+    subprocess.run(["cp", "-a", str(reference), str(out)], check=True)
+    config = out / "config.json"
+    config.write_text(damage(config.read_text()))
+    result = mnist(data_dir, out, "--resume", "--no-progress")
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_same_seed_gives_the_same_bits_under_contention(data_dir, reference, tmp_path):
+    """More busy processes than cores, and another training beside it: every array equal.
+
+    oneDNN fixes a primitive's work split (and so the order of backward weights' sums) from
+    the OpenMP thread count of the thread that makes it; which thread does that depends on
+    XLA's scheduling, so under load it used to change the last bits (issue 26).
+    """
+    import os
+
+    busy = [
+        subprocess.Popen(["python3", "-c", "while True: pass"])
+        for _ in range((os.cpu_count() or 1) + 1)
+    ]
+    try:
+        beside = start(data_dir, tmp_path / "beside")
+        out = tmp_path / "run"
+        result = mnist(data_dir, out, *FLAGS)
+        beside.communicate(timeout=600)
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+    assert result.returncode == 0, result.stderr
+    assert_bit_identical(out, reference)
+    assert_bit_identical(tmp_path / "beside", reference)

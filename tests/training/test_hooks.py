@@ -18,11 +18,11 @@ from jaxnet.training.hooks import (
     AVERAGED_FIELDS,
     HISTORY_FIELDS,
     Checkpoints,
-    CtrlC,
     Evaluation,
     History,
     ProgressBar,
     StopOnNaN,
+    StopSignals,
 )
 from jaxnet.training.state import Run
 
@@ -160,11 +160,23 @@ def test_checkpoints_restore_without_a_checkpoint_starts_fresh(tmp_path, capsys)
     assert "no checkpoint in" in capsys.readouterr().err
 
 
-def test_ctrl_c_is_a_request_the_second_one_stops_and_the_handler_is_restored():
-    before = signal.getsignal(signal.SIGINT)
-    with CtrlC() as ctrl_c:
-        os.kill(os.getpid(), signal.SIGINT)
-        assert ctrl_c.requested
+@pytest.mark.parametrize(
+    "first, second",
+    [
+        (signal.SIGINT, signal.SIGINT),
+        (signal.SIGTERM, signal.SIGTERM),
+        (signal.SIGTERM, signal.SIGINT),
+    ],
+)
+def test_a_stop_signal_is_a_request_the_second_one_stops_and_the_handlers_are_restored(
+    first, second
+):
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with StopSignals() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), first)
+        assert stop.requested and stop.signal == first
         with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is before
+            os.kill(os.getpid(), second)
+        assert stop.signal == first
+    assert {s: signal.getsignal(s) for s in before} == before

@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache, partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -204,46 +204,122 @@ def _shape(a: np.ndarray) -> str:
     return "x".join(map(str, a.shape[1:]))
 
 
-def format_table(expl: Explanation, title: str) -> str:
-    """The forward and backward tables, as the command prints them."""
+class ForwardRow(NamedTuple):
+    """One line of the forward table, as printed: the layer, its kind, output shape and range."""
+
+    name: str
+    kind: str
+    shape: str
+    min: str
+    max: str
+
+
+class BackwardRow(NamedTuple):
+    """One line of the backward table, as printed (``"-"`` where the loss has no dL/dy).
+
+    ``absolute`` and ``relative`` are :func:`differences` formatted to two digits.
+    """
+
+    name: str
+    receives: str
+    dy_max: str
+    passes: str
+    dx_max: str
+    absolute: str
+    relative: str
+
+
+class Table(NamedTuple):
+    """The numbers the command prints, as strings: one computation for the table and the page.
+
+    Attributes:
+        forward: ``input``, then one row per layer in forward order.
+        answer: the top three classes and their probabilities, ``"7 99.12%, ..."``.
+        backward: ``loss``, then one row per layer in backward order.
+        differences: :func:`differences` itself (floats), per layer in forward order, then the
+            loss.
+    """
+
+    forward: list[ForwardRow]
+    answer: str
+    backward: list[BackwardRow]
+    differences: list[tuple[float, float]]
+
+
+def table(expl: Explanation) -> Table:
+    """The printed table's rows, computed once for :func:`format_table` and the HTML page."""
     from jaxnet.network import parameter_rows
 
     arch, a = expl.run.arch, expl.analytic
     names = expl.run.class_names
     kinds = [row.kind for row in parameter_rows(arch)]
-    lines = [title, "", "forward"]
-    lines.append(f"  {'layer':<9}{'type':<26}{'output':<11}{'min':>10}{'max':>10}")
     rows = [("input", "image * scale - mean", expl.x)]
     rows += [
         (layer.name, kind, y) for layer, kind, y in zip(arch.layers, kinds, a.outputs, strict=True)
     ]
-    for name, kind, y in rows:
-        lines.append(f"  {name:<9}{kind:<26}{_shape(y):<11}{y.min():>10.4g}{y.max():>10.4g}")
+    forward = [
+        ForwardRow(name, kind, _shape(y), f"{y.min():.4g}", f"{y.max():.4g}")
+        for name, kind, y in rows
+    ]
     top = np.argsort(-expl.probabilities, kind="stable")[:3]
     answer = ", ".join(f"{names[c]} {expl.probabilities[c]:.2%}" for c in top)
-    lines += [f"  softmax: {answer}", ""]
 
     diffs = differences(expl)
+    dz = a.dy[-1]
+    backward = [
+        BackwardRow(
+            "loss",
+            "-",
+            "-",
+            _shape(dz),
+            f"{np.abs(dz).max():.3e}",
+            f"{diffs[-1][0]:.1e}",
+            f"{diffs[-1][1]:.1e}",
+        )
+    ]
+    for i in reversed(range(len(arch.layers))):
+        dy, dx = a.dy[i], a.dx(i)
+        backward.append(
+            BackwardRow(
+                arch.layers[i].name,
+                _shape(dy),
+                f"{np.abs(dy).max():.3e}",
+                _shape(dx),
+                f"{np.abs(dx).max():.3e}",
+                f"{diffs[i][0]:.1e}",
+                f"{diffs[i][1]:.1e}",
+            )
+        )
+    return Table(forward, answer, backward, diffs)
+
+
+def format_table(expl: Explanation, title: str, rows: Table | None = None) -> str:
+    """The forward and backward tables, as the command prints them.
+
+    Args:
+        expl: the explanation.
+        title: the first line.
+        rows: :func:`table` of ``expl``, if already computed (the page shows the same rows).
+    """
+    rows = table(expl) if rows is None else rows
+    lines = [title, "", "forward"]
+    lines.append(f"  {'layer':<9}{'type':<26}{'output':<11}{'min':>10}{'max':>10}")
+    for r in rows.forward:
+        lines.append(f"  {r.name:<9}{r.kind:<26}{r.shape:<11}{r.min:>10}{r.max:>10}")
+    lines += [f"  softmax: {rows.answer}", ""]
     lines.append(
-        f"backward from the loss of class {names[expl.label]} (L = {a.loss:.4g}): analytic "
+        f"backward from the loss of class {expl.run.class_names[expl.label]} "
+        f"(L = {expl.analytic.loss:.4g}): analytic "
         f"rules, and their worst difference from autodiff ({expl.dtype})"
     )
     lines.append(
         f"  {'layer':<9}{'receives dL/dy':<16}{'max|dL/dy|':>11}  {'passes on dL/dx':<17}"
         f"{'max|dL/dx|':>11}{'abs diff':>11}{'rel diff':>11}"
     )
-    dz = a.dy[-1]
-    absolute, relative = diffs[-1]
-    lines.append(
-        f"  {'loss':<9}{'-':<16}{'-':>11}  {_shape(dz):<17}{np.abs(dz).max():>11.3e}"
-        f"{absolute:>11.1e}{relative:>11.1e}"
-    )
-    for i in reversed(range(len(arch.layers))):
-        dy, dx = a.dy[i], a.dx(i)
-        absolute, relative = diffs[i]
+    for r in rows.backward:
         lines.append(
-            f"  {arch.layers[i].name:<9}{_shape(dy):<16}{np.abs(dy).max():>11.3e}  "
-            f"{_shape(dx):<17}{np.abs(dx).max():>11.3e}{absolute:>11.1e}{relative:>11.1e}"
+            f"  {r.name:<9}{r.receives:<16}{r.dy_max:>11}  {r.passes:<17}{r.dx_max:>11}"
+            f"{r.absolute:>11}{r.relative:>11}"
         )
     lines.append(
         "  diff: over what the layer's rule computes, dL/dx (and dL/dW, dL/db for conv and "

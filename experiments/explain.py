@@ -477,6 +477,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="the figure (default: RUN_DIR/explain-<index or file name>.png)",
     )
     p.add_argument(
+        "--html",
+        type=Path,
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="PATH",
+        help="also write a page to step through in a browser (experiments.explain_page), one "
+        "self-contained HTML file; PATH defaults to the figure's with .html",
+    )
+    p.add_argument(
         "--data-dir",
         type=Path,
         default=None,
@@ -519,22 +529,26 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     args = build_parser().parse_args(argv)
 
+    from experiments import explain_page
     from jaxnet import images
     from jaxnet.datasets import DataError
 
     try:
         run = load_run(args.run_dir)
         label = None if args.label is None else _class_index(args.label, run.class_names)
+        stem = args.index if args.index is not None else args.image.stem
+        out = args.out if args.out is not None else run.folder / f"explain-{stem}.png"
+        page = None
+        if args.html is not None:
+            page = out.with_suffix(".html") if args.html is True else args.html
+            explain_page.check_writable(page)
         if args.index is not None:
             image, true = _test_image(run, args)
             label = true if label is None else label
-            what, stem = (
-                f"test image #{args.index} (true class {run.class_names[true]})",
-                args.index,
-            )
+            what = f"test image #{args.index} (true class {run.class_names[true]})"
         else:
             image = images.read(args.image, run.arch.input_shape, args.invert)
-            what, stem = str(args.image), args.image.stem
+            what = str(args.image)
     except (RunError, ValueError, images.ImageFileError) as err:
         return error(str(err))
     except DataError as err:
@@ -542,10 +556,16 @@ def main(argv: list[str] | None = None) -> int:
 
     expl = explain(run, image, label, np.float32 if args.float32 else np.float64)
     title = f"{run.folder}: {what}"
-    say(format_table(expl, title))
-    out = args.out if args.out is not None else run.folder / f"explain-{stem}.png"
+    rows = table(expl)
+    say(format_table(expl, title, rows))
     plot_explanation(expl, title, out)
     say(f"figure: {out}")
+    if page is not None:
+        try:
+            explain_page.write_page(expl, title, page, rows)
+        except OSError as err:
+            return error(f"--html {page}: {err.strerror or err}", 1)
+        say(f"page: {page}")
     return 0
 
 

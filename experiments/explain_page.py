@@ -190,7 +190,7 @@ def rule_html(layer: Any) -> str:
     if kind == "conv":
         (ph, pw), (sh, sw) = layer.padding, layer.stride
         kh, kw = layer.kh, layer.kw
-        tilde = "<mover accent='true'><mi>{}</mi><mo>~</mo></mover>"
+        tilde = "<mi>{}\u0303</mi>"  # x̃, ỹ, as the notes write them
         dyt = (
             "<msub><mfrac><mrow><mi>∂</mi><mi>L</mi></mrow><mrow><mi>∂</mi>"
             + tilde.format("y")

@@ -14,6 +14,13 @@ As the seed's MATLAB ``evaluate(..., verbose)`` does, it prints, and draws in on
   relative difference from JAX autodiff of the same forward functions;
 - the input gradient (saliency) map, ``max over channels |dL/dx|``, over the image.
 
+``--html [PATH]`` also writes all of it as one self-contained page to step through in a browser,
+every layer both ways with its rule beside its numbers (:mod:`experiments.explain_page`; PATH
+defaults to the figure's with ``.html``). The table, the figure and the page come from one
+:class:`Explanation`, and the page's numbers are the table's (:func:`table`). An ``--html`` path
+that cannot be written (a folder, under a regular file, a read-only folder) is one line and exit
+status 2 before any work.
+
 Every layer's dL/dy comes from one ``jax.grad`` call: a zero *probe* is added to each layer's
 output, ``y_i = layer_i(y_{i-1}) + p_i``, and the loss is differentiated with respect to the
 probes (and the input and parameters). Adding zero changes no value, and ``dL/dp_i = dL/dy_i``

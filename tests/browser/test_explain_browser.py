@@ -3,7 +3,7 @@
 For the MNIST network and the CIFAR-10 Table 3 network (random parameters, a real test image
 from ``$JAXNET_DATA``), the page is written by the command and opened from ``file://``:
 
-- it loads with no SEVERE entry in the browser's console log;
+- it loads with no SEVERE entry in the browser's console log, its first step drawn within 2 s;
 - every forward and backward step is reached by the arrow keys, by the buttons and by clicking
   the layer in the diagram;
 - each step shows the numbers of the command's printed table for that layer (forward: shape,
@@ -155,6 +155,8 @@ def test_every_step_by_key_and_click_shows_the_printed_numbers(driver, page):
     _, path, forward, backward = page
     open_page(driver, path)
     assert severe(driver) == []
+    ready = int(driver.execute_script("return document.body.dataset.readyMs"))
+    assert ready < 2000, f"the first step was drawn {ready} ms after navigation began"
     steps = expected_steps(forward, backward)
     body = driver.find_element(By.TAG_NAME, "body")
 

@@ -228,6 +228,24 @@ def test_a_read_only_folder_is_one_line(tmp_path, cifar_run, capsys):
     assert "Permission denied" in line and str(locked) in line
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["{tmp}/nowhere", "--index", "0"], "no such run folder"),
+        (["{run}", "{tmp}/not-an-image.png"], "not-an-image.png"),
+        (["{run}", "{photo}", "--class", "10"], "not one of the classes"),
+    ],
+)
+def test_bad_input_with_html_is_one_line_and_status_2(tmp_path, cifar_run, capsys, argv, message):
+    (tmp_path / "not-an-image.png").write_text("not a picture")
+    fields = {"run": cifar_run, "tmp": tmp_path, "photo": photo(tmp_path)}
+    argv = [a.format(**fields) for a in argv] + ["--html", str(tmp_path / "p.html")]
+    assert explain.main(argv) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and message in line
+    assert not (tmp_path / "p.html").exists()
+
+
 def test_a_write_that_fails_late_is_one_line_and_status_1(tmp_path, cifar_run, capsys, monkeypatch):
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")

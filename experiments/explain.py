@@ -14,6 +14,13 @@ As the seed's MATLAB ``evaluate(..., verbose)`` does, it prints, and draws in on
   relative difference from JAX autodiff of the same forward functions;
 - the input gradient (saliency) map, ``max over channels |dL/dx|``, over the image.
 
+``--html [PATH]`` also writes all of it as one self-contained page to step through in a browser,
+every layer both ways with its rule beside its numbers (:mod:`experiments.explain_page`; PATH
+defaults to the figure's with ``.html``). The table, the figure and the page come from one
+:class:`Explanation`, and the page's numbers are the table's (:func:`table`). An ``--html`` path
+that cannot be written (a folder, under a regular file, a read-only folder) is one line and exit
+status 2 before any work.
+
 Every layer's dL/dy comes from one ``jax.grad`` call: a zero *probe* is added to each layer's
 output, ``y_i = layer_i(y_{i-1}) + p_i``, and the loss is differentiated with respect to the
 probes (and the input and parameters). Adding zero changes no value, and ``dL/dp_i = dL/dy_i``
@@ -35,7 +42,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache, partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -204,46 +211,122 @@ def _shape(a: np.ndarray) -> str:
     return "x".join(map(str, a.shape[1:]))
 
 
-def format_table(expl: Explanation, title: str) -> str:
-    """The forward and backward tables, as the command prints them."""
+class ForwardRow(NamedTuple):
+    """One line of the forward table, as printed: the layer, its kind, output shape and range."""
+
+    name: str
+    kind: str
+    shape: str
+    min: str
+    max: str
+
+
+class BackwardRow(NamedTuple):
+    """One line of the backward table, as printed (``"-"`` where the loss has no dL/dy).
+
+    ``absolute`` and ``relative`` are :func:`differences` formatted to two digits.
+    """
+
+    name: str
+    receives: str
+    dy_max: str
+    passes: str
+    dx_max: str
+    absolute: str
+    relative: str
+
+
+class Table(NamedTuple):
+    """The numbers the command prints, as strings: one computation for the table and the page.
+
+    Attributes:
+        forward: ``input``, then one row per layer in forward order.
+        answer: the top three classes and their probabilities, ``"7 99.12%, ..."``.
+        backward: ``loss``, then one row per layer in backward order.
+        differences: :func:`differences` itself (floats), per layer in forward order, then the
+            loss.
+    """
+
+    forward: list[ForwardRow]
+    answer: str
+    backward: list[BackwardRow]
+    differences: list[tuple[float, float]]
+
+
+def table(expl: Explanation) -> Table:
+    """The printed table's rows, computed once for :func:`format_table` and the HTML page."""
     from jaxnet.network import parameter_rows
 
     arch, a = expl.run.arch, expl.analytic
     names = expl.run.class_names
     kinds = [row.kind for row in parameter_rows(arch)]
-    lines = [title, "", "forward"]
-    lines.append(f"  {'layer':<9}{'type':<26}{'output':<11}{'min':>10}{'max':>10}")
     rows = [("input", "image * scale - mean", expl.x)]
     rows += [
         (layer.name, kind, y) for layer, kind, y in zip(arch.layers, kinds, a.outputs, strict=True)
     ]
-    for name, kind, y in rows:
-        lines.append(f"  {name:<9}{kind:<26}{_shape(y):<11}{y.min():>10.4g}{y.max():>10.4g}")
+    forward = [
+        ForwardRow(name, kind, _shape(y), f"{y.min():.4g}", f"{y.max():.4g}")
+        for name, kind, y in rows
+    ]
     top = np.argsort(-expl.probabilities, kind="stable")[:3]
     answer = ", ".join(f"{names[c]} {expl.probabilities[c]:.2%}" for c in top)
-    lines += [f"  softmax: {answer}", ""]
 
     diffs = differences(expl)
+    dz = a.dy[-1]
+    backward = [
+        BackwardRow(
+            "loss",
+            "-",
+            "-",
+            _shape(dz),
+            f"{np.abs(dz).max():.3e}",
+            f"{diffs[-1][0]:.1e}",
+            f"{diffs[-1][1]:.1e}",
+        )
+    ]
+    for i in reversed(range(len(arch.layers))):
+        dy, dx = a.dy[i], a.dx(i)
+        backward.append(
+            BackwardRow(
+                arch.layers[i].name,
+                _shape(dy),
+                f"{np.abs(dy).max():.3e}",
+                _shape(dx),
+                f"{np.abs(dx).max():.3e}",
+                f"{diffs[i][0]:.1e}",
+                f"{diffs[i][1]:.1e}",
+            )
+        )
+    return Table(forward, answer, backward, diffs)
+
+
+def format_table(expl: Explanation, title: str, rows: Table | None = None) -> str:
+    """The forward and backward tables, as the command prints them.
+
+    Args:
+        expl: the explanation.
+        title: the first line.
+        rows: :func:`table` of ``expl``, if already computed (the page shows the same rows).
+    """
+    rows = table(expl) if rows is None else rows
+    lines = [title, "", "forward"]
+    lines.append(f"  {'layer':<9}{'type':<26}{'output':<11}{'min':>10}{'max':>10}")
+    for r in rows.forward:
+        lines.append(f"  {r.name:<9}{r.kind:<26}{r.shape:<11}{r.min:>10}{r.max:>10}")
+    lines += [f"  softmax: {rows.answer}", ""]
     lines.append(
-        f"backward from the loss of class {names[expl.label]} (L = {a.loss:.4g}): analytic "
+        f"backward from the loss of class {expl.run.class_names[expl.label]} "
+        f"(L = {expl.analytic.loss:.4g}): analytic "
         f"rules, and their worst difference from autodiff ({expl.dtype})"
     )
     lines.append(
         f"  {'layer':<9}{'receives dL/dy':<16}{'max|dL/dy|':>11}  {'passes on dL/dx':<17}"
         f"{'max|dL/dx|':>11}{'abs diff':>11}{'rel diff':>11}"
     )
-    dz = a.dy[-1]
-    absolute, relative = diffs[-1]
-    lines.append(
-        f"  {'loss':<9}{'-':<16}{'-':>11}  {_shape(dz):<17}{np.abs(dz).max():>11.3e}"
-        f"{absolute:>11.1e}{relative:>11.1e}"
-    )
-    for i in reversed(range(len(arch.layers))):
-        dy, dx = a.dy[i], a.dx(i)
-        absolute, relative = diffs[i]
+    for r in rows.backward:
         lines.append(
-            f"  {arch.layers[i].name:<9}{_shape(dy):<16}{np.abs(dy).max():>11.3e}  "
-            f"{_shape(dx):<17}{np.abs(dx).max():>11.3e}{absolute:>11.1e}{relative:>11.1e}"
+            f"  {r.name:<9}{r.receives:<16}{r.dy_max:>11}  {r.passes:<17}{r.dx_max:>11}"
+            f"{r.absolute:>11}{r.relative:>11}"
         )
     lines.append(
         "  diff: over what the layer's rule computes, dL/dx (and dL/dW, dL/db for conv and "
@@ -401,6 +484,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="the figure (default: RUN_DIR/explain-<index or file name>.png)",
     )
     p.add_argument(
+        "--html",
+        type=Path,
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="PATH",
+        help="also write a page to step through in a browser (experiments.explain_page), one "
+        "self-contained HTML file; PATH defaults to the figure's with .html",
+    )
+    p.add_argument(
         "--data-dir",
         type=Path,
         default=None,
@@ -443,22 +536,26 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     args = build_parser().parse_args(argv)
 
+    from experiments import explain_page
     from jaxnet import images
     from jaxnet.datasets import DataError
 
     try:
         run = load_run(args.run_dir)
         label = None if args.label is None else _class_index(args.label, run.class_names)
+        stem = args.index if args.index is not None else args.image.stem
+        out = args.out if args.out is not None else run.folder / f"explain-{stem}.png"
+        page = None
+        if args.html is not None:
+            page = out.with_suffix(".html") if args.html is True else args.html
+            explain_page.check_writable(page)
         if args.index is not None:
             image, true = _test_image(run, args)
             label = true if label is None else label
-            what, stem = (
-                f"test image #{args.index} (true class {run.class_names[true]})",
-                args.index,
-            )
+            what = f"test image #{args.index} (true class {run.class_names[true]})"
         else:
             image = images.read(args.image, run.arch.input_shape, args.invert)
-            what, stem = str(args.image), args.image.stem
+            what = str(args.image)
     except (RunError, ValueError, images.ImageFileError) as err:
         return error(str(err))
     except DataError as err:
@@ -466,10 +563,16 @@ def main(argv: list[str] | None = None) -> int:
 
     expl = explain(run, image, label, np.float32 if args.float32 else np.float64)
     title = f"{run.folder}: {what}"
-    say(format_table(expl, title))
-    out = args.out if args.out is not None else run.folder / f"explain-{stem}.png"
+    rows = table(expl)
+    say(format_table(expl, title, rows))
     plot_explanation(expl, title, out)
     say(f"figure: {out}")
+    if page is not None:
+        try:
+            explain_page.write_page(expl, title, page, rows)
+        except OSError as err:
+            return error(f"--html {page}: {err.strerror or err}", 1)
+        say(f"page: {page}")
     return 0
 
 

@@ -17,7 +17,8 @@ def test_exactly_two_setup_commands_and_ci_runs_the_test_one():
         'pip install -e ".[test]" && python -m pytest',
     ]
     ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
-    assert 'pip install --quiet --disable-pip-version-check -e ".[test]"' in ci
+    # CI installs the test extra and the browser one (tests/browser: Selenium, headless Chromium)
+    assert 'pip install --quiet --disable-pip-version-check -e ".[test,browser]"' in ci
     assert "python3 -m pytest" in ci
 
 

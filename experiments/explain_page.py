@@ -1,0 +1,363 @@
+"""Step through backpropagation in a browser: one self-contained HTML page for an explanation.
+
+    python -m experiments.explain runs/mnist --index 18 --html            # beside the figure
+    python -m experiments.explain runs/cifar10_modified cat.jpg --html cat.html
+
+The page is one file: its CSS, script and data are inline, nothing is fetched, and it opens from
+disk by double-click. It shows, for the one image of an :class:`~experiments.explain.Explanation`:
+
+- a diagram of the network (input, each layer with its output shape, the loss); clicking a box,
+  the ``<`` / ``>`` buttons or the arrow keys move through the steps;
+- **forward**, one step per layer: the layer's output ``(H, W, C)`` with every channel as a small
+  image (click one to enlarge it; hovering a pixel shows its position and value), its shape and
+  range as the table prints them; a vector output as bars; at the end the logits and softmax;
+- **backward**, one step per layer, from the loss of the chosen class: the gradient the layer
+  receives (``dL/dy``) and passes on (``dL/dx``), and for conv and dense layers ``dL/dW`` and
+  ``dL/db``, in a diverging colour map centred on zero (red > 0, blue < 0, limits ``+-max|.|``
+  of each array); beside them the layer's rule in MathML (rendered by the browser itself, with
+  the report's equation number where the report numbers it) and the worst absolute and relative
+  difference of the rule from autodiff, the strings of the printed table;
+- last, the saliency map ``max over channels |dL/dx|`` over the input, and the top classes.
+
+One computation feeds the printed table and the page: the page's rows are
+:func:`experiments.explain.table` of the same explanation (the strings it prints, and the float
+differences beside them), and the printed table itself is on the page under "the table".
+
+Data: every array is stored as little-endian float32 in base64 (values shown on hover to four
+significant digits; the walk itself is float64), decoded only when a step first shows it. The
+input image is stored as its uint8 pixels. The size depends on the network, not on the weights
+or the image: 510,814 bytes (0.49 MiB) for the MNIST network
+(``python -m experiments.explain runs/mnist --index 18 --html``, a 300-step run) and 1,096,651
+bytes (1.05 MiB) for the CIFAR-10 Table 3 network
+(``python -m experiments.explain runs/cifar10_modified --index 3 --html``, a 200-step run),
+under the 5 MB the page is allowed; tests/experiments/test_explain_page.py holds it there.
+
+The HTML, CSS and script are the package data file ``explain_page.html``; :func:`render_page`
+puts the data into it as JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments.explain import Explanation, Table, table
+
+TEMPLATE = "explain_page.html"
+DATA_MARK = "__EXPLAIN_DATA__"  # the template's placeholder for the JSON
+
+# The report's equation numbers of each kind's rule (cited in jaxnet/layers/*.py); the report
+# gives the convolution's and max pooling's rules no number.
+EQUATIONS = {
+    "dense": "eqs. 17, 21, 24",
+    "relu": "eq. 25",
+    "loss": "eq. 29",
+    "conv": "jaxnet/layers/conv.py",
+    "pool": "jaxnet/layers/pool.py",
+}
+
+
+class PagePathError(ValueError):
+    """An ``--html`` path that cannot be written; the message names the path and the reason."""
+
+
+def check_writable(path: str | os.PathLike[str]) -> Path:
+    """Check, before any work, that a file can be written at ``path``.
+
+    The nearest existing ancestor must be a folder this process may write into; ``path`` itself
+    must not be a folder. (A write can still fail later, a full disk for one; the command then
+    reports that too.)
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        PagePathError: ``path`` is a folder, lies under a regular file, or its folder is not
+            writable.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise PagePathError(f"--html {path}: is a folder (Is a directory)")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise PagePathError(f"--html {path}: {parent} is not a folder (Not a directory)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PagePathError(f"--html {path}: {parent} is not writable (Permission denied)")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# MathML: each rule written with the arrays named as the page names them
+
+
+def _mi(name: str) -> str:
+    return f"<mi>{name}</mi>"
+
+
+def _mo(op: str) -> str:
+    return f"<mo>{op}</mo>"
+
+
+def _d(of: str, sub: str = "") -> str:
+    """``dL/d<of>``, with an optional index subscript such as ``h,w,c``."""
+    frac = f"<mfrac><mrow><mi>∂</mi><mi>L</mi></mrow><mrow><mi>∂</mi>{_mi(of)}</mrow></mfrac>"
+    return f"<msub>{frac}<mrow>{sub}</mrow></msub>" if sub else frac
+
+
+def _idx(*names: str) -> str:
+    return "<mo>,</mo>".join(f"<mi>{n}</mi>" if n.isalpha() else f"<mn>{n}</mn>" for n in names)
+
+
+def _eq(number: str) -> str:
+    """The report's equation number, set off to the right of its equation."""
+    return f"<mspace width='1.5em'/><mtext>({number})</mtext>"
+
+
+def _sum(under: str) -> str:
+    return f"<munder><mo>∑</mo><mrow>{under}</mrow></munder>"
+
+
+def _math(*rows: str) -> str:
+    """Display math, one equation per row, aligned left."""
+    body = "".join(f"<mtr><mtd><mrow>{r}</mrow></mtd></mtr>" for r in rows)
+    return f'<math display="block"><mtable columnalign="left">{body}</mtable></math>'
+
+
+def _note(text: str) -> str:
+    """A line of prose under an equation (HTML, so it wraps as text does)."""
+    return f'<p class="note">{text}</p>'
+
+
+def _cases(*rows: tuple[str, str]) -> str:
+    """``{ value  condition`` rows, a left brace before them."""
+    body = "".join(f"<mtr><mtd>{v}</mtd><mtd>{c}</mtd></mtr>" for v, c in rows)
+    return f"<mrow><mo>{{</mo><mtable columnalign='left'>{body}</mtable></mrow>"
+
+
+def _fn(name: str, arg: str) -> str:
+    return f"<mi>{name}</mi><mo>&#x2061;</mo><mrow><mo>(</mo>{arg}<mo>)</mo></mrow>"
+
+
+def rule_html(layer: Any) -> str:
+    """The backward rule of ``layer`` (a :class:`jaxnet.network.Layer`): MathML and a note.
+
+    The arrays are named as on the page: ``x`` the layer's input, ``y`` its output, ``W`` and
+    ``b`` its parameters; ``dL/dy`` what it receives, ``dL/dx`` what it passes on. One image,
+    so the batch size ``N`` is 1. Indices: ``h, w`` a position in ``x``, ``i, j`` one in ``y``,
+    ``c`` an input channel, ``o`` an output channel, ``u, v`` a kernel offset.
+    """
+    kind = layer.kind
+    if kind == "dense":
+        t = "<msup><mrow><mo>(</mo>" + _d("y") + "<mo>)</mo></mrow><mi>T</mi></msup>"
+        return _math(
+            _d("x") + _mo("=") + _d("y") + _mo("&#x2062;") + _mi("W") + _eq("17"),
+            _d("W") + _mo("=") + t + _mo("&#x2062;") + _mi("x") + _eq("21"),
+            _d("b") + _mo("=") + t + _mo("&#x2062;") + "<mn>1</mn>" + _eq("24"),
+        ) + _note(
+            f"x is the layer's input flattened to 1 x {layer.n_in}, W is {layer.n_out} x "
+            f"{layer.n_in}; ∂L/∂x is reshaped back to the input's shape."
+        )  # fmt: skip
+    if kind == "relu":
+        x = "<mi>x</mi>"
+        return _math(
+            _d("x") + _mo("=") + _d("y") + _mo("⊙") + _fn("step", x) + _eq("25"),
+            _fn("step", x) + _mo("=") + _cases(
+                ("<mn>1</mn>", "<mtext>if&#xA0;</mtext><mi>x</mi><mo>&gt;</mo><mn>0</mn>"),
+                ("<mn>0</mn>", "<mtext>if&#xA0;</mtext><mi>x</mi><mo>≤</mo><mn>0</mn>"),
+            ),
+        ) + _note(
+            "Elementwise. At the kink step(0) = 0, as the seed and PyTorch take it (JAX's "
+            "derivative of max(x, 0) would give 1/2 there)."
+        )  # fmt: skip
+    if kind == "pool":
+        (kh, kw), (sh, sw) = layer.window, layer.stride
+        return _math(
+            _d("x", _idx("h", "w", "c")) + _mo("=") + _cases(
+                (_d("y", _idx("i", "j", "c")),
+                 "<mtext>if (h, w) is the first maximum of window (i, j)</mtext>"),
+                ("<mn>0</mn>", "<mtext>otherwise</mtext>"),
+            ),
+        ) + _note(
+            f"Window (i, j) is rows {sh}i … {sh}i+{kh - 1} and columns {sw}j … {sw}j+{kw - 1} "
+            "of x, channel by channel. Each window's gradient goes to one element: its first "
+            "maximum in row-major order (ties after a ReLU are common)."
+        )  # fmt: skip
+    if kind == "conv":
+        (ph, pw), (sh, sw) = layer.padding, layer.stride
+        kh, kw = layer.kh, layer.kw
+        tilde = "<mi>{}\u0303</mi>"  # x̃, ỹ, as the notes write them
+        dyt = (
+            "<msub><mfrac><mrow><mi>∂</mi><mi>L</mi></mrow><mrow><mi>∂</mi>"
+            + tilde.format("y")
+            + "</mrow></mfrac><mrow><mi>h</mi><mo>+</mo><mi>u</mi><mo>,</mo><mi>w</mi><mo>+</mo>"
+            + "<mi>v</mi><mo>,</mo><mi>o</mi></mrow></msub>"
+        )  # fmt: skip
+        flipped = (
+            f"<msub><mi>W</mi><mrow><mn>{kh - 1}</mn><mo>−</mo><mi>u</mi><mo>,</mo>"
+            f"<mn>{kw - 1}</mn><mo>−</mo><mi>v</mi><mo>,</mo><mi>c</mi><mo>,</mo><mi>o</mi>"
+            "</mrow></msub>"
+        )
+        strided = sh != 1 or sw != 1
+        at = (
+            f"<mn>{sh}</mn><mi>i</mi><mo>+</mo><mi>u</mi><mo>,</mo><mn>{sw}</mn><mi>j</mi>"
+            if strided
+            else "<mi>i</mi><mo>+</mo><mi>u</mi><mo>,</mo><mi>j</mi>"
+        )
+        xi = (
+            f"<msub>{tilde.format('x')}<mrow>{at}<mo>+</mo><mi>v</mi><mo>,</mo><mi>c</mi>"
+            "</mrow></msub>"
+        )
+        dilated = f" dilated by ({sh}, {sw}) (s − 1 zeros between entries) and" if strided else ""
+        far = " (plus r = (H + 2p − k) mod s on the far side)" if strided else ""
+        return _math(
+            _d("x", _idx("h", "w", "c")) + _mo("=") + _sum(_idx("u", "v", "o")) + dyt
+            + _mo("&#x2062;") + flipped,
+        ) + _note(
+            f"∂L/∂ỹ is ∂L/∂y{dilated} zero-padded by ({kh - 1 - ph}, {kw - 1 - pw}) = k − 1 − p"
+            f"{far}: the full correlation of ∂L/∂y with the kernel flipped in both axes, "
+            "input and output channels swapped (a transposed convolution)."
+        ) + _math(
+            _d("W", _idx("u", "v", "c", "o")) + _mo("=") + _sum(_idx("i", "j")) + xi
+            + _mo("&#x2062;") + _d("y", _idx("i", "j", "o")),
+        ) + _note(
+            f"x̃ is x zero-padded by ({ph}, {pw}): the correlation of the input with ∂L/∂y."
+        ) + _math(
+            _d("b", _idx("o")) + _mo("=") + _sum(_idx("i", "j")) + _d("y", _idx("i", "j", "o")),
+        )  # fmt: skip
+    raise ValueError(f"no rule written for layer kind {kind!r}")
+
+
+def loss_html() -> str:
+    """The softmax cross-entropy (eq. 26) and its rule (eq. 29) for one image of class ``c``."""
+    z = "<mi>z</mi>"
+    return _math(
+        "<mi>L</mi><mo>=</mo><mo>−</mo><mi>log</mi><mspace width='0.2em'/><msub><mrow>"
+        + _fn("softmax", z) + "</mrow><mi>c</mi></msub>" + _eq("26"),
+        _d("z") + "<mo>=</mo><mfrac><mrow>" + _fn("softmax", z) + "<mo>−</mo>"
+        + _fn("onehot", "<mi>c</mi>") + "</mrow><mi>N</mi></mfrac>" + _eq("29"),
+    ) + _note(
+        "z: the logits (the last layer's output); c: the class whose loss is differentiated; "
+        "N = 1 image."
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# The data
+
+
+def _array(a: np.ndarray) -> dict[str, Any]:
+    """``{"shape", "data"}``: one image's array (batch axis dropped) as base64 float32."""
+    a = np.asarray(a, "<f4")
+    return {
+        "shape": list(a.shape),
+        "data": base64.b64encode(np.ascontiguousarray(a).tobytes()).decode("ascii"),
+        "absmax": float(np.max(np.abs(a))) if a.size else 0.0,
+        "min": float(a.min()) if a.size else 0.0,
+        "max": float(a.max()) if a.size else 0.0,
+    }
+
+
+def page_data(expl: Explanation, title: str, rows: Table | None = None) -> dict[str, Any]:
+    """Everything the page shows, as JSON-ready data.
+
+    Args:
+        expl: the explanation.
+        title: the page's heading (the table's first line).
+        rows: :func:`experiments.explain.table` of ``expl``, if already computed.
+
+    Returns:
+        A dict: ``title``, ``classes``, ``label``, ``loss``, ``dtype``, ``image`` (uint8
+        ``(H, W, C)`` in base64), ``arrays`` (name -> shape and float32 data: ``x``, ``y<i>``
+        each layer's output, ``dy<i>`` its dL/dy, ``dinput``, ``dW:<name>`` and ``db:<name>``),
+        ``layers`` (name, kind, description, output shape, rule, equation, forward and backward
+        rows), ``input`` and ``loss`` rows, ``probabilities``, ``saliency`` and ``table``.
+    """
+    from experiments.explain import format_table
+
+    rows = table(expl) if rows is None else rows
+    arch, a = expl.run.arch, expl.analytic
+    n = len(arch.layers)
+    arrays = {"x": _array(expl.x[0]), "dinput": _array(a.dinput[0])}
+    layers = []
+    backward = {r.name: r for r in rows.backward}
+    for i, layer in enumerate(arch.layers):
+        arrays[f"y{i}"] = _array(a.outputs[i][0])
+        arrays[f"dy{i}"] = _array(a.dy[i][0])
+        params = sorted(a.dparams.get(layer.name, {}))
+        for k in params:
+            arrays[f"d{k.upper() if k == 'w' else k}:{layer.name}"] = _array(
+                a.dparams[layer.name][k]
+            )
+        absolute, relative = rows.differences[i]
+        layers.append(
+            {
+                "name": layer.name,
+                "kind": layer.kind,
+                "describe": layer.describe(),
+                "shape": list(arch.output_shapes[i]),
+                "params": bool(params),
+                "rule": rule_html(layer),
+                "equation": EQUATIONS[layer.kind],
+                "forward": rows.forward[i + 1]._asdict(),
+                "backward": backward[layer.name]._asdict(),
+                "absolute": absolute,
+                "relative": relative,
+                "dx": f"dy{i - 1}" if i > 0 else "dinput",
+            }
+        )
+    image = np.ascontiguousarray(expl.image, np.uint8)
+    absolute, relative = rows.differences[n]
+    return {
+        "title": title,
+        "classes": list(expl.run.class_names),
+        "label": expl.label,
+        "loss": f"{a.loss:.4g}",
+        "dtype": str(expl.dtype),
+        "image": {
+            "shape": list(image.shape),
+            "data": base64.b64encode(image.tobytes()).decode("ascii"),
+        },
+        "arrays": arrays,
+        "layers": layers,
+        "input": rows.forward[0]._asdict(),
+        "answer": rows.answer,
+        "lossRow": {
+            **rows.backward[0]._asdict(),
+            "absolute_value": absolute,
+            "relative_value": relative,
+            "rule": loss_html(),
+            "equation": EQUATIONS["loss"],
+        },
+        "probabilities": [float(p) for p in expl.probabilities],
+        "saliency": _array(np.abs(a.dinput[0]).max(axis=-1)),
+        "table": format_table(expl, title, rows),
+    }
+
+
+def render_page(expl: Explanation, title: str, rows: Table | None = None) -> str:
+    """The page as one HTML string: the template with :func:`page_data` inlined as JSON."""
+    template = resources.files("experiments").joinpath(TEMPLATE).read_text(encoding="utf-8")
+    data = json.dumps(page_data(expl, title, rows), separators=(",", ":"), allow_nan=False)
+    # "</" would end the <script> element early; "<\/" is the same JSON string.
+    return template.replace(DATA_MARK, data.replace("</", "<\\/"), 1)
+
+
+def write_page(
+    expl: Explanation, title: str, path: str | os.PathLike[str], rows: Table | None = None
+) -> Path:
+    """Write :func:`render_page` to ``path`` atomically (UTF-8); returns ``path`` as a Path.
+
+    Raises:
+        OSError: the file could not be written.
+    """
+    from jaxnet.io import write_text
+
+    return write_text(path, render_page(expl, title, rows))

@@ -6,6 +6,8 @@
 - :func:`to_digit`: a picture of one digit as MNIST shows digits: grey, light on dark, the digit
   scaled into a 20x20 box and placed in 28x28 with its centre of mass at the centre.
 - :func:`to_colour`: an RGB picture at the network's size (CIFAR-10: 32x32).
+- :func:`to_grey`: the same plain resize to one grey channel (an image folder of grey pictures
+  that are not digits to centre).
 - :func:`to_input` / :func:`read`: pick the conversion from the network's input shape.
 
 The result is uint8, exactly what the data loaders give, so the network's own preprocessing
@@ -33,7 +35,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["INVERT", "ImageFileError", "open_image", "read", "to_colour", "to_digit", "to_input"]
+__all__ = [
+    "INVERT",
+    "ImageFileError",
+    "open_image",
+    "read",
+    "to_colour",
+    "to_digit",
+    "to_grey",
+    "to_input",
+]
 
 INVERT = ("auto", "yes", "no")
 """The choices for ``invert``: decide from the image, always, never."""
@@ -201,11 +212,30 @@ def to_colour(image: Image.Image, size: tuple[int, int] = (32, 32)) -> np.ndarra
     Returns:
         uint8 ``(height, width, 3)``.
     """
-    rgb = _opaque(image).convert("RGB")
+    return _resized(image, size, "RGB")
+
+
+def to_grey(image: Image.Image, size: tuple[int, int] = (28, 28)) -> np.ndarray:
+    """A grey picture resized to the network's input: :func:`to_colour`'s plain resize, one
+    channel (ITU-R 601 luma), with no digit centring (that is :func:`to_digit`).
+
+    Args:
+        image: a Pillow image of any size and mode.
+        size: ``(height, width)`` of the result (MNIST: ``(28, 28)``).
+
+    Returns:
+        uint8 ``(height, width, 1)``.
+    """
+    return _resized(image, size, "L")[..., None]
+
+
+def _resized(image: Image.Image, size: tuple[int, int], mode: str) -> np.ndarray:
+    """``image`` opaque, in ``mode`` (``L`` or ``RGB``), resized (Lanczos) to ``size`` (h, w)."""
+    picture = _opaque(image).convert(mode)
     height, width = size
-    if rgb.size != (width, height):
-        rgb = rgb.resize((width, height), _RESAMPLE)
-    return np.asarray(rgb, np.uint8).copy()
+    if picture.size != (width, height):
+        picture = picture.resize((width, height), _RESAMPLE)
+    return np.asarray(picture, np.uint8).copy()
 
 
 def _converter(

@@ -7,8 +7,9 @@ architecture, its presets and how to load its data; :func:`main` does the rest:
    help text come from the field), plus the command's own; refuse a bad setting, or a folder
    that holds another run without ``--resume`` or ``--overwrite``, with status 2, before any
    work;
-2. load the data (a missing or bad file is one line on stderr and status 1), hold out the
-   validation split, and build the config: the preset, then the flags given;
+2. load the data (a missing or bad file is one line on stderr and status 1; an unusable
+   ``--image-dir`` status 2), hold out the validation split, and build the config: the
+   preset, then the flags given;
 3. train with :func:`jaxnet.training.fit` (progress bar, checkpoints, Ctrl-C, NaN stop; a
    run that cannot be resumed from its checkpoint is one line on stderr and status 1);
 4. evaluate the test set and write the run folder (:class:`experiments.run_folder.RunFolder`).
@@ -282,18 +283,19 @@ def main(exp: Experiment, argv: list[str] | None, prog: str, description: str) -
     try:
         saved = _check_folder(exp, args, folder)
         args.devices = _device_count(args.devices)
-        from jaxnet.datasets import DataError
+        from jaxnet.datasets import DataError, ImageFolderError
 
+        args.saved_config = saved  # a resumed run's data settings (its image folder)
         try:
             dataset = exp.load(args)
-        except DataError as err:
-            return error(str(err), 1)
+        except DataError as err:  # a folder named on the command line: a usage error, as argparse
+            return error(str(err), 2 if isinstance(err, ImageFolderError) else 1)
         config, run_config, dataset, split = _settle(exp, args, saved, dataset)
     except Refused as err:
         parser.error(str(err))
     from jaxnet import architectures
 
-    arch = architectures.get(exp.architecture)
+    arch = architectures.get(exp.architecture, num_classes=len(dataset.class_names))
     if tuple(dataset.test_images.shape[1:]) != tuple(arch.input_shape):
         return error(
             f"the data's images are {dataset.test_images.shape[1:]}, the "
@@ -312,6 +314,8 @@ def main(exp: Experiment, argv: list[str] | None, prog: str, description: str) -
     mean = channel_mean(split[0], config.pixel_scale)
     run_config["input"] = {"scale": config.pixel_scale, "mean": mean.tolist()}
     run_config["class_names"] = list(dataset.class_names)
+    if getattr(args, "image_folder", None) is not None:
+        run_config["image_folder"] = args.image_folder
     folder.write_config(run_config)
     return _train_and_report(exp, arch, folder, args, config, dataset, split, mean)
 

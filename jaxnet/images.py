@@ -239,12 +239,14 @@ def _resized(image: Image.Image, size: tuple[int, int], mode: str) -> np.ndarray
 
 
 def _converter(
-    input_shape: tuple[int, int, int], invert: str
+    input_shape: tuple[int, int, int], invert: str, centre: bool = True
 ) -> Callable[[Image.Image], np.ndarray]:
     """The conversion for a network of ``input_shape``; ValueError for a bad shape or option."""
     if invert not in INVERT:
         raise ValueError(f"invert must be one of {INVERT}, got {invert!r}")
     h, w, c = input_shape
+    if c == 1 and not centre:
+        return partial(to_grey, size=(h, w))
     if c == 1 and h == w:
         return partial(to_digit, invert=invert, size=h, box=max(1, round(h * 20 / 28)))
     if c == 3:
@@ -256,7 +258,7 @@ def _converter(
 
 
 def to_input(
-    image: Image.Image, input_shape: tuple[int, int, int], invert: str = "auto"
+    image: Image.Image, input_shape: tuple[int, int, int], invert: str = "auto", centre: bool = True
 ) -> np.ndarray:
     """An image converted for a network of ``input_shape``: a digit for one square channel.
 
@@ -265,6 +267,8 @@ def to_input(
         input_shape: the network's ``(H, W, C)``: ``(S, S, 1)`` gives :func:`to_digit` (the
             digit's box ``20/28`` of the side, as MNIST's), ``(H, W, 3)`` :func:`to_colour`.
         invert: for digits, ``"auto"``, ``"yes"`` or ``"no"`` (checked, then unused, for colour).
+        centre: for one channel, False gives :func:`to_grey`'s plain resize instead of a digit
+            (a network trained on an image folder without centring).
 
     Returns:
         uint8 of shape ``input_shape``.
@@ -273,11 +277,14 @@ def to_input(
         ValueError: an ``input_shape`` neither ``(S, S, 1)`` nor ``(H, W, 3)``, a bad
             ``invert``, or a digit image with no ink.
     """
-    return _converter(input_shape, invert)(image)
+    return _converter(input_shape, invert, centre)(image)
 
 
 def read(
-    path: str | os.PathLike[str], input_shape: tuple[int, int, int], invert: str = "auto"
+    path: str | os.PathLike[str],
+    input_shape: tuple[int, int, int],
+    invert: str = "auto",
+    centre: bool = True,
 ) -> np.ndarray:
     """Read an image file and convert it for a network of ``input_shape`` (:func:`to_input`).
 
@@ -285,6 +292,7 @@ def read(
         path: an image file.
         input_shape: the network's ``(H, W, C)``.
         invert: for digits, ``"auto"``, ``"yes"`` or ``"no"``.
+        centre: for one channel, a digit (True) or :func:`to_grey`'s plain resize (False).
 
     Returns:
         uint8 of shape ``input_shape``.
@@ -293,7 +301,7 @@ def read(
         ImageFileError: the file is not a readable image, or it holds no digit.
         ValueError: a bad ``input_shape`` or ``invert`` (checked before the file is read).
     """
-    convert = _converter(input_shape, invert)
+    convert = _converter(input_shape, invert, centre)
     image = open_image(path)
     try:
         return convert(image)

@@ -225,9 +225,9 @@ def load_image_folder(
     labels_a, part_a = np.asarray(labels, np.int32), np.asarray(part, np.int8)
 
     conversion = f"{height}x{width}x{channels}|centre={bool(centre and channels == 1)}"
+    start = time.perf_counter()
     cache = _cache_path(root, conversion, _key(root, paths, conversion))
     cached = _cached(cache, len(paths))
-    start = time.perf_counter()
     if cached is not None:
         images, ok = cached
         how = f"read from the cache in {time.perf_counter() - start:.1f} s"

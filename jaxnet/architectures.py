@@ -58,7 +58,8 @@ def cifar10_baseline(num_classes: int = 10) -> Architecture:
         num_classes: outputs of the last dense layer (the report's: 10); nothing else changes.
 
     Returns:
-        The architecture, input ``(32, 32, 3)``, ``num_classes`` classes, named ``"cifar10_baseline"``.
+        The architecture, input ``(32, 32, 3)``, ``num_classes`` classes, named
+        ``"cifar10_baseline"``.
     """
     return Architecture(
         layers=(
@@ -98,7 +99,8 @@ def cifar10_modified(num_classes: int = 10) -> Architecture:
         num_classes: outputs of the last dense layer (the report's: 10); nothing else changes.
 
     Returns:
-        The architecture, input ``(32, 32, 3)``, ``num_classes`` classes, named ``"cifar10_modified"``.
+        The architecture, input ``(32, 32, 3)``, ``num_classes`` classes, named
+        ``"cifar10_modified"``.
     """
     return Architecture(
         layers=(

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.cli import Experiment
+from experiments.cli import Experiment, Refused
 
 DEFAULT_TEST_FRACTION = 0.2
 
@@ -75,6 +75,10 @@ def experiment(exp: Experiment, argv: list[str]) -> Experiment:
     return dataclasses.replace(exp, name=f"{exp.name}_{name}", seed_accuracy=None)
 
 
+def _centre(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "centre", False))
+
+
 def load(args: argparse.Namespace, size: int, channels: int) -> Any:
     """The run's image folder as a :class:`jaxnet.datasets.Dataset`, or None if it has none.
 
@@ -85,6 +89,7 @@ def load(args: argparse.Namespace, size: int, channels: int) -> Any:
     Raises:
         jaxnet.datasets.ImageFolderError: the folder is not usable, or has changed since the
             resumed run started (other images per class).
+        experiments.cli.Refused: ``--test-fraction`` or ``--centre`` without an image folder.
     """
     from jaxnet.datasets import ImageFolderError, load_image_folder
     from jaxnet.training.config import FitConfig
@@ -92,12 +97,19 @@ def load(args: argparse.Namespace, size: int, channels: int) -> Any:
     saved = (getattr(args, "saved_config", None) or {}).get("image_folder")
     folder = args.image_dir if args.image_dir is not None else saved and Path(saved["path"])
     if not folder:
+        given = [
+            f
+            for f, v in (("--test-fraction", args.test_fraction), ("--centre", _centre(args)))
+            if v
+        ]
+        if given:
+            raise Refused(f"{' and '.join(given)} need --image-dir")
         return None
     if saved:
         fraction, seed, centre = saved["test_fraction"], saved["seed"], saved["centre"]
     else:
         fraction = args.test_fraction or DEFAULT_TEST_FRACTION
-        seed, centre = getattr(args, "seed", FitConfig.seed), getattr(args, "centre", False)
+        seed, centre = getattr(args, "seed", FitConfig.seed), _centre(args)
     dataset = load_image_folder(
         folder,
         size,

@@ -180,3 +180,12 @@ def test_cifar10_train_and_test_folders_colour(tmp_path, capsys):
     assert predict.main([str(out), str(root / "test" / "ring" / "00.png"), "--json"]) == 0
     answer = json.loads(capsys.readouterr().out)[0]["classes"]
     assert {c["class"] for c in answer} == {"bar", "cross", "ring"}
+
+
+@pytest.mark.parametrize("flags", [["--test-fraction", "0.3"], ["--centre"]])
+def test_folder_options_need_an_image_dir(idx_dir, tmp_path, capsys, flags):
+    with pytest.raises(SystemExit) as info:
+        mnist.run(["--idx-dir", str(idx_dir), "--out", str(tmp_path / "r"), *flags, *QUICK])
+    assert info.value.code == 2
+    assert f"{flags[0]} need --image-dir" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -154,7 +154,9 @@ def test_round_trip_train_then_predict_answers_with_folder_names(tmp_path, capsy
 
     # resume reads the run's own folder, split and seed, without --image-dir
     assert mnist.run(["--out", str(out), "--resume", "--no-progress"]) == 0
-    assert "read from the cache" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "read from the cache" in captured.err
+    assert "mnist_shapes: test accuracy" in captured.out and "seed report" not in captured.out
     shape_image = Image.fromarray(shape("ring", 999, 28))
     shape_image.save(folder / "ring" / "extra.png")
     assert mnist.run(["--out", str(out), "--resume", "--no-progress"]) == 2

@@ -40,16 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.predict import (
-    Run,
-    RunError,
-    _read_config,
-    error,
-    load_run,
-    network_input,
-    run_parser,
-    say,
-)
+from experiments.predict import Run, RunError, error, load_run, network_input, run_parser, say
 
 CHANNELS = 4  # channels drawn per layer
 POSITIVE, NEGATIVE = "#b2182b", "#2166ac"  # the ends of RdBu_r, for bars too
@@ -441,8 +432,8 @@ def _test_image(run: Run, args: argparse.Namespace) -> tuple[np.ndarray, int]:
     """Test image ``args.index`` and its label, through the project's data loaders."""
     from jaxnet import datasets
 
-    folder = _read_config(run.folder).get("image_folder")
-    if isinstance(folder, dict):  # a run on --image-dir: its test split, as it was drawn
+    folder = run.image_folder
+    if folder is not None:  # a run on --image-dir: its test split, as it was drawn
         dataset = datasets.load_image_folder(
             folder["path"],
             folder["size"],

@@ -53,8 +53,8 @@ class Run(NamedTuple):
         class_names: the ``K`` class names, in label order.
         flip: the run was evaluated with flip test-time augmentation (``flip_test``), and so
             are its predictions.
-        centre: one-channel images are read as MNIST digits (centred); False for a run trained
-            on an image folder with a plain resize (``config.json``'s ``image_folder``).
+        image_folder: for a run trained on ``--image-dir``, what ``config.json`` records of
+            the folder (its path, conversion and split); None for MNIST and CIFAR-10.
     """
 
     folder: Path
@@ -64,7 +64,13 @@ class Run(NamedTuple):
     mean: np.ndarray
     class_names: tuple[str, ...]
     flip: bool = False
-    centre: bool = True
+    image_folder: dict | None = None
+
+    @property
+    def centre(self) -> bool:
+        """One-channel images are read as MNIST digits (centred), unless the run was trained
+        on an image folder with a plain resize."""
+        return self.image_folder is None or bool(self.image_folder.get("centre", True))
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
@@ -142,9 +148,9 @@ def load_run(folder: str | os.PathLike[str]) -> Run:
         raise RunError(str(err)) from None
     fit = config.get("fit") if isinstance(config.get("fit"), dict) else {}
     flip = bool(fit.get("flip_test", False))
-    folder_record = config.get("image_folder")
-    centre = folder_record.get("centre", True) if isinstance(folder_record, dict) else True
-    return Run(folder, arch, params, scale, mean, tuple(str(n) for n in names), flip, centre)
+    image_folder = config.get("image_folder")
+    image_folder = image_folder if isinstance(image_folder, dict) else None
+    return Run(folder, arch, params, scale, mean, tuple(str(n) for n in names), flip, image_folder)
 
 
 def network_input(run: Run, images: np.ndarray, dtype: Any = np.float32) -> Any:

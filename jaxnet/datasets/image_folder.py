@@ -242,7 +242,9 @@ def load_image_folder(
         for c, name in enumerate(classes):
             if not ok[(labels_a == c) & (part_a == p)].any():
                 n = int(((labels_a == c) & (part_a == p)).sum())
-                what = f"{n} files, none a readable image" if n else "empty"
+                what = {0: "empty", 1: "its 1 file is not a readable image"}.get(
+                    n, f"none of its {n} files is a readable image"
+                )
                 raise ImageFolderError(f"{folder / name}: no readable image ({what})")
     skipped = [paths[i] for i in np.flatnonzero(~ok)]
     if skipped:

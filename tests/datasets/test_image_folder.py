@@ -85,6 +85,13 @@ def test_train_test_layout(tmp_path):
     assert d.test_labels.tolist() == [0, 0, 1]
 
 
+def test_train_without_test_is_split(tmp_path):
+    make_folder(tmp_path / "d" / "train", {"a": 5, "b": 10})
+    d = load_image_folder(tmp_path / "d", 8, 1, test_fraction=0.4, **QUIET)
+    assert d.class_names == ("a", "b")
+    assert np.bincount(d.test_labels).tolist() == [2, 4]
+
+
 def test_split_is_stratified_seeded_and_reproducible(tmp_path):
     root = make_folder(tmp_path / "d", {"x": 10, "y": 20, "z": 30})
     a = load_image_folder(root, 8, 1, test_fraction=0.2, seed=3, **QUIET)
@@ -154,7 +161,7 @@ def _bad(tmp_path: Path, case: str) -> tuple[Path, str]:
         make_folder(root, {"a": 3})
         (root / "b").mkdir()
         (root / "b" / "x.png").write_text("no")
-        return root / "b", "no readable image (1 files, none a readable image)"
+        return root / "b", "no readable image (its 1 file is not a readable image)"
     if case == "test classes differ":
         make_folder(root / "train", {"a": 3, "b": 3})
         make_folder(root / "test", {"a": 1, "c": 1})

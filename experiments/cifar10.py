@@ -4,6 +4,7 @@
     python -m experiments.cifar10 --arch modified --preset long  # 75 epochs: about 28 minutes
     python -m experiments.cifar10 --arch modified --preset seed  # the report's settings
     python -m experiments.cifar10 --arch baseline --preset seed  # the assignment's starter
+    python -m experiments.cifar10 --image-dir DIR                # your own photos, by class
 
 Outputs go to ``runs/cifar10_<arch>`` (``runs/cifar10_<arch>_<preset>`` for ``seed`` and
 ``long``; ``--out``), as for ``experiments.mnist``.
@@ -15,6 +16,7 @@ import argparse
 import sys
 from typing import Any
 
+from experiments import image_dir
 from experiments.cli import Experiment, Preset, main
 
 
@@ -62,6 +64,9 @@ SEED_ACCURACY = {"baseline": 0.48, "modified": 0.58}
 def _load(args: argparse.Namespace):
     from jaxnet import datasets
 
+    images = image_dir.load(args, 32, 3)
+    if images is not None:
+        return images
     return datasets.load_cifar10(args.data_dir, verify=not args.no_verify)
 
 
@@ -72,6 +77,7 @@ def _extra_args(parser: argparse.ArgumentParser) -> None:
         default="modified",
         help="baseline: the assignment's starter network; modified: the report's Table 3 network",
     )
+    image_dir.add_flags(parser, parser, digits=False)
 
 
 def experiment(arch: str) -> Experiment:
@@ -91,11 +97,10 @@ def run(argv: list[str] | None = None) -> int:
     """Run the command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
     pre = argparse.ArgumentParser(add_help=False)
-    _extra_args(pre)
+    pre.add_argument("--arch", choices=sorted(PRESETS), default="modified")
     known, _ = pre.parse_known_args(argv)
-    return main(
-        experiment(known.arch), argv, "python -m experiments.cifar10", __doc__.split("\n\n")[0]
-    )
+    exp = image_dir.experiment(experiment(known.arch), argv)
+    return main(exp, argv, "python -m experiments.cifar10", __doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

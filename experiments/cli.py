@@ -8,8 +8,9 @@ architecture, its presets and how to load its data; :func:`main` does the rest:
    until the process ends); refuse a bad setting, a folder another process holds or that
    cannot be written, a folder that holds another run without ``--resume`` or
    ``--overwrite``, or a setting ``--resume`` cannot change, with status 2, before any work;
-2. load the data (a missing or bad file is one line on stderr and status 1), hold out the
-   validation split, and build the config: the preset, then the flags given;
+2. load the data (a missing or bad file is one line on stderr and status 1; an unusable
+   ``--image-dir`` status 2), hold out the validation split, and build the config: the
+   preset, then the flags given;
 3. train with :func:`jaxnet.training.fit` (progress bar, checkpoints, NaN stop; Ctrl-C or
    SIGTERM saves a checkpoint and exits with 128 + the signal; a run that cannot be resumed
    from its checkpoint is one line on stderr and status 1);
@@ -305,18 +306,19 @@ def _run(exp: Experiment, parser: argparse.ArgumentParser, args: argparse.Namesp
     try:
         saved = _check_folder(exp, args, folder)
         args.devices = _device_count(args.devices)
-        from jaxnet.datasets import DataError
+        from jaxnet.datasets import DataError, ImageFolderError
 
+        args.saved_config = saved  # a resumed run's data settings (its image folder)
         try:
             dataset = exp.load(args)
-        except DataError as err:
-            return error(str(err), 1)
+        except DataError as err:  # a folder named on the command line: a usage error, as argparse
+            return error(str(err), 2 if isinstance(err, ImageFolderError) else 1)
         config, run_config, dataset, split = _settle(exp, args, saved, dataset)
     except Refused as err:
         parser.error(str(err))
     from jaxnet import architectures
 
-    arch = architectures.get(exp.architecture)
+    arch = architectures.get(exp.architecture, num_classes=len(dataset.class_names))
     if tuple(dataset.test_images.shape[1:]) != tuple(arch.input_shape):
         return error(
             f"the data's images are {dataset.test_images.shape[1:]}, the "
@@ -335,7 +337,12 @@ def _run(exp: Experiment, parser: argparse.ArgumentParser, args: argparse.Namesp
     mean = channel_mean(split[0], config.pixel_scale)
     run_config["input"] = {"scale": config.pixel_scale, "mean": mean.tolist()}
     run_config["class_names"] = list(dataset.class_names)
-    folder.write_config(run_config)
+    if getattr(args, "image_folder", None) is not None:
+        run_config["image_folder"] = args.image_folder
+    try:
+        folder.write_config(run_config)
+    except OSError as err:
+        return error(f"cannot write {err.filename}: {err.strerror}", 1)
     return _train_and_report(exp, arch, folder, args, config, dataset, split, mean)
 
 

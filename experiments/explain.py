@@ -31,7 +31,8 @@ gradient for the first layer). The same is done with the autodiff twins and the 
 By default the walk runs in float64 (the trained float32 parameters are widened), so the
 difference column shows the rules' exactness rather than float32 rounding; ``--float32`` runs
 it as trained. Test images come from the project's data loaders (``--data-dir``, else
-``$JAXNET_DATA``, else the per-user cache, as the training commands look for them).
+``$JAXNET_DATA``, else the per-user cache, as the training commands look for them); for a run
+on ``--image-dir``, from that folder's test split as ``config.json`` records it.
 """
 
 from __future__ import annotations
@@ -524,8 +525,22 @@ def _test_image(run: Run, args: argparse.Namespace) -> tuple[np.ndarray, int]:
     """Test image ``args.index`` and its label, through the project's data loaders."""
     from jaxnet import datasets
 
-    load = datasets.load_mnist if run.arch.input_shape[2] == 1 else datasets.load_cifar10
-    dataset = load(args.data_dir, verify=not args.no_verify)
+    folder = run.image_folder
+    if folder is not None:  # a run on --image-dir: its test split, as it was drawn
+        dataset = datasets.load_image_folder(
+            folder["path"],
+            folder["size"],
+            folder["channels"],
+            centre=folder["centre"],
+            test_fraction=folder["test_fraction"],
+            seed=folder["seed"],
+            progress=False,
+            log=lambda line: None,
+        )
+    elif run.arch.input_shape[2] == 1:
+        dataset = datasets.load_mnist(args.data_dir, verify=not args.no_verify)
+    else:
+        dataset = datasets.load_cifar10(args.data_dir, verify=not args.no_verify)
     n = len(dataset.test_labels)
     if not 0 <= args.index < n:
         raise ValueError(f"--index {args.index} is outside the test set's 0 .. {n - 1}")
@@ -554,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
             label = true if label is None else label
             what = f"test image #{args.index} (true class {run.class_names[true]})"
         else:
-            image = images.read(args.image, run.arch.input_shape, args.invert)
+            image = images.read(args.image, run.arch.input_shape, args.invert, run.centre)
             what = str(args.image)
     except (RunError, ValueError, images.ImageFileError) as err:
         return error(str(err))

@@ -3,6 +3,7 @@
     python -m experiments.mnist                  # our schedule: about 99.3% test accuracy
     python -m experiments.mnist --preset seed    # the assignment's starter settings
     python -m experiments.mnist --idx-dir DIR    # any data set in MNIST's idx format
+    python -m experiments.mnist --image-dir DIR  # your own images, one sub-folder per class
 
 Outputs go to ``runs/mnist`` (``runs/mnist_seed`` with ``--preset seed``; ``--out``):
 config.json, history.csv, metrics.json, params.npz, kernels.png, misclassified.png,
@@ -15,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from experiments import image_dir
 from experiments.cli import Experiment, Preset, main
 
 PRESETS = {
@@ -50,13 +52,17 @@ PRESETS = {
 def _load(args: argparse.Namespace):
     from jaxnet import datasets
 
+    images = image_dir.load(args, 28, 1)
+    if images is not None:
+        return images
     if args.idx_dir is not None:
         return datasets.load_idx_dir(args.idx_dir)
     return datasets.load_mnist(args.data_dir, verify=not args.no_verify)
 
 
 def _extra_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
         "--idx-dir",
         type=Path,
         default=None,
@@ -64,6 +70,7 @@ def _extra_args(parser: argparse.ArgumentParser) -> None:
         "files in this folder instead of MNIST (28x28 images, 10 classes; "
         "format checks only, no checksum)",
     )
+    image_dir.add_flags(parser, source, digits=True)
 
 
 EXPERIMENT = Experiment(
@@ -79,7 +86,9 @@ EXPERIMENT = Experiment(
 
 def run(argv: list[str] | None = None) -> int:
     """Run the command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    return main(EXPERIMENT, argv, "python -m experiments.mnist", __doc__.split("\n\n")[0])
+    argv = sys.argv[1:] if argv is None else argv
+    exp = image_dir.experiment(EXPERIMENT, argv)
+    return main(exp, argv, "python -m experiments.mnist", __doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

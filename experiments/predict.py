@@ -4,14 +4,14 @@
     python -m experiments.predict runs/cifar10_modified cat.jpg --json
     python -m experiments.predict runs/mnist *.png --figure sheet.png --invert auto
 
-The run folder is one written by ``python -m experiments.mnist`` or ``experiments.cifar10``:
-its ``config.json`` names the network, the input scale and mean the network was trained with
-and the class names; ``params.npz`` holds the trained parameters. Each image is converted the
-way the training data looks (:mod:`jaxnet.images`: an MNIST digit centred in 28x28, light on
-dark; a CIFAR-10 picture resized to 32x32 RGB), then prepared exactly as in training
-(:func:`jaxnet.step.preprocess`). One line per image gives the top classes and their
-probabilities; ``--json`` prints a JSON list instead; ``--figure`` draws every image as the
-network saw it, with its top class.
+The run folder is one written by ``python -m experiments.mnist`` or ``experiments.cifar10`` (on
+their data sets or on ``--image-dir``): its ``config.json`` names the network, the input scale
+and mean the network was trained with and the class names (its number of outputs);
+``params.npz`` holds the trained parameters. Each image is converted the way the training data
+looks (:mod:`jaxnet.images`: an MNIST digit centred in 28x28, light on dark; a CIFAR-10 picture
+resized to 32x32 RGB), then prepared exactly as in training (:func:`jaxnet.step.preprocess`).
+One line per image gives the top classes and their probabilities; ``--json`` prints a JSON list
+instead; ``--figure`` draws every image as the network saw it, with its top class.
 
 Errors are one line each on stderr and exit status 2: a missing run folder or params file, a
 params file that does not fit the network ``config.json`` names, a file that is not an image.
@@ -53,6 +53,8 @@ class Run(NamedTuple):
         class_names: the ``K`` class names, in label order.
         flip: the run was evaluated with flip test-time augmentation (``flip_test``), and so
             are its predictions.
+        image_folder: for a run trained on ``--image-dir``, what ``config.json`` records of
+            the folder (its path, conversion and split); None for MNIST and CIFAR-10.
     """
 
     folder: Path
@@ -62,6 +64,13 @@ class Run(NamedTuple):
     mean: np.ndarray
     class_names: tuple[str, ...]
     flip: bool = False
+    image_folder: dict | None = None
+
+    @property
+    def centre(self) -> bool:
+        """One-channel images are read as MNIST digits (centred), unless the run was trained
+        on an image folder with a plain resize."""
+        return self.image_folder is None or bool(self.image_folder.get("centre", True))
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
@@ -103,11 +112,13 @@ def load_run(folder: str | os.PathLike[str]) -> Run:
     folder = Path(folder)
     config = _read_config(folder)
     where = folder / "config.json"
+    record, names = config.get("input"), config.get("class_names")
+    if not isinstance(names, list) or len(names) < 2:
+        raise RunError(f"{where}: class_names must list the network's classes, got {names!r}")
     try:
-        arch = architectures.get(config.get("architecture"))
+        arch = architectures.get(config.get("architecture"), num_classes=len(names))
     except ValueError as err:
         raise RunError(f"{where}: {err}") from None
-    record, names = config.get("input"), config.get("class_names")
     if not isinstance(record, dict) or "mean" not in record or "scale" not in record:
         raise RunError(
             f"{where} records no input scale and mean (a run made before they were recorded): "
@@ -120,10 +131,6 @@ def load_run(folder: str | os.PathLike[str]) -> Run:
     if mean.shape not in ((), (arch.input_shape[2],)) or not scale > 0:
         raise RunError(
             f"{where}: input mean {record['mean']} or scale {scale} does not fit {arch.name}"
-        )
-    if not isinstance(names, list) or len(names) != arch.num_classes:
-        raise RunError(
-            f"{where}: class_names must list the {arch.num_classes} classes, got {names!r}"
         )
 
     path = folder / "params.npz"
@@ -141,7 +148,9 @@ def load_run(folder: str | os.PathLike[str]) -> Run:
         raise RunError(str(err)) from None
     fit = config.get("fit") if isinstance(config.get("fit"), dict) else {}
     flip = bool(fit.get("flip_test", False))
-    return Run(folder, arch, params, scale, mean, tuple(str(n) for n in names), flip)
+    image_folder = config.get("image_folder")
+    image_folder = image_folder if isinstance(image_folder, dict) else None
+    return Run(folder, arch, params, scale, mean, tuple(str(n) for n in names), flip, image_folder)
 
 
 def network_input(run: Run, images: np.ndarray, dtype: Any = np.float32) -> Any:
@@ -294,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     failures: dict[int, str] = {}
     for i, path in enumerate(args.images):
         try:
-            converted[i] = image_files.read(path, run.arch.input_shape, args.invert)
+            converted[i] = image_files.read(path, run.arch.input_shape, args.invert, run.centre)
         except image_files.ImageFileError as err:
             failures[i] = str(err)
     good = sorted(converted)

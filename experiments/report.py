@@ -61,6 +61,11 @@ def _load(run: Path) -> tuple[dict, dict]:
         raise ValueError(f"{run}: cannot read its config.json or metrics.json ({err})") from None
 
 
+def _seed_accuracy(config: dict) -> float | None:
+    """The seed report's accuracy for the run's network, None for a run on one's own images."""
+    return None if "image_folder" in config else SEED_ACCURACY.get(config.get("architecture"))
+
+
 def render(runs: list[Path], out: Path) -> str:
     """The Markdown report for ``runs``; figure links are relative to ``out``'s folder."""
     loaded = [(run, *_load(run)) for run in runs]
@@ -79,7 +84,7 @@ def render(runs: list[Path], out: Path) -> str:
         fit = config.get("fit", {})
         lines.append(
             f"| `{run.name}` | {arch} | {config.get('preset', '?')} "
-            f"| **{_pct(metrics.get('test_accuracy'))}** | {_pct(SEED_ACCURACY.get(arch))} "
+            f"| **{_pct(metrics.get('test_accuracy'))}** | {_pct(_seed_accuracy(config))} "
             f"| {metrics.get('parameter_count', '?')} "
             f"| {fit.get('iterations', '?')} x {fit.get('batch_size', '?')} "
             f"| {metrics.get('train_time_s', 0):.0f} s | {metrics.get('device', '?')} |"
@@ -91,7 +96,7 @@ def render(runs: list[Path], out: Path) -> str:
         lines.append(
             f"Test accuracy **{_pct(metrics.get('test_accuracy'))}** (test loss "
             f"{metrics.get('test_loss', float('nan')):.4f}); "
-            f"{SEED_NOTES.get(arch, '')}"
+            f"{'' if 'image_folder' in config else SEED_NOTES.get(arch, '')}"
         )
         lines.append("")
         lines.append(

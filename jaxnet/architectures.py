@@ -1,6 +1,9 @@
 """The seed's three networks, as :class:`jaxnet.network.Architecture` values.
 
 - :func:`mnist`: the report's Table 1 (28x28x1 in, 10 classes).
+
+Each takes ``num_classes`` (default 10): the last dense layer's outputs, for an image folder
+with another number of classes; nothing else about the network changes.
 - :func:`cifar10_baseline`: the assignment's CIFAR-10 starter network (32x32x3 in).
 - :func:`cifar10_modified`: the report's Table 3 (32x32x3 in).
 
@@ -15,15 +18,18 @@ from collections.abc import Callable
 from jaxnet.network import Architecture, Conv, Dense, MaxPool, ReLU
 
 
-def mnist() -> Architecture:
+def mnist(num_classes: int = 10) -> Architecture:
     """The report's MNIST network (Table 1): 14682 parameters.
 
     ``conv 5x5x1x16 pad 2 -> ReLU -> pool 2 -> conv 5x5x16x16 pad 2 -> ReLU -> pool 2 ->
     dense 784 -> 10``. Per-sample shapes: ``(28, 28, 1) -> (28, 28, 16) -> (14, 14, 16) ->
     (14, 14, 16) -> (7, 7, 16) -> (10,)``. Parameters 416, 6416, 7850.
 
+    Args:
+        num_classes: outputs of the last dense layer (the report's: 10); nothing else changes.
+
     Returns:
-        The architecture, input ``(28, 28, 1)``, 10 classes, named ``"mnist"``.
+        The architecture, input ``(28, 28, 1)``, ``num_classes`` classes, named ``"mnist"``.
     """
     return Architecture(
         layers=(
@@ -33,23 +39,27 @@ def mnist() -> Architecture:
             Conv(5, 5, 16, 16, padding=2),
             ReLU(),
             MaxPool(2, 2),
-            Dense(7 * 7 * 16, 10),
+            Dense(7 * 7 * 16, num_classes),
         ),
         input_shape=(28, 28, 1),
-        num_classes=10,
+        num_classes=num_classes,
         name="mnist",
     )
 
 
-def cifar10_baseline() -> Architecture:
+def cifar10_baseline(num_classes: int = 10) -> Architecture:
     """The assignment's CIFAR-10 starter network: 48602 parameters.
 
     ``conv 5x5x3x16 pad 2 -> ReLU -> pool 2 -> conv 5x5x16x16 pad 2 -> ReLU -> dense 4096 -> 10``.
     Per-sample shapes: ``(32, 32, 3) -> (32, 32, 16) -> (16, 16, 16) -> (16, 16, 16) -> (10,)``.
     Parameters 1216, 6416, 40970.
 
+    Args:
+        num_classes: outputs of the last dense layer (the report's: 10); nothing else changes.
+
     Returns:
-        The architecture, input ``(32, 32, 3)``, 10 classes, named ``"cifar10_baseline"``.
+        The architecture, input ``(32, 32, 3)``, ``num_classes`` classes, named
+        ``"cifar10_baseline"``.
     """
     return Architecture(
         layers=(
@@ -58,15 +68,15 @@ def cifar10_baseline() -> Architecture:
             MaxPool(2, 2),
             Conv(5, 5, 16, 16, padding=2),
             ReLU(),
-            Dense(16 * 16 * 16, 10),
+            Dense(16 * 16 * 16, num_classes),
         ),
         input_shape=(32, 32, 3),
-        num_classes=10,
+        num_classes=num_classes,
         name="cifar10_baseline",
     )
 
 
-def cifar10_modified() -> Architecture:
+def cifar10_modified(num_classes: int = 10) -> Architecture:
     """The report's modified CIFAR-10 network (Table 3): 51766 parameters.
 
     Five convolutions with same-size padding, two poolings, a hidden dense layer of 20 units,
@@ -85,8 +95,12 @@ def cifar10_modified() -> Architecture:
     The report's table text says 64 units for the hidden dense layer, but its own count,
     ``1024*20 + 20 = 20500``, means 20: this is the network the count describes.
 
+    Args:
+        num_classes: outputs of the last dense layer (the report's: 10); nothing else changes.
+
     Returns:
-        The architecture, input ``(32, 32, 3)``, 10 classes, named ``"cifar10_modified"``.
+        The architecture, input ``(32, 32, 3)``, ``num_classes`` classes, named
+        ``"cifar10_modified"``.
     """
     return Architecture(
         layers=(
@@ -104,15 +118,15 @@ def cifar10_modified() -> Architecture:
             ReLU(),
             Dense(8 * 8 * 16, 20),
             ReLU(),
-            Dense(20, 10),
+            Dense(20, num_classes),
         ),
         input_shape=(32, 32, 3),
-        num_classes=10,
+        num_classes=num_classes,
         name="cifar10_modified",
     )
 
 
-ARCHITECTURES: dict[str, Callable[[], Architecture]] = {
+ARCHITECTURES: dict[str, Callable[..., Architecture]] = {
     "mnist": mnist,
     "cifar10_baseline": cifar10_baseline,
     "cifar10_modified": cifar10_modified,
@@ -123,21 +137,23 @@ ALIASES: dict[str, str] = {"baseline": "cifar10_baseline", "modified": "cifar10_
 """Short names accepted by :func:`get` (``--arch baseline|modified`` on the command line)."""
 
 
-def get(name: str) -> Architecture:
-    """The network called ``name``.
+def get(name: str, num_classes: int = 10) -> Architecture:
+    """The network called ``name``, with ``num_classes`` outputs.
 
     Args:
         name: ``"mnist"``, ``"cifar10_baseline"`` (or ``"baseline"``), ``"cifar10_modified"``
             (or ``"modified"``).
+        num_classes: outputs of the last dense layer, ``K >= 2`` (10 for the report's data
+            sets; an image folder's class count for one's own images).
 
     Returns:
         The architecture.
 
     Raises:
-        ValueError: an unknown name; the message lists the known ones.
+        ValueError: an unknown name (the message lists the known ones), or ``num_classes < 2``.
     """
     key = ALIASES.get(name, name) if isinstance(name, str) else name
     if key not in ARCHITECTURES:
         known = ", ".join(sorted([*ARCHITECTURES, *ALIASES]))
         raise ValueError(f"unknown architecture {name!r}; known: {known}")
-    return ARCHITECTURES[key]()
+    return ARCHITECTURES[key](num_classes)

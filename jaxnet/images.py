@@ -6,6 +6,8 @@
 - :func:`to_digit`: a picture of one digit as MNIST shows digits: grey, light on dark, the digit
   scaled into a 20x20 box and placed in 28x28 with its centre of mass at the centre.
 - :func:`to_colour`: an RGB picture at the network's size (CIFAR-10: 32x32).
+- :func:`to_grey`: the same plain resize to one grey channel (an image folder of grey pictures
+  that are not digits to centre).
 - :func:`to_input` / :func:`read`: pick the conversion from the network's input shape.
 
 The result is uint8, exactly what the data loaders give, so the network's own preprocessing
@@ -33,7 +35,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["INVERT", "ImageFileError", "open_image", "read", "to_colour", "to_digit", "to_input"]
+__all__ = [
+    "INVERT",
+    "ImageFileError",
+    "open_image",
+    "read",
+    "to_colour",
+    "to_digit",
+    "to_grey",
+    "to_input",
+]
 
 INVERT = ("auto", "yes", "no")
 """The choices for ``invert``: decide from the image, always, never."""
@@ -201,20 +212,41 @@ def to_colour(image: Image.Image, size: tuple[int, int] = (32, 32)) -> np.ndarra
     Returns:
         uint8 ``(height, width, 3)``.
     """
-    rgb = _opaque(image).convert("RGB")
+    return _resized(image, size, "RGB")
+
+
+def to_grey(image: Image.Image, size: tuple[int, int] = (28, 28)) -> np.ndarray:
+    """A grey picture resized to the network's input: :func:`to_colour`'s plain resize, one
+    channel (ITU-R 601 luma), with no digit centring (that is :func:`to_digit`).
+
+    Args:
+        image: a Pillow image of any size and mode.
+        size: ``(height, width)`` of the result (MNIST: ``(28, 28)``).
+
+    Returns:
+        uint8 ``(height, width, 1)``.
+    """
+    return _resized(image, size, "L")[..., None]
+
+
+def _resized(image: Image.Image, size: tuple[int, int], mode: str) -> np.ndarray:
+    """``image`` opaque, in ``mode`` (``L`` or ``RGB``), resized (Lanczos) to ``size`` (h, w)."""
+    picture = _opaque(image).convert(mode)
     height, width = size
-    if rgb.size != (width, height):
-        rgb = rgb.resize((width, height), _RESAMPLE)
-    return np.asarray(rgb, np.uint8).copy()
+    if picture.size != (width, height):
+        picture = picture.resize((width, height), _RESAMPLE)
+    return np.asarray(picture, np.uint8).copy()
 
 
 def _converter(
-    input_shape: tuple[int, int, int], invert: str
+    input_shape: tuple[int, int, int], invert: str, centre: bool = True
 ) -> Callable[[Image.Image], np.ndarray]:
     """The conversion for a network of ``input_shape``; ValueError for a bad shape or option."""
     if invert not in INVERT:
         raise ValueError(f"invert must be one of {INVERT}, got {invert!r}")
     h, w, c = input_shape
+    if c == 1 and not centre:
+        return partial(to_grey, size=(h, w))
     if c == 1 and h == w:
         return partial(to_digit, invert=invert, size=h, box=max(1, round(h * 20 / 28)))
     if c == 3:
@@ -226,7 +258,7 @@ def _converter(
 
 
 def to_input(
-    image: Image.Image, input_shape: tuple[int, int, int], invert: str = "auto"
+    image: Image.Image, input_shape: tuple[int, int, int], invert: str = "auto", centre: bool = True
 ) -> np.ndarray:
     """An image converted for a network of ``input_shape``: a digit for one square channel.
 
@@ -235,6 +267,8 @@ def to_input(
         input_shape: the network's ``(H, W, C)``: ``(S, S, 1)`` gives :func:`to_digit` (the
             digit's box ``20/28`` of the side, as MNIST's), ``(H, W, 3)`` :func:`to_colour`.
         invert: for digits, ``"auto"``, ``"yes"`` or ``"no"`` (checked, then unused, for colour).
+        centre: for one channel, False gives :func:`to_grey`'s plain resize instead of a digit
+            (a network trained on an image folder without centring).
 
     Returns:
         uint8 of shape ``input_shape``.
@@ -243,11 +277,14 @@ def to_input(
         ValueError: an ``input_shape`` neither ``(S, S, 1)`` nor ``(H, W, 3)``, a bad
             ``invert``, or a digit image with no ink.
     """
-    return _converter(input_shape, invert)(image)
+    return _converter(input_shape, invert, centre)(image)
 
 
 def read(
-    path: str | os.PathLike[str], input_shape: tuple[int, int, int], invert: str = "auto"
+    path: str | os.PathLike[str],
+    input_shape: tuple[int, int, int],
+    invert: str = "auto",
+    centre: bool = True,
 ) -> np.ndarray:
     """Read an image file and convert it for a network of ``input_shape`` (:func:`to_input`).
 
@@ -255,6 +292,7 @@ def read(
         path: an image file.
         input_shape: the network's ``(H, W, C)``.
         invert: for digits, ``"auto"``, ``"yes"`` or ``"no"``.
+        centre: for one channel, a digit (True) or :func:`to_grey`'s plain resize (False).
 
     Returns:
         uint8 of shape ``input_shape``.
@@ -263,7 +301,7 @@ def read(
         ImageFileError: the file is not a readable image, or it holds no digit.
         ValueError: a bad ``input_shape`` or ``invert`` (checked before the file is read).
     """
-    convert = _converter(input_shape, invert)
+    convert = _converter(input_shape, invert, centre)
     image = open_image(path)
     try:
         return convert(image)

@@ -108,3 +108,21 @@ def test_get_unknown_lists_the_known_names():
         architectures.get("resnet")
     for name in ("mnist", "cifar10_baseline", "baseline", "cifar10_modified", "modified"):
         assert name in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "last_in"),
+    [("mnist", 7 * 7 * 16), ("cifar10_baseline", 16 * 16 * 16), ("cifar10_modified", 20)],
+)
+@pytest.mark.parametrize("k", [2, 3, 37])
+def test_num_classes_changes_only_the_last_dense_layer(name, last_in, k):
+    ten, other = architectures.get(name), architectures.get(name, num_classes=k)
+    assert other.num_classes == k and other.name == ten.name
+    assert other.layers[:-1] == ten.layers[:-1]
+    assert count_params(other) - count_params(ten) == (k - 10) * (last_in + 1)
+    assert architectures.ARCHITECTURES[name](k) == other
+
+
+def test_one_class_is_refused():
+    with pytest.raises(ValueError, match="num_classes must be >= 2, got 1"):
+        architectures.get("mnist", num_classes=1)

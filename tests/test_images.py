@@ -224,3 +224,22 @@ def test_real_mnist_digits_come_back_unchanged():
     assert diff[full].max() == 0  # the brightest pixel at 255 already: exactly the same
     assert diff.max() <= 1  # otherwise stretched by at most 255/254
     assert diff.mean() < 0.2
+
+
+def test_to_grey_is_the_plain_resize_of_to_colour():
+    rgb = np.random.default_rng(0).integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    picture = Image.fromarray(rgb)
+    grey = images.to_grey(picture, (28, 20))
+    assert grey.shape == (28, 20, 1) and grey.dtype == np.uint8
+    luma = np.asarray(Image.fromarray(images.to_colour(picture, (28, 20))).convert("L"))
+    assert np.abs(grey[..., 0].astype(int) - luma).max() <= 2  # resize and luma commute to 1-2
+    same = images.to_grey(Image.fromarray(rgb[:28, :20, 0]), (28, 20))
+    np.testing.assert_array_equal(same[..., 0], rgb[:28, :20, 0])  # its size already: unchanged
+
+
+def test_read_without_centring_is_to_grey(tmp_path):
+    path = tmp_path / "digit.png"
+    Image.fromarray(stroke()).save(path)
+    got = images.read(path, (28, 28, 1), centre=False)
+    np.testing.assert_array_equal(got, images.to_grey(Image.fromarray(stroke()), (28, 28)))
+    assert got[0, 0, 0] == 255  # the paper stays white: no inversion, no centring

@@ -137,7 +137,12 @@ def _truncated_params(folder: Path) -> None:
         (lambda f: write_run(f, architecture="lenet"), "unknown architecture 'lenet'"),
         (lambda f: write_run(f, input=None), "records no input scale and mean"),
         (lambda f: write_run(f, input={"scale": 1, "mean": [1, 2]}), "does not fit mnist"),
-        (lambda f: write_run(f, class_names=["a", "b"]), "class_names must list the 10"),
+        (lambda f: write_run(f, class_names=["a"]), "class_names must list the network's"),
+        (lambda f: write_run(f, class_names="ab"), "class_names must list the network's"),
+        (  # two names make a two-class network, which the ten-class params do not fit
+            lambda f: write_run(f, class_names=["a", "b"]),
+            "does not fit the 'mnist' network that config.json names",
+        ),
         (lambda f: write_run(f) and _no_params(f), "no params.npz"),
         (
             lambda f: write_run(f, params=random_params("cifar10_baseline")),

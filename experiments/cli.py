@@ -205,6 +205,25 @@ _RUN_FLAGS: dict[str, dict[str, Any]] = {
         " large-batch CPU steps 1.2-1.7x faster, peak memory 100-250 MiB higher",
     },
     "--no-progress": {"action": "store_true", "help": "no progress bar"},
+    "--distributed": {
+        "action": "store_true",
+        "help": "join a multi-process run whose processes JAX finds itself (SLURM, Open MPI): "
+        "train data-parallel over every process's devices; process 0 alone writes the run "
+        "folder",
+    },
+    "--coordinator": {
+        "metavar": "HOST:PORT",
+        "help": "join a multi-process run by hand: process 0's address, with --num-processes "
+        "and --process-id (as jax.distributed.initialize names them)",
+    },
+    "--num-processes": {
+        "type": _checked(int, "num-processes", positive_int),
+        "help": "the processes of a multi-process run (with --coordinator)",
+    },
+    "--process-id": {
+        "type": _checked(int, "process-id", nonnegative_int),
+        "help": "this process, 0 .. N-1 (with --coordinator); process 0 writes the run folder",
+    },
 }
 """The flags of a command that are not training settings (each group below is exclusive)."""
 _EITHER_OR = (
@@ -304,8 +323,9 @@ def main(exp: Experiment, argv: list[str] | None, prog: str, description: str) -
 def _run(exp: Experiment, parser: argparse.ArgumentParser, args: argparse.Namespace, folder):
     """:func:`main` once the flags are parsed and the folder named; the exit status."""
     try:
+        args.writer = _join(args)
         saved = _check_folder(exp, args, folder)
-        args.devices = _device_count(args.devices)
+        args.devices = _device_count(args.devices, distributed=_joined(args))
         from jaxnet.datasets import DataError, ImageFolderError
 
         args.saved_config = saved  # a resumed run's data settings (its image folder)
@@ -329,7 +349,7 @@ def _run(exp: Experiment, parser: argparse.ArgumentParser, args: argparse.Namesp
 
     if args.reuse_freed_memory and allocator.reuse_freed_memory():
         run_config["environment"]["malloc"] = "glibc, freed memory kept for reuse"
-    if args.overwrite:
+    if args.overwrite and args.writer:
         folder.clear()
     from jaxnet.training.data import channel_mean
 
@@ -340,7 +360,8 @@ def _run(exp: Experiment, parser: argparse.ArgumentParser, args: argparse.Namesp
     if getattr(args, "image_folder", None) is not None:
         run_config["image_folder"] = args.image_folder
     try:
-        folder.write_config(run_config)
+        if args.writer:
+            folder.write_config(run_config)
     except OSError as err:
         return error(f"cannot write {err.filename}: {err.strerror}", 1)
     return _train_and_report(exp, arch, folder, args, config, dataset, split, mean)
@@ -350,13 +371,14 @@ def _check_folder(exp: Experiment, args: argparse.Namespace, folder: RunFolder) 
     """Refuse a folder that is not free for this command; the saved config of a resumed run."""
     if folder.path.exists() and not folder.path.is_dir():
         raise Refused(f"--out {folder.path} exists and is not a folder")
-    try:
-        folder.lock()
-    except FolderInUse as err:
-        raise Refused(str(err)) from None
-    except OSError as err:
-        raise Refused(f"--out {folder.path}: cannot write there ({err.strerror})") from None
-    if folder.occupied and not (args.resume or args.overwrite):
+    if args.writer:
+        try:
+            folder.lock()
+        except FolderInUse as err:
+            raise Refused(str(err)) from None
+        except OSError as err:
+            raise Refused(f"--out {folder.path}: cannot write there ({err.strerror})") from None
+    if args.writer and folder.occupied and not (args.resume or args.overwrite):
         raise Refused(
             f"{folder.path} holds another run: pass --resume to continue it or --overwrite to "
             "replace it, or choose another --out"
@@ -381,15 +403,47 @@ def _check_folder(exp: Experiment, args: argparse.Namespace, folder: RunFolder) 
     return saved
 
 
-def _device_count(asked: int | None) -> int:
-    """The devices to train on (``--devices``, else every local one); before JAX starts."""
-    if asked is not None and asked > 1:
+def _joined(args: argparse.Namespace) -> bool:
+    """Whether the command was asked to join a multi-process run."""
+    return args.distributed or args.coordinator is not None
+
+
+def _join(args: argparse.Namespace) -> bool:
+    """Join the multi-process run asked for, before JAX starts; whether this process writes.
+
+    Process 0 of a multi-process run writes the run folder; the others write nothing. A
+    coordinator that cannot be reached makes JAX abort the process after its timeout (that is
+    JAX's own behaviour, not an exception jaxnet can turn into a line).
+    """
+    by_hand = (args.coordinator, args.num_processes, args.process_id)
+    if args.distributed and any(a is not None for a in by_hand):
+        raise Refused("--distributed finds the processes itself: give it without --coordinator")
+    if not _joined(args):
+        if any(a is not None for a in by_hand):
+            raise Refused("--num-processes and --process-id need --coordinator HOST:PORT")
+        return True
+    from jaxnet import parallel
+
+    try:
+        parallel.initialize_distributed(*by_hand)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise Refused(str(err).replace("coordinator_address", "--coordinator")) from None
+    import jax
+
+    return jax.process_index() == 0
+
+
+def _device_count(asked: int | None, distributed: bool = False) -> int:
+    """The devices to train on (``--devices``, else every local one, or every process's in a
+    multi-process run); before JAX starts."""
+    if asked is not None and asked > 1 and not distributed:
         from jaxnet.parallel import request_cpu_devices
 
         request_cpu_devices(asked)  # before JAX starts its backend
     import jax
 
-    devices = asked if asked is not None else jax.local_device_count()
+    every = jax.device_count() if distributed else jax.local_device_count()
+    devices = asked if asked is not None else every
     if devices > jax.device_count():
         raise Refused(
             f"--devices {devices}: JAX sees only {jax.device_count()} device(s) "
@@ -530,8 +584,8 @@ def _train_and_report(exp, arch, folder, args, config, dataset, split, mean) -> 
             config,
             folder.checkpoints(),
             resume=args.resume,
-            progress=not args.no_progress,
-            on_log=folder.write_history,
+            progress=args.writer and not args.no_progress,
+            on_log=folder.write_history if args.writer else None,
             mesh=mesh,
             steps_per_call=args.steps_per_call,
         )
@@ -542,7 +596,8 @@ def _train_and_report(exp, arch, folder, args, config, dataset, split, mean) -> 
     except OSError as err:  # a full disk: what was saved before stays
         return _write_error(err, resume)
     try:
-        folder.write_history(run.history)
+        if args.writer:
+            folder.write_history(run.history)
     except OSError as err:
         return _write_error(err, resume)
     if run.interrupted:
@@ -554,7 +609,7 @@ def _train_and_report(exp, arch, folder, args, config, dataset, split, mean) -> 
         )
         return 128 + run.interrupted
     try:
-        return _report(exp, arch, folder, config, dataset, run, mean, mesh)
+        return _report(exp, arch, folder, config, dataset, run, mean, mesh, writer=args.writer)
     except OSError as err:
         return _write_error(err, resume)
 
@@ -568,7 +623,7 @@ def _write_error(err: OSError, resume: str) -> int:
     )
 
 
-def _report(exp, arch, folder, config, dataset, run, mean, mesh) -> int:
+def _report(exp, arch, folder, config, dataset, run, mean, mesh, *, writer: bool = True) -> int:
     """Evaluate the test set, write the run folder's results, print the summary line."""
     from jaxnet.step import evaluate
 
@@ -595,9 +650,11 @@ def _report(exp, arch, folder, config, dataset, run, mean, mesh) -> int:
         "iterations": config.iterations,
         "train_time_s": seconds,
         "images_per_second": speed,
-        "device": folder.config["environment"]["device"],
+        "device": folder.config.get("environment", {}).get("device"),
         "peak_rss_mb": peak_rss_mb(),
     }
+    if not writer:  # another process of a multi-process run: process 0 writes and reports
+        return 0
     report = folder.write_results(exp.name, arch, run, dataset, test, figures)
     seed = f" (seed report: {exp.seed_accuracy:.1%})" if exp.seed_accuracy else ""
     print(

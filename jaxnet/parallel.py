@@ -279,7 +279,11 @@ def replicate(tree: Tree, mesh: Mesh) -> Tree:
     def put(leaf: Any) -> jax.Array:
         if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
             return jax.device_put(leaf, sharding)
-        return jax.device_put(np.asarray(leaf), sharding)
+        # Each process copies its own value to its own devices. (jax.device_put would first
+        # compare the values across processes, and NaN, as in a fresh run's metrics, never
+        # equals itself.)
+        value = np.asarray(leaf)
+        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
     return jax.tree.map(put, tree)
 
@@ -385,6 +389,28 @@ def initialize_distributed(
             f"could not initialise distributed JAX ({where}): {e} Call initialize_distributed "
             "once, at the start of the program, before anything else touches JAX."
         ) from e
+
+
+def stop_signal(received: int, at_sync_point: bool) -> int:
+    """The stop signal the training loop acts on now (0: go on), the same in every process.
+
+    One process stops at once on its own signal. Processes of a multi-process run must stop
+    after the same step, or those still stepping wait for the others' all-reduce forever, and
+    a scheduler's SIGTERM reaches them at different steps: so each one's request is gathered
+    only at the sync points every process reaches together (history rows, evaluations,
+    checkpoints), and the largest signal any process received is the answer everywhere.
+
+    Args:
+        received: the signal this process received (0: none).
+        at_sync_point: whether every process is at the same sync point now.
+    """
+    if jax.process_count() == 1:
+        return received
+    if not at_sync_point:
+        return 0
+    from jax.experimental import multihost_utils
+
+    return int(np.max(multihost_utils.process_allgather(np.int32(received))))
 
 
 def partitionable(fn: Callable) -> Callable:

@@ -211,12 +211,18 @@ class ProgressBar(Hook):
 
 
 class Checkpoints(Hook):
-    """Save the whole run every ``every`` iterations, at the end and at a stop signal; resume."""
+    """Save the whole run every ``every`` iterations, at the end and at a stop signal; resume.
+
+    In a multi-process run only process 0 saves; every process restores from the same folder
+    (on a file system they share).
+    """
 
     def __init__(self, manager: CheckpointManager, config: FitConfig) -> None:
         self.manager, self.every, self.config = manager, config.checkpoint_every, config
 
     def __call__(self, run: Run, last: bool) -> None:
+        if jax.process_index() != 0:  # in a multi-process run, process 0 alone writes
+            return
         if last or run.interrupted or run.iteration % self.every == 0:
             info = {
                 "iteration": run.iteration,

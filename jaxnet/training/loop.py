@@ -227,9 +227,11 @@ def train(
                 run.state = call(run.state, images, labels, batches, np.int32(run.iteration))
                 run.iteration += k
                 last = run.iteration == config.iterations
-                if last or stop.requested or any(run.iteration % k == 0 for k in intervals[1:]):
+                at_sync = last or any(run.iteration % k == 0 for k in intervals[1:])
+                stopping = parallel.stop_signal(stop.signal, at_sync)
+                if at_sync or stopping:
                     run.train_time_s = time_before + time.perf_counter() - session_start
-                    run.interrupted = 0 if last else stop.signal
+                    run.interrupted = 0 if last else stopping
                     for hook in hooks:
                         hook(run, last)
                     if run.interrupted:

@@ -458,3 +458,73 @@ def test_the_same_seed_gives_the_same_bits_under_contention(data_dir, reference,
     assert result.returncode == 0, result.stderr
     assert_bit_identical(out, reference)
     assert_bit_identical(tmp_path / "beside", reference)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_processes(data_dir: Path, out: Path, *flags: str) -> list[subprocess.CompletedProcess]:
+    """The MNIST command as two processes over 127.0.0.1, one CPU device each."""
+    port = str(_free_port())
+    join = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id"]
+    args = ["experiments.mnist", "--idx-dir", str(data_dir), "--out", str(out), *flags, *join]
+    procs = [
+        subprocess.Popen(
+            command(*args, str(i)),
+            cwd=ROOT,
+            env=env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in (0, 1)
+    ]
+    done = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=300)
+        done.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
+    return done
+
+
+SHORT = (
+    "--iterations", "60", "--batch-size", "16", "--val-size", "40", "--log-every", "10",
+    "--eval-every", "20", "--checkpoint-every", "20", "--no-progress",
+)  # fmt: skip
+
+
+def test_two_processes_train_as_one_process_on_two_devices(data_dir, tmp_path):
+    """--coordinator: the mesh spans both processes; process 0 alone writes the run folder."""
+    out, alone = tmp_path / "two", tmp_path / "alone"
+    first, second = _two_processes(data_dir, out, *SHORT)
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, second.stderr
+    assert "test accuracy" in first.stdout and "test accuracy" not in second.stdout
+    assert mnist(data_dir, alone, *SHORT, "--devices", "2").returncode == 0
+    two, one = params_of(out), params_of(alone)
+    for key, value in one.items():
+        np.testing.assert_allclose(two[key], value, rtol=1e-4, atol=1e-6, err_msg=key)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in alone.iterdir())
+    # --resume across the processes: extend the run by 20 iterations.
+    first, second = _two_processes(data_dir, out, "--resume", "--iterations", "80", "--no-progress")
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert json.loads((out / "config.json").read_text())["fit"]["iterations"] == 80
+
+
+def test_joining_a_multi_process_run_is_checked_before_any_work(data_dir, tmp_path):
+    for flags, message in (
+        (("--num-processes", "2"), "--num-processes and --process-id need --coordinator"),
+        (("--distributed", "--coordinator", "127.0.0.1:1"), "--distributed finds the processes"),
+        (("--coordinator", "127.0.0.1:99999", "--num-processes", "2", "--process-id", "0"),
+         "port in [1, 65535]"),
+        (("--coordinator", "127.0.0.1:5", "--num-processes", "2", "--process-id", "2"),
+         "process_id must be in [0, 2)"),
+    ):  # fmt: skip
+        result = mnist(data_dir, tmp_path / "r", *SHORT, *flags)
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr
+        assert not (tmp_path / "r").exists()

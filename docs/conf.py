@@ -59,6 +59,9 @@ autodoc_typehints = "description"
 autodoc_default_options = {"members": True, "undoc-members": False}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
+# A dataclass's "Attributes:" section as fields of the class, not as a second entry per field
+# beside autodoc's own (which Sphinx reports as a duplicate).
+napoleon_use_ivar = True
 
 html_theme = "sphinx_book_theme"
 html_title = "jaxnet: learn backpropagation"

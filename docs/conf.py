@@ -52,6 +52,7 @@ nb_execution_timeout = 240
 nb_execution_raise_on_error = True
 nb_execution_show_tb = True
 nb_merge_streams = True
+nb_render_markdown_format = "myst"  # Markdown that a cell displays (tables included)
 
 # autodoc: the API reference from the Google-style docstrings.
 autodoc_member_order = "bysource"

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 os.environ["PYTHONPATH"] = os.pathsep.join(
     [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
 )
-os.environ.setdefault("XLA_FLAGS", "")
+os.environ["JAXNET_BOOK_BUILD"] = "1"  # each chapter then checks which jaxnet it imported
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 project = "jaxnet"

@@ -23,7 +23,6 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
 )
 os.environ["JAXNET_BOOK_BUILD"] = "1"  # each chapter then checks which jaxnet it imported
-os.environ.setdefault("MPLBACKEND", "Agg")
 
 project = "jaxnet"
 author = "jaxnet contributors"

@@ -248,9 +248,10 @@ def summary(confusion: Any, class_names: Sequence[str]) -> dict[str, Any]:
         class_names: ``K`` names, in class-index order.
 
     Returns:
-        ``{"accuracy": float, "macro_precision": float, "macro_recall": float,
-        "per_class": {name: {"precision", "recall", "support"}}, "confusion_matrix": K lists of K
-        ints (rows = true class)}``; precision/recall/accuracy values are floats or ``None``.
+        A dict with the keys ``"accuracy"``, ``"macro_precision"``, ``"macro_recall"`` (floats),
+        ``"per_class"`` (``{name: {"precision", "recall", "support"}}``) and
+        ``"confusion_matrix"`` (``K`` lists of ``K`` ints, rows = true class); precision, recall
+        and accuracy values are floats or ``None``.
 
     Raises:
         ValueError, TypeError: as :func:`per_class_table`.

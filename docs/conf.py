@@ -75,6 +75,13 @@ html_theme_options = {
 }
 # An explicit colour mode: without one pydata-sphinx-theme logs a console error on every page.
 html_context = {"default_mode": "auto"}
+# Pages the chapters make as they run (explain --html of a test digit), copied to the site's
+# root; the folder is emptied here so that a page from an earlier build never survives.
+GENERATED = Path(__file__).resolve().parent / "_generated"
+GENERATED.mkdir(exist_ok=True)
+for stale in GENERATED.iterdir():
+    stale.unlink()
+html_extra_path = ["_generated"]
 html_favicon = "_static/favicon.svg"  # else the browser asks for /favicon.ico and gets 404
 html_last_updated_fmt = None
 html_copy_source = True

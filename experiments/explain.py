@@ -554,16 +554,18 @@ def main(argv: list[str] | None = None) -> int:
     from experiments import explain_page
     from jaxnet import images
     from jaxnet.datasets import DataError
+    from jaxnet.io import check_writable
 
     try:
         run = load_run(args.run_dir)
         label = None if args.label is None else _class_index(args.label, run.class_names)
         stem = args.index if args.index is not None else args.image.stem
         out = args.out if args.out is not None else run.folder / f"explain-{stem}.png"
+        check_writable(out, "--out")
         page = None
         if args.html is not None:
             page = out.with_suffix(".html") if args.html is True else args.html
-            explain_page.check_writable(page)
+            check_writable(page, "--html")
         if args.index is not None:
             image, true = _test_image(run, args)
             label = true if label is None else label
@@ -580,7 +582,10 @@ def main(argv: list[str] | None = None) -> int:
     title = f"{run.folder}: {what}"
     rows = table(expl)
     say(format_table(expl, title, rows))
-    plot_explanation(expl, title, out)
+    try:
+        plot_explanation(expl, title, out)
+    except OSError as err:
+        return error(f"--out {out}: {err.strerror or err}", 1)
     say(f"figure: {out}")
     if page is not None:
         try:

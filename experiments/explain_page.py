@@ -63,37 +63,6 @@ EQUATIONS = {
 }
 
 
-class PagePathError(ValueError):
-    """An ``--html`` path that cannot be written; the message names the path and the reason."""
-
-
-def check_writable(path: str | os.PathLike[str]) -> Path:
-    """Check, before any work, that a file can be written at ``path``.
-
-    The nearest existing ancestor must be a folder this process may write into; ``path`` itself
-    must not be a folder. (A write can still fail later, a full disk for one; the command then
-    reports that too.)
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
-
-    Raises:
-        PagePathError: ``path`` is a folder, lies under a regular file, or its folder is not
-            writable.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise PagePathError(f"--html {path}: is a folder (Is a directory)")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise PagePathError(f"--html {path}: {parent} is not a folder (Not a directory)")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise PagePathError(f"--html {path}: {parent} is not writable (Permission denied)")
-    return path
-
-
 # ---------------------------------------------------------------------------------------------
 # MathML: each rule written with the arrays named as the page names them
 

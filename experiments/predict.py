@@ -294,10 +294,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     from jaxnet import images as image_files
+    from jaxnet.io import check_writable
 
     try:
         run = load_run(args.run_dir)
-    except RunError as err:
+        if args.figure is not None:
+            check_writable(args.figure, "--figure")
+    except (RunError, ValueError) as err:
         return error(str(err))
     converted: dict[int, np.ndarray] = {}
     failures: dict[int, str] = {}
@@ -328,12 +331,15 @@ def main(argv: list[str] | None = None) -> int:
         say(json.dumps(results, indent=2))
     if args.figure is not None and good:
         answers = [results[i]["classes"][0] for i in good]
-        contact_sheet(
-            np.stack([converted[i] for i in good]),
-            [f"{a['class']} ({a['probability']:.0%})" for a in answers],
-            [args.images[i].name for i in good],
-            args.figure,
-        )
+        try:
+            contact_sheet(
+                np.stack([converted[i] for i in good]),
+                [f"{a['class']} ({a['probability']:.0%})" for a in answers],
+                [args.images[i].name for i in good],
+                args.figure,
+            )
+        except OSError as err:  # found only when written: a full disk
+            return error(f"--figure {args.figure}: {err.strerror or err}", 1)
     return 2 if failures else 0
 
 

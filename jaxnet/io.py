@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "write_json", "write_text"]
+__all__ = ["atomic_write", "check_writable", "write_json", "write_text"]
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -88,3 +88,34 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
 def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """Write ``obj`` as indented JSON (NaN allowed, as Python's ``json`` writes it), atomically."""
     return write_text(path, json.dumps(obj, indent=2, allow_nan=True) + "\n")
+
+
+def check_writable(path: str | os.PathLike[str], flag: str) -> Path:
+    """Check, before any work, that a file can be written at ``path`` (a command's output).
+
+    The nearest existing ancestor must be a folder this process may write into; ``path`` itself
+    must not be a folder. A write can still fail later (a full disk): :func:`atomic_write`'s
+    ``OSError`` then names ``path``.
+
+    Args:
+        path: where the file will go.
+        flag: the command-line flag that named it, for the message (``--figure``).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: ``"{flag} {path}: ..."``: a folder, under a regular file, or in a folder
+            that is not writable.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{flag} {path}: is a folder (Is a directory)")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {path}: {parent} is not a folder (Not a directory)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: {parent} is not writable (Permission denied)")
+    return path

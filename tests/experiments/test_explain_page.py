@@ -214,6 +214,18 @@ def test_an_html_path_that_cannot_be_written_is_one_line_before_any_work(
     assert captured.out == ""
 
 
+@pytest.mark.parametrize("case", ["a folder", "under a regular file"])
+def test_a_figure_path_that_cannot_be_written_is_one_line_before_any_work(
+    tmp_path, cifar_run, capsys, monkeypatch, case
+):
+    path, message = bad_paths(tmp_path)[case]
+    path = path.with_suffix(".png") if case != "a folder" else path
+    monkeypatch.setattr(explain, "explain", lambda *a, **k: pytest.fail("the work was done"))
+    assert explain.main([str(cifar_run), str(photo(tmp_path)), "--out", str(path)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: --out {path}: ") and message in line
+
+
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes anywhere")
 def test_a_read_only_folder_is_one_line(tmp_path, cifar_run, capsys):
     locked = tmp_path / "locked"
@@ -255,12 +267,6 @@ def test_a_write_that_fails_late_is_one_line_and_status_1(tmp_path, cifar_run, c
     assert explain.main(argv) == 1
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line == f"error: --html {tmp_path / 'p.html'}: No space left on device"
-
-
-def test_the_check_itself():
-    with pytest.raises(explain_page.PagePathError, match="is a folder"):
-        explain_page.check_writable(Path("/"))
-    assert explain_page.check_writable("nowhere/yet/p.html") == Path("nowhere/yet/p.html")
 
 
 def test_a_real_mnist_test_digit(tmp_path, capsys):

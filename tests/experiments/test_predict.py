@@ -88,6 +88,19 @@ def test_figure_is_a_png(mnist_run, pictures, tmp_path):
     assert figure.read_bytes().startswith(PNG)
 
 
+@pytest.mark.parametrize("where", ["a folder", "under a regular file"])
+def test_a_figure_path_that_cannot_be_written_is_one_line_before_any_answer(
+    mnist_run, pictures, tmp_path, capsys, where
+):
+    (tmp_path / "file").write_text("x")
+    figure = tmp_path if where == "a folder" else tmp_path / "file" / "sheet.png"
+    assert predict.main([str(mnist_run), *map(str, pictures), "--figure", str(figure)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # refused before any answer
+    (line,) = captured.err.strip().splitlines()
+    assert line.startswith(f"error: --figure {figure}: ")
+
+
 def test_a_cifar_run_takes_colour_pictures_and_names_its_classes(tmp_path, capsys):
     folder = write_run(tmp_path / "run", "cifar10_modified")
     rng = np.random.default_rng(0)

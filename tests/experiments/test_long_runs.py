@@ -56,6 +56,14 @@ def history_without_time(out: Path) -> list[dict[str, str]]:
     return rows
 
 
+def assert_resumes_to(reference: Path, data_dir: Path, out: Path) -> None:
+    """``--resume`` on ``out`` ends bit-identical to ``reference``, its history too."""
+    result = resume(data_dir, out)
+    assert result.returncode == 0, result.stderr
+    assert_bit_identical(out, reference)
+    assert history_without_time(out) == history_without_time(reference)
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     from run_helpers import make_idx_dir
@@ -110,10 +118,7 @@ def test_sigkill_then_resume_is_bit_identical(data_dir, reference, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "params.npz").exists()  # it really died mid-run
-    result = resume(data_dir, out)
-    assert result.returncode == 0, result.stderr
-    assert_bit_identical(out, reference)
-    assert history_without_time(out) == history_without_time(reference)
+    assert_resumes_to(reference, data_dir, out)
 
 
 def test_sigkill_before_any_checkpoint_then_resume(data_dir, reference, tmp_path):
@@ -124,20 +129,6 @@ def test_sigkill_before_any_checkpoint_then_resume(data_dir, reference, tmp_path
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    result = resume(data_dir, out)
-    assert result.returncode == 0, result.stderr
-    assert_bit_identical(out, reference)
-
-
-def test_ctrl_c_saves_and_says_how_to_resume(data_dir, reference, tmp_path):
-    out = tmp_path / "run"
-    proc = start(data_dir, out)
-    wait_for_checkpoints(out, proc, 1)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert f"--out {out} --resume" in err
-    assert "Traceback" not in err
     result = resume(data_dir, out)
     assert result.returncode == 0, result.stderr
     assert_bit_identical(out, reference)
@@ -240,21 +231,19 @@ def test_batch_that_does_not_divide_is_refused(data_dir, tmp_path):
     assert "batch size 15 does not divide over 2 devices" in result.stderr
 
 
-def test_sigterm_saves_and_resumes_bit_identically(data_dir, reference, tmp_path):
-    """What SLURM, Kubernetes or a preemptible VM sends before the kill: treated as Ctrl-C."""
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
+def test_a_stop_signal_saves_says_how_to_resume_and_resumes(data_dir, reference, tmp_path, stop):
+    """Ctrl-C, or SIGTERM as SLURM, Kubernetes or a preemptible VM sends before the kill."""
     out = tmp_path / "run"
     proc = start(data_dir, out)
     wait_for_checkpoints(out, proc, 2)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(stop)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, err
-    assert "interrupted by SIGTERM" in err and f"--out {out} --resume" in err
+    assert proc.returncode == 128 + stop, err
+    assert f"interrupted by {stop.name}" in err and f"--out {out} --resume" in err
     assert "Traceback" not in err
     assert (out / "history.csv").exists() and not (out / "params.npz").exists()
-    result = resume(data_dir, out)
-    assert result.returncode == 0, result.stderr
-    assert_bit_identical(out, reference)
-    assert history_without_time(out) == history_without_time(reference)
+    assert_resumes_to(reference, data_dir, out)
 
 
 def test_a_second_signal_during_the_save_corrupts_nothing(data_dir, reference, tmp_path):

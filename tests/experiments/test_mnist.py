@@ -105,6 +105,10 @@ def test_learns_the_small_set(idx_dir, tmp_path, malloc_calls):
         (("--momentum", "1.5"), "momentum must be in"),
         (("--iterations", "-3"), "iterations must be a positive integer"),
         (("--steps-per-call", "0"), "steps-per-call must be a positive integer"),
+        (("--seed", "-1"), "seed must be an integer in [0, 4294967295], got -1"),
+        (("--seed", "18446744073709551616"), "seed must be an integer in [0, 4294967295]"),
+        (("--weight-decay", "inf"), "weight-decay must be a finite number >= 0, got inf"),
+        (("--label-smoothing", "nan"), "label-smoothing must be in [0, 1)"),
     ],
 )
 def test_bad_settings_exit_2(idx_dir, tmp_path, capsys, flags, message):

@@ -67,8 +67,10 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
         ``RGBA``, ``P``, ``I;16``, ...).
 
     Raises:
-        ImageFileError: the file is missing, is a folder, is not an image, is truncated, or is
-            too large for Pillow's decompression-bomb limit; one line naming the file.
+        ImageFileError: the file is missing, is a folder, cannot be opened (the system's reason:
+            a symlink loop, permission denied), is not an image, is truncated or damaged (a
+            decoder's error), or is too large for Pillow's decompression-bomb limit; one line
+            naming the file.
     """
     path = Path(path)
     try:
@@ -85,7 +87,11 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
         raise ImageFileError(f"{path}: not an image (Pillow cannot identify its format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageFileError(f"{path}: too large to read safely ({err})") from None
-    except (OSError, ValueError, SyntaxError) as err:  # truncated or damaged data
+    except OSError as err:
+        if err.strerror:  # the system refused the file: a symlink loop, permission denied, ...
+            raise ImageFileError(f"{path}: cannot be read ({err.strerror})") from None
+        raise ImageFileError(f"{path}: damaged or truncated image ({err})") from None
+    except (ValueError, SyntaxError) as err:  # Pillow's decoders on damaged data
         raise ImageFileError(f"{path}: damaged or truncated image ({err})") from None
 
 

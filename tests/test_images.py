@@ -170,6 +170,7 @@ def _truncated_png(path):
         (lambda p: p.write_text("not a picture\n"), "not an image"),
         (lambda p: p.write_bytes(b""), "not an image"),
         (_truncated_png, "damaged or truncated"),
+        (lambda p: p.symlink_to(p), "cannot be read (Too many levels of symbolic links)"),
         (lambda p: Image.new("L", (40, 30), 200).save(p), "no digit found"),
     ],
 )

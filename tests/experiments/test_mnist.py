@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 import pytest
-from run_helpers import run
+from run_helpers import make_idx_dir, run
 
 from experiments import mnist, run_folder
 from jaxnet import architectures
@@ -167,6 +167,18 @@ def test_missing_data_is_one_line_and_status_1(tmp_path, capsys, monkeypatch):
     assert mnist.run(["--idx-dir", str(empty), "--out", str(tmp_path / "r"), *SMALL]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
+
+
+def test_a_file_that_fails_its_check_names_the_flag_that_skips_it(tmp_path, monkeypatch):
+    """As a user meets it: the message names --no-verify, and --no-verify then trains."""
+    monkeypatch.setenv("JAXNET_CACHE", str(tmp_path / "cache"))
+    make_idx_dir(tmp_path / "data" / "mnist")  # not the official files: the wrong size
+    args = ["--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "r"), *SMALL]
+    result = run("experiments.mnist", *args)
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "wrong size" in line and "pass --no-verify (verify=False in Python)" in line, line
+    assert run("experiments.mnist", *args, "--no-verify").returncode == 0
 
 
 def test_help_explains_every_flag():

@@ -189,6 +189,13 @@ def test_as_a_process_errors_are_status_2_without_traceback(mnist_run, tmp_path)
     assert result.stderr.strip().splitlines() == [
         f"error: {bad}: not an image (Pillow cannot identify its format)"
     ]
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop)
+    result = run_command("experiments.predict", str(mnist_run), str(loop))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {loop}: cannot be read (Too many levels of symbolic links)"
+    ]
     result = run_command("experiments.predict", str(mnist_run), str(bad), "--top", "0")
     assert result.returncode == 2 and "--top: must be at least 1" in result.stderr
     assert "Traceback" not in result.stderr

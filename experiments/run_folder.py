@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from jaxnet import io, metrics, network, plots
-from jaxnet.checkpoint import CheckpointManager, save_params
+from jaxnet.checkpoint import CheckpointManager, save_pytree
 from jaxnet.training import HISTORY_FIELDS
 
 FIGURES = (
@@ -159,7 +159,7 @@ class RunFolder:
             **report,
         }
         io.write_json(self.path / "metrics.json", results)
-        save_params(self.path / "params.npz", run.reported_params)
+        save_pytree(self.path / "params.npz", run.reported_params)
         first = np.asarray(run.reported_params[arch.layers[0].name]["w"])
         title = f"{name}: first-layer kernels"
         plots.plot_kernels(first, self.path / "kernels.png", title=title)

@@ -136,8 +136,8 @@ def test_colour_keeps_a_flat_colour_and_grey_gets_three_channels():
 @pytest.mark.parametrize(
     ("shape", "expected"), [((28, 28, 1), (28, 28, 1)), ((32, 32, 3), (32, 32, 3))]
 )
-def test_to_input_picks_the_conversion(shape, expected):
-    out = images.to_input(Image.fromarray(stroke()), shape)
+def test_read_picks_the_conversion(tmp_path, shape, expected):
+    out = images.read(save_png(tmp_path, stroke()), shape)
     assert out.shape == expected and out.dtype == np.uint8
 
 
@@ -152,9 +152,16 @@ def test_to_input_picks_the_conversion(shape, expected):
 )
 def test_bad_options_are_value_errors(tmp_path, shape, invert, message):
     with pytest.raises(ValueError, match=message):
-        images.to_input(Image.fromarray(stroke()), shape, invert)
+        images.read(save_png(tmp_path, stroke()), shape, invert)
     with pytest.raises(ValueError, match=message):  # before the file is even looked at
         images.read(tmp_path / "missing.png", shape, invert)
+
+
+def save_png(folder, array: np.ndarray):
+    """``array`` as ``folder/picture.png``; its path."""
+    path = folder / "picture.png"
+    Image.fromarray(array).save(path)
+    return path
 
 
 def _truncated_png(path):

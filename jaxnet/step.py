@@ -220,7 +220,9 @@ def make_train_step(
         label_smoothing: as :func:`loss_fn`.
 
     Returns:
-        The jitted step (with a mesh, a callable that checks the batch size; ``step.mesh``).
+        The jitted step; with a mesh, a callable that checks the batch size and replicates
+        ``params`` and ``opt_state`` on its first call (``step.mesh``; ``step.jitted`` is the
+        sharded jit, for ``lower``).
 
     Raises:
         ValueError: an unknown ``rules``, a ``mean`` of the wrong shape, a bad mesh; from the
@@ -253,30 +255,29 @@ def make_train_step(
 
 
 class _DataParallelStep:
-    """The sharded jitted step behind a batch-size check; other attributes come from the jit.
+    """The sharded jitted step behind a batch-size check.
+
+    Attributes:
+        jitted: the sharded ``jax.jit`` it calls (``lower``, ``trace``, its cache).
+        mesh: the data mesh the batch is split over.
 
     The first call replicates ``params`` and ``opt_state``: the jit keys its cache on each
     argument's sharding, so single-device arrays and then replicated ones would compile twice.
     """
 
     def __init__(self, jitted: Callable, mesh: Mesh) -> None:
-        self._jitted = jitted
-        self._first = True
+        self.jitted = jitted
         self.mesh = mesh
+        self._replicated = False
 
     def __call__(
         self, params: Params, opt_state: optax.OptState, x: jax.Array, y: jax.Array
     ) -> tuple[Params, optax.OptState, Metrics]:
         parallel.check_batch(x.shape[0], self.mesh)
-        if self._first:
-            self._first = False
+        if not self._replicated:  # later calls get the step's own (replicated) outputs
+            self._replicated = True
             params, opt_state = parallel.replicate((params, opt_state), self.mesh)
-        return self._jitted(params, opt_state, x, y)
-
-    def __getattr__(self, name: str) -> object:  # lower, trace, _cache_size, ...
-        if name == "_jitted":  # not yet set (copy, pickle): no recursion
-            raise AttributeError(name)
-        return getattr(self._jitted, name)
+        return self.jitted(params, opt_state, x, y)
 
 
 class EvalResult(NamedTuple):

@@ -25,13 +25,14 @@ from jaxnet import io, metrics, network, plots
 from jaxnet.checkpoint import CheckpointManager, save_pytree
 from jaxnet.training import HISTORY_FIELDS
 
-FIGURES = (
-    "kernels.png",
-    "misclassified.png",
-    "confusion_matrix.png",
-    "learning_curves.png",
-    "gradients.png",
-)
+FIGURES = {
+    "kernels.png": "First-layer kernels",
+    "misclassified.png": "Misclassified test images",
+    "confusion_matrix.png": "Confusion matrix",
+    "learning_curves.png": "Learning curves",
+    "gradients.png": "Gradient norms and update ratios",
+}
+"""The figures a finished run writes, each with its title in ``report.md``."""
 TABLES = ("parameters.md", "per_class.md")
 OUTPUT_FILES = ("config.json", "history.csv", "metrics.json", "params.npz", *FIGURES, *TABLES)
 

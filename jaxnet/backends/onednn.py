@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnet._validate import int_at_least
+from jaxnet._validate import int_at_least, window_outputs
 
 ENV_VAR = "JAXNET_CONV"
 """Set to ``xla`` to keep every convolution on XLA (``onednn`` or unset: use it where it can)."""
@@ -193,10 +193,6 @@ def pick(kernel: str, xla_fn, a: jax.Array, b: jax.Array, *static) -> jax.Array:
     )
 
 
-def _out_size(size: int, k: int, p: int, s: int) -> int:
-    return (size + 2 * p - k) // s + 1
-
-
 def _check(name: str, a: jax.Array, layout: str) -> None:
     if a.dtype != jnp.float32:
         raise TypeError(f"{name} must be float32 for oneDNN, got dtype {a.dtype}")
@@ -260,7 +256,7 @@ def conv_forward(
     _check("w", w, "(KH, KW, C_in, C_out)")
     _, h, wd, _ = x.shape
     kh, kw, _, c_out = w.shape
-    ho, wo = (_out_size(*a) for a in zip((h, wd), (kh, kw), padding, stride, strict=True))
+    ho, wo = (window_outputs(*a) for a in zip((h, wd), (kh, kw), padding, stride, strict=True))
     return _per_image("jaxnet_onednn_conv_forward", (ho, wo, c_out), x, w, padding, stride)
 
 

@@ -47,7 +47,15 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from experiments.predict import Run, RunError, error, load_run, network_input, run_parser, say
+from experiments.predict import (
+    RunError,
+    TrainedRun,
+    error,
+    load_run,
+    network_input,
+    run_parser,
+    say,
+)
 
 CHANNELS = 4  # channels drawn per layer
 POSITIVE, NEGATIVE = "#b2182b", "#2166ac"  # the ends of RdBu_r, for bars too
@@ -91,7 +99,7 @@ class Explanation:
         dtype: the floating dtype of the walk.
     """
 
-    run: Run
+    run: TrainedRun
     image: np.ndarray
     x: np.ndarray
     label: int
@@ -145,7 +153,7 @@ def walk(arch: Any, params: dict, x: Any, label: int, rules: str) -> Walk:
 
 
 def explain(
-    run: Run, image: np.ndarray, label: int | None = None, dtype: Any = np.float64
+    run: TrainedRun, image: np.ndarray, label: int | None = None, dtype: Any = np.float64
 ) -> Explanation:
     """Walk one uint8 image through the run's network, analytic rules and autodiff.
 
@@ -521,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _test_image(run: Run, args: argparse.Namespace) -> tuple[np.ndarray, int]:
+def _test_image(run: TrainedRun, args: argparse.Namespace) -> tuple[np.ndarray, int]:
     """Test image ``args.index`` and its label, through the project's data loaders."""
     from jaxnet import datasets
 

@@ -43,8 +43,9 @@ class RunError(Exception):
     """A run folder that cannot be used; the message names the file and what is wrong."""
 
 
-class Run(NamedTuple):
-    """A finished run, ready to classify images.
+class TrainedRun(NamedTuple):
+    """A finished run folder, read back to classify images (a training in progress is
+    :class:`jaxnet.training.Run`).
 
     Attributes:
         folder: the run folder.
@@ -93,14 +94,14 @@ def _read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-def load_run(folder: str | os.PathLike[str]) -> Run:
+def load_run(folder: str | os.PathLike[str]) -> TrainedRun:
     """Read a finished run folder: its network, parameters, input preparation and class names.
 
     Args:
         folder: a folder written by ``python -m experiments.mnist`` or ``experiments.cifar10``.
 
     Returns:
-        The :class:`Run`.
+        The :class:`TrainedRun`.
 
     Raises:
         RunError: the folder, ``config.json`` or ``params.npz`` is missing or unreadable,
@@ -138,7 +139,7 @@ def load_run(folder: str | os.PathLike[str]) -> Run:
         ) from None
     except (checkpoint.CheckpointError, OSError) as err:
         raise RunError(str(err)) from None
-    return Run(folder, arch, params, scale, mean, names, flip, image_folder)
+    return TrainedRun(folder, arch, params, scale, mean, names, flip, image_folder)
 
 
 def _class_names(config: dict[str, Any], where: Path) -> tuple[str, ...]:
@@ -217,7 +218,7 @@ def _image_folder(config: dict[str, Any], where: Path) -> dict | None:
     return record
 
 
-def network_input(run: Run, images: np.ndarray, dtype: Any = np.float32) -> Any:
+def network_input(run: TrainedRun, images: np.ndarray, dtype: Any = np.float32) -> Any:
     """uint8 images prepared as in training: ``images * scale - mean`` (``jaxnet.step.preprocess``).
 
     Args:
@@ -235,7 +236,7 @@ def network_input(run: Run, images: np.ndarray, dtype: Any = np.float32) -> Any:
     return preprocess(jnp.asarray(images), run.mean, run.scale, dtype)
 
 
-def probabilities(run: Run, images: np.ndarray) -> np.ndarray:
+def probabilities(run: TrainedRun, images: np.ndarray) -> np.ndarray:
     """The softmax of the network's logits for each image (with the run's flip averaging).
 
     Args:

@@ -235,7 +235,7 @@ def test_a_run_the_command_trained_is_read_as_it_was_trained(idx_dir, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> predict.Run:
+def trained(tmp_path_factory) -> predict.TrainedRun:
     """The MNIST network after 400 steps of batch 64 (about 97% on the test set)."""
     if not REAL:
         if os.environ.get("CI"):

@@ -109,7 +109,7 @@ class Explanation:
     dtype: np.dtype
 
 
-def _probed_loss(arch, ops, params, x, probes, label):
+def _probed_loss(arch, ops, params, x, probes, *, label):
     """The loss, with a zero probe added to each layer's output; also returns the outputs."""
     outputs = []
     for layer, probe in zip(arch.layers, probes, strict=True):
@@ -120,7 +120,7 @@ def _probed_loss(arch, ops, params, x, probes, label):
 
 @cache
 def _gradient(arch: Any, rules: str) -> Callable:
-    """``(params, x, probes, labels) -> ((loss, outputs), (dparams, dx, dprobes))``, jitted."""
+    """``(params, x, probes, label=) -> ((loss, outputs), (dparams, dx, dprobes))``, jitted."""
     import jax
 
     from jaxnet.network import layer_ops
@@ -147,7 +147,7 @@ def walk(arch: Any, params: dict, x: Any, label: int, rules: str) -> Walk:
 
     probes = [jnp.zeros((1, *shape), x.dtype) for shape in arch.output_shapes]
     labels = jnp.asarray([label], jnp.int32)
-    (loss, outputs), (dparams, dinput, dy) = _gradient(arch, rules)(params, x, probes, labels)
+    (loss, outputs), (dparams, dinput, dy) = _gradient(arch, rules)(params, x, probes, label=labels)
     to_np = partial(jax.tree.map, np.asarray)
     return Walk(float(loss), to_np(outputs), to_np(dy), np.asarray(dinput), to_np(dparams))
 

@@ -206,6 +206,7 @@ def plot_misclassified(
     predictions: Any,
     class_names: Sequence[str],
     path: str | os.PathLike[str],
+    *,
     max_images: int = 25,
     mean: Any = None,
     title: str = "Misclassified test images",

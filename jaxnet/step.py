@@ -87,6 +87,7 @@ def loss_and_logits(
     x: jax.Array,
     y: jax.Array,
     rules: str,
+    *,
     label_smoothing: float,
 ) -> tuple[jax.Array, jax.Array]:
     """``(loss, logits)``: :func:`loss_fn`'s scalar loss and the ``(N, num_classes)`` logits."""
@@ -100,6 +101,7 @@ def loss_fn(
     x: jax.Array,
     y: jax.Array,
     rules: str = "analytic",
+    *,
     label_smoothing: float = 0.0,
 ) -> jax.Array:
     """The mean softmax cross-entropy of a batch: differentiate it with ``jax.grad(..., 1)``.
@@ -115,7 +117,7 @@ def loss_fn(
     Returns:
         The scalar mean loss, in the params' dtype.
     """
-    return loss_and_logits(arch, params, x, y, rules, label_smoothing)[0]
+    return loss_and_logits(arch, params, x, y, rules, label_smoothing=label_smoothing)[0]
 
 
 def train_step(
@@ -150,7 +152,8 @@ def train_step(
     """
     x = preprocess(x, mean, scale, _params_dtype(params))
     (loss, logits), grads = jax.value_and_grad(
-        lambda p: loss_and_logits(arch, p, x, y, rules, label_smoothing), has_aux=True
+        lambda p: loss_and_logits(arch, p, x, y, rules, label_smoothing=label_smoothing),
+        has_aux=True,
     )(params)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     metrics = {"loss": loss}
@@ -193,6 +196,7 @@ def make_train_step(
     optimizer: optax.GradientTransformation,
     rules: str = "analytic",
     mean: float | np.ndarray = 0.0,
+    *,
     mesh: Mesh | int | None = None,
     scale: float = 1 / 255,
     label_smoothing: float = 0.0,

@@ -144,6 +144,7 @@ def hand_written_step(
     lr: float,
     momentum: float,
     weight_decay: float,
+    *,
     mean: float,
     scale: float = 1 / 255,
     device: str = "cpu",

@@ -200,7 +200,7 @@ def _check(name: str, a: jax.Array, layout: str) -> None:
         raise ValueError(f"{name} must have rank 4 {layout}, got shape {tuple(a.shape)}")
 
 
-def _call(target: str, shape: tuple[int, ...], a, b, padding, stride) -> jax.Array:
+def _call(target: str, shape: tuple[int, ...], a, b, *, padding, stride) -> jax.Array:
     """The custom call ``target`` on ``a, b`` with result ``shape``; under ``vmap`` the handler
     loops over the mapped axes (every operand broadcast to them)."""
     if not available():
@@ -213,7 +213,7 @@ def _call(target: str, shape: tuple[int, ...], a, b, padding, stride) -> jax.Arr
     return call(a, b, ph=np.int64(ph), pw=np.int64(pw), sh=np.int64(sh), sw=np.int64(sw))
 
 
-def _per_image(target: str, image_shape: tuple[int, ...], a, w, padding, stride) -> jax.Array:
+def _per_image(target: str, image_shape: tuple[int, ...], a, w, *, padding, stride) -> jax.Array:
     """The custom call ``target`` on a batch ``a`` and a kernel ``w`` whose result's row ``i``,
     of shape ``image_shape``, depends on ``a``'s row ``i`` alone (the forward pass, ``dL/dx``).
 
@@ -223,7 +223,7 @@ def _per_image(target: str, image_shape: tuple[int, ...], a, w, padding, stride)
     """
 
     def kernel(a: jax.Array, w: jax.Array) -> jax.Array:
-        return _call(target, (a.shape[0], *image_shape), a, w, padding, stride)
+        return _call(target, (a.shape[0], *image_shape), a, w, padding=padding, stride=stride)
 
     fn = jax.custom_batching.custom_vmap(kernel)
 
@@ -257,7 +257,9 @@ def conv_forward(
     _, h, wd, _ = x.shape
     kh, kw, _, c_out = w.shape
     ho, wo = (window_outputs(*a) for a in zip((h, wd), (kh, kw), padding, stride, strict=True))
-    return _per_image("jaxnet_onednn_conv_forward", (ho, wo, c_out), x, w, padding, stride)
+    return _per_image(
+        "jaxnet_onednn_conv_forward", (ho, wo, c_out), x, w, padding=padding, stride=stride
+    )
 
 
 def conv_backward_data(
@@ -282,7 +284,9 @@ def conv_backward_data(
     _check("g", g, "(N, Ho, Wo, C_out)")
     _check("w", w, "(KH, KW, C_in, C_out)")
     image_shape = tuple(int(d) for d in x_shape[1:])
-    return _per_image("jaxnet_onednn_conv_backward_data", image_shape, g, w, padding, stride)
+    return _per_image(
+        "jaxnet_onednn_conv_backward_data", image_shape, g, w, padding=padding, stride=stride
+    )
 
 
 def conv_backward_weights(
@@ -307,4 +311,6 @@ def conv_backward_weights(
     _check("x", x, "(N, H, W, C_in)")
     _check("g", g, "(N, Ho, Wo, C_out)")
     w_shape = tuple(int(d) for d in w_shape)
-    return _call("jaxnet_onednn_conv_backward_weights", w_shape, x, g, padding, stride)
+    return _call(
+        "jaxnet_onednn_conv_backward_weights", w_shape, x, g, padding=padding, stride=stride
+    )

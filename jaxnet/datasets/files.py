@@ -266,6 +266,7 @@ def missing_error(
     missing: Sequence[str],
     places: Sequence[Path],
     tried: Sequence[str],
+    *,
     download: bool,
     dest: Path | None,
 ) -> DataError:

@@ -67,7 +67,7 @@ def test_pytorch_steps_update_like_jaxnet_or_as_documented(net, weight_decay):
         arch, momentum(peers.LR, peers.MU, weight_decay), x, y
     )
     step, weights = torch_peer.hand_written_step(
-        arch, params, peers.LR, peers.MU, weight_decay, MEAN
+        arch, params, peers.LR, peers.MU, weight_decay, mean=MEAN
     )
     step(torch_peer.images(x), torch_peer.torch.from_numpy(y.astype(np.int64)))
     got = {name: tuple(t.detach().numpy() for t in pair) for name, pair in weights.items()}

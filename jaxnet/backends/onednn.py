@@ -26,11 +26,10 @@ the batch divides, and runs the slices single-threaded on the calling thread and
 (backward weights sums their kernel gradients). This oneDNN build runs on GNU OpenMP, whose
 threadpool interface (which XLA's pool could feed) is compiled out of the wheel; splitting the
 batch over XLA's pool ourselves keeps the convolutions on the threads XLA already runs, where
-OpenMP's would have to be woken for every call and compete with XLA's for the cores (1.1-1.5x
-slower steps; figures in ``docs/performance.md``). A batch that no pool size divides (odd, on two
-cores) runs in one piece on OpenMP's threads. OpenMP's default wait policy spins a finished
-thread for about 300000 iterations before it sleeps, which takes the core from XLA's threads;
-so unless the user chose otherwise, the library is loaded with ``OMP_WAIT_POLICY=PASSIVE``
+OpenMP's would have to be woken for every call and compete with XLA's for the cores. A batch
+that no pool size divides (odd, on two cores) runs in one piece on OpenMP's threads. OpenMP's
+default wait policy spins a finished thread before it sleeps, which takes the core from XLA's
+threads; so unless the user chose otherwise, the library is loaded with ``OMP_WAIT_POLICY=PASSIVE``
 (threads sleep at once when a region ends). libgomp reads it when it is first loaded; if
 something loaded it earlier, its setting stands.
 """
@@ -170,9 +169,9 @@ def pick(kernel: str, xla_fn, a: jax.Array, b: jax.Array, *static) -> jax.Array:
 
     The one place that decides it: float32, not turned off by ``JAXNET_CONV=xla``, the kernels
     :func:`available`, and, when the program is lowered, the CPU
-    (:func:`jax.lax.platform_dependent`: a GPU or TPU never sees the custom call). Every kernel
-    of every convolution in the report's networks, at batch 16 to 256, measured faster on
-    oneDNN (``docs/performance.md``), so there is no choice by shape.
+    (:func:`jax.lax.platform_dependent`: a GPU or TPU never sees the custom call). There is no
+    choice by shape: every kernel of the report's networks ran faster on oneDNN
+    (``docs/performance.md``).
 
     Args:
         kernel: ``"forward"`` (``a, b = x, w``; ``static = padding, stride``),

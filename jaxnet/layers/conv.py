@@ -15,14 +15,11 @@ So in float32 on the CPU the rule's forward equals the twin's to float rounding 
 1e-5), not bit for bit; in float64, on GPU or TPU, under a mesh or without the extension it is
 the twin's function itself.
 
-Speed (CPU). XLA (jax 0.10) runs a convolution on its YNNPACK kernels only when
-``max(C_in, C_out) > 16`` (its feature axes), else on its generic Eigen kernel. Two places
-pad with zeros, which adds nothing to the results, to get there where that was measured to
-pay: the forward pass of a one-channel input (``C_out`` to 17; 3-4x faster, for the autodiff
-twin as well), and ``dL/dw`` at batch <= 16 (see :func:`_conv2d_bwd`). Padding the other
-forward passes too was faster for the analytic rules but slowed the autodiff twin's derived
-backward by up to 1.5x (odd-channel convolutions), so it was left out. Figures and
-everything else tried: ``docs/performance.md``.
+On XLA's CPU backend the correlations go through :mod:`jaxnet.backends.xla_cpu`, which pads
+zero channels (or images) where XLA's fast kernels need them: the forward pass of a
+one-channel input (:func:`~jaxnet.backends.xla_cpu.correlate`, for the twin as well) and
+``dL/dw`` at small batches (:func:`~jaxnet.backends.xla_cpu.weight_gradient`). What was
+tried and measured: ``docs/performance.md``.
 """
 
 from __future__ import annotations

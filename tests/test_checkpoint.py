@@ -190,7 +190,7 @@ def test_newer_format_version_is_refused(tmp_path):
         load_pytree(path, like={"w": np.ones(1)})
 
 
-def test_save_params_is_numpy_readable(tmp_path):
+def test_saved_params_are_numpy_readable(tmp_path):
     params = make_params()
     save_pytree(tmp_path / "params.npz", params)
     with np.load(tmp_path / "params.npz") as z:

@@ -251,3 +251,17 @@ def test_read_without_centring_is_to_grey(tmp_path):
     got = images.read(path, (28, 28, 1), centre=False)
     np.testing.assert_array_equal(got, images.to_grey(Image.fromarray(stroke()), (28, 28)))
     assert got[0, 0, 0] == 255  # the paper stays white: no inversion, no centring
+
+
+def test_a_file_the_system_refuses_names_the_reason_not_damage(tmp_path, monkeypatch):
+    """Permission denied (root reads any file, so the refusal is simulated) is said as such."""
+    path = tmp_path / "locked.png"
+    Image.fromarray(stroke()).save(path)
+
+    def refuse(fp, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(fp))
+
+    monkeypatch.setattr(images.Image, "open", refuse)
+    with pytest.raises(images.ImageFileError) as info:
+        images.open_image(path)
+    assert str(info.value) == f"{path}: cannot be read (Permission denied)"

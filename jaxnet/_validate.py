@@ -5,7 +5,7 @@ window), so every such mistake reads alike: ``TypeError`` for a value that is no
 ``ValueError`` for one that is too small, each naming the argument and what it got. Also the
 one search for class labels out of range (:func:`out_of_range`), for data files and metrics,
 and the one output-size formula of a sliding window (:func:`window_outputs`), for the layer
-specs and the oneDNN kernels.
+specs, max pooling and the oneDNN kernels.
 """
 
 from __future__ import annotations

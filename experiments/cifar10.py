@@ -18,6 +18,7 @@ from typing import Any
 
 from experiments import image_dir
 from experiments.cli import Experiment, Preset, main
+from experiments.report import SEED_ACCURACY
 
 
 def _our_schedule(epochs: int, warmup: int, **extra: Any) -> Preset:
@@ -58,7 +59,6 @@ PRESETS = {
         "seed": _the_seeds(32, 1e-2, 6000),
     },
 }
-SEED_ACCURACY = {"baseline": 0.48, "modified": 0.58}
 
 
 def _load(args: argparse.Namespace):
@@ -88,7 +88,7 @@ def experiment(arch: str) -> Experiment:
         presets=PRESETS[arch],
         load=_load,
         module=f"experiments.cifar10 --arch {arch}",
-        seed_accuracy=SEED_ACCURACY[arch],
+        seed_accuracy=SEED_ACCURACY[f"cifar10_{arch}"],
         extra_args=_extra_args,
     )
 

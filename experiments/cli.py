@@ -202,7 +202,7 @@ _RUN_FLAGS: dict[str, dict[str, Any]] = {
     "--reuse-freed-memory": {
         "action": "store_true",
         "help": "make glibc keep freed memory for reuse (jaxnet.allocator.reuse_freed_memory()):"
-        " large-batch CPU steps 1.2-1.7x faster, peak memory 100-250 MiB higher",
+        " large-batch CPU steps faster, peak memory higher (README's Speed section)",
     },
     "--no-progress": {"action": "store_true", "help": "no progress bar"},
     "--distributed": {

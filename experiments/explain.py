@@ -47,7 +47,15 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from experiments.predict import Run, RunError, error, load_run, network_input, run_parser, say
+from experiments.predict import (
+    RunError,
+    TrainedRun,
+    error,
+    load_run,
+    network_input,
+    run_parser,
+    say,
+)
 
 CHANNELS = 4  # channels drawn per layer
 POSITIVE, NEGATIVE = "#b2182b", "#2166ac"  # the ends of RdBu_r, for bars too
@@ -91,7 +99,7 @@ class Explanation:
         dtype: the floating dtype of the walk.
     """
 
-    run: Run
+    run: TrainedRun
     image: np.ndarray
     x: np.ndarray
     label: int
@@ -101,7 +109,7 @@ class Explanation:
     dtype: np.dtype
 
 
-def _probed_loss(arch, ops, params, x, probes, label):
+def _probed_loss(arch, ops, params, x, probes, *, label):
     """The loss, with a zero probe added to each layer's output; also returns the outputs."""
     outputs = []
     for layer, probe in zip(arch.layers, probes, strict=True):
@@ -112,7 +120,7 @@ def _probed_loss(arch, ops, params, x, probes, label):
 
 @cache
 def _gradient(arch: Any, rules: str) -> Callable:
-    """``(params, x, probes, labels) -> ((loss, outputs), (dparams, dx, dprobes))``, jitted."""
+    """``(params, x, probes, label=) -> ((loss, outputs), (dparams, dx, dprobes))``, jitted."""
     import jax
 
     from jaxnet.network import layer_ops
@@ -139,13 +147,13 @@ def walk(arch: Any, params: dict, x: Any, label: int, rules: str) -> Walk:
 
     probes = [jnp.zeros((1, *shape), x.dtype) for shape in arch.output_shapes]
     labels = jnp.asarray([label], jnp.int32)
-    (loss, outputs), (dparams, dinput, dy) = _gradient(arch, rules)(params, x, probes, labels)
+    (loss, outputs), (dparams, dinput, dy) = _gradient(arch, rules)(params, x, probes, label=labels)
     to_np = partial(jax.tree.map, np.asarray)
     return Walk(float(loss), to_np(outputs), to_np(dy), np.asarray(dinput), to_np(dparams))
 
 
 def explain(
-    run: Run, image: np.ndarray, label: int | None = None, dtype: Any = np.float64
+    run: TrainedRun, image: np.ndarray, label: int | None = None, dtype: Any = np.float64
 ) -> Explanation:
     """Walk one uint8 image through the run's network, analytic rules and autodiff.
 
@@ -521,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _test_image(run: Run, args: argparse.Namespace) -> tuple[np.ndarray, int]:
+def _test_image(run: TrainedRun, args: argparse.Namespace) -> tuple[np.ndarray, int]:
     """Test image ``args.index`` and its label, through the project's data loaders."""
     from jaxnet import datasets
 

@@ -14,7 +14,9 @@ One line per image gives the top classes and their probabilities; ``--json`` pri
 instead; ``--figure`` draws every image as the network saw it, with its top class.
 
 Errors are one line each on stderr and exit status 2: a missing run folder or params file, a
-params file that does not fit the network ``config.json`` names, a file that is not an image.
+``config.json`` value that is missing or wrong (each is checked once, in :func:`load_run`, and
+the line names its key), a params file that does not fit the network ``config.json`` names, a
+file that is not an image.
 The other images in the same call still get their answers.
 """
 
@@ -41,8 +43,9 @@ class RunError(Exception):
     """A run folder that cannot be used; the message names the file and what is wrong."""
 
 
-class Run(NamedTuple):
-    """A finished run, ready to classify images.
+class TrainedRun(NamedTuple):
+    """A finished run folder, read back to classify images (a training in progress is
+    :class:`jaxnet.training.Run`).
 
     Attributes:
         folder: the run folder.
@@ -91,19 +94,21 @@ def _read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-def load_run(folder: str | os.PathLike[str]) -> Run:
+def load_run(folder: str | os.PathLike[str]) -> TrainedRun:
     """Read a finished run folder: its network, parameters, input preparation and class names.
 
     Args:
         folder: a folder written by ``python -m experiments.mnist`` or ``experiments.cifar10``.
 
     Returns:
-        The :class:`Run`.
+        The :class:`TrainedRun`.
 
     Raises:
         RunError: the folder, ``config.json`` or ``params.npz`` is missing or unreadable,
-            ``config.json`` names an unknown network or records no input scale and mean, or
-            ``params.npz`` does not fit the network (another architecture).
+            a value ``config.json`` holds is missing or of the wrong kind (an unknown network,
+            no input scale and mean, a scale or mean that is not finite, a ``flip_test`` that
+            is not true or false, ...), or ``params.npz`` does not fit the network (another
+            architecture). Each value is checked here, once: the message names the key.
     """
     import jax
 
@@ -112,26 +117,14 @@ def load_run(folder: str | os.PathLike[str]) -> Run:
     folder = Path(folder)
     config = _read_config(folder)
     where = folder / "config.json"
-    record, names = config.get("input"), config.get("class_names")
-    if not isinstance(names, list) or len(names) < 2:
-        raise RunError(f"{where}: class_names must list the network's classes, got {names!r}")
+    names = _class_names(config, where)
     try:
         arch = architectures.get(config.get("architecture"), num_classes=len(names))
     except ValueError as err:
         raise RunError(f"{where}: {err}") from None
-    if not isinstance(record, dict) or "mean" not in record or "scale" not in record:
-        raise RunError(
-            f"{where} records no input scale and mean (a run made before they were recorded): "
-            "train it again"
-        )
-    try:
-        mean, scale = np.asarray(record["mean"], np.float32), float(record["scale"])
-    except (TypeError, ValueError):
-        raise RunError(f"{where}: the input mean and scale must be numbers") from None
-    if mean.shape not in ((), (arch.input_shape[2],)) or not scale > 0:
-        raise RunError(
-            f"{where}: input mean {record['mean']} or scale {scale} does not fit {arch.name}"
-        )
+    scale, mean = _input(config, where, arch)
+    flip = _flip_test(config, where)
+    image_folder = _image_folder(config, where)
 
     path = folder / "params.npz"
     if not path.is_file():
@@ -146,14 +139,86 @@ def load_run(folder: str | os.PathLike[str]) -> Run:
         ) from None
     except (checkpoint.CheckpointError, OSError) as err:
         raise RunError(str(err)) from None
-    fit = config.get("fit") if isinstance(config.get("fit"), dict) else {}
-    flip = bool(fit.get("flip_test", False))
-    image_folder = config.get("image_folder")
-    image_folder = image_folder if isinstance(image_folder, dict) else None
-    return Run(folder, arch, params, scale, mean, tuple(str(n) for n in names), flip, image_folder)
+    return TrainedRun(folder, arch, params, scale, mean, names, flip, image_folder)
 
 
-def network_input(run: Run, images: np.ndarray, dtype: Any = np.float32) -> Any:
+def _class_names(config: dict[str, Any], where: Path) -> tuple[str, ...]:
+    """``class_names``: a list of at least two strings (the network's ``K`` outputs)."""
+    names = config.get("class_names")
+    if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names):
+        raise RunError(
+            f"{where}: class_names must list the network's classes (two or more strings), "
+            f"got {names!r}"
+        )
+    return tuple(names)
+
+
+def _input(config: dict[str, Any], where: Path, arch: Architecture) -> tuple[float, np.ndarray]:
+    """``input``'s ``scale`` (a finite number > 0) and ``mean`` (finite, one per channel)."""
+    record = config.get("input")
+    if not isinstance(record, dict) or "mean" not in record or "scale" not in record:
+        raise RunError(
+            f"{where} records no input scale and mean (a run made before they were recorded): "
+            "train it again"
+        )
+    scale, mean = record["scale"], record["mean"]
+    if not (_finite_number(scale) and scale > 0):
+        raise RunError(f"{where}: input scale must be a finite number > 0, got {scale!r}")
+    channels = arch.input_shape[2]
+    numbers = mean if isinstance(mean, list) else [mean]  # one number: every channel's
+    if (isinstance(mean, list) and len(mean) != channels) or not all(
+        _finite_number(m) for m in numbers
+    ):
+        raise RunError(
+            f"{where}: input mean must be a list of {channels} finite number(s) (one per "
+            f"channel of {arch.name}), got {mean!r}"
+        )
+    return float(scale), np.asarray(mean, np.float32)
+
+
+def _finite_number(value: Any) -> bool:
+    """A JSON number that is not NaN or infinite (Python's json reads both; a bool is not one)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _flip_test(config: dict[str, Any], where: Path) -> bool:
+    """``fit.flip_test``: true or false (false when the run records no ``fit``)."""
+    fit = config.get("fit", {})
+    if not isinstance(fit, dict):
+        raise RunError(f"{where}: fit must be a JSON object of the run's settings, got {fit!r}")
+    flip = fit.get("flip_test", False)
+    if not isinstance(flip, bool):
+        raise RunError(f"{where}: fit.flip_test must be true or false, got {flip!r}")
+    return flip
+
+
+_IMAGE_FOLDER_KEYS = {
+    "path": ((str,), "a string"),
+    "size": ((int,), "an integer"),
+    "channels": ((int,), "an integer"),
+    "centre": ((bool,), "true or false"),
+    "test_fraction": ((int, float), "a number"),
+    "seed": ((int,), "an integer"),
+}
+"""What explain reads of ``image_folder`` (to draw the run's test split again), and its types."""
+
+
+def _image_folder(config: dict[str, Any], where: Path) -> dict | None:
+    """``image_folder`` (a run on ``--image-dir``), with every key explain reads; or None."""
+    record = config.get("image_folder")
+    if record is None:
+        return None
+    if not isinstance(record, dict):
+        raise RunError(f"{where}: image_folder must be a JSON object, got {record!r}")
+    for key, (kinds, expected) in _IMAGE_FOLDER_KEYS.items():
+        value = record.get(key)
+        wrong_bool = isinstance(value, bool) and bool not in kinds
+        if not isinstance(value, kinds) or wrong_bool:
+            raise RunError(f"{where}: image_folder.{key} must be {expected}, got {value!r}")
+    return record
+
+
+def network_input(run: TrainedRun, images: np.ndarray, dtype: Any = np.float32) -> Any:
     """uint8 images prepared as in training: ``images * scale - mean`` (``jaxnet.step.preprocess``).
 
     Args:
@@ -171,7 +236,7 @@ def network_input(run: Run, images: np.ndarray, dtype: Any = np.float32) -> Any:
     return preprocess(jnp.asarray(images), run.mean, run.scale, dtype)
 
 
-def probabilities(run: Run, images: np.ndarray) -> np.ndarray:
+def probabilities(run: TrainedRun, images: np.ndarray) -> np.ndarray:
     """The softmax of the network's logits for each image (with the run's flip averaging).
 
     Args:

@@ -16,10 +16,12 @@ import os
 import sys
 from pathlib import Path
 
+from experiments.run_folder import FIGURES
 from jaxnet.io import write_text
 
-# The seed report's figures (Lund FMAN45, assignment 3): test accuracy per experiment.
 SEED_ACCURACY = {"mnist": 0.972, "cifar10_baseline": 0.48, "cifar10_modified": 0.58}
+"""The seed report's test accuracy (Lund FMAN45, assignment 3) per network: the one table the
+commands' summary lines and this report quote."""
 SEED_NOTES = {
     "mnist": "Seed: 97.2% (its Table 2), with the starter's settings.",
     "cifar10_baseline": "Seed: about 48% with the starter's settings.",
@@ -31,12 +33,6 @@ SEED_NOTES = {
         "= TP / predicted as that class, recall = TP / actually that class."
     ),
 }
-FIGURES = (
-    ("kernels.png", "First-layer kernels"),
-    ("misclassified.png", "Misclassified test images"),
-    ("confusion_matrix.png", "Confusion matrix"),
-    ("learning_curves.png", "Learning curves"),
-)
 
 
 def find_runs(root: Path) -> list[Path]:
@@ -109,7 +105,7 @@ def render(runs: list[Path], out: Path) -> str:
         for table in ("parameters.md", "per_class.md"):
             if (run / table).exists():
                 lines += ["", (run / table).read_text().rstrip()]
-        for name, title in FIGURES:
+        for name, title in FIGURES.items():
             if (run / name).exists():
                 rel = os.path.relpath(run / name, out.parent)
                 lines += ["", f"![{title}]({rel})"]

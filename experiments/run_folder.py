@@ -22,16 +22,17 @@ from typing import Any
 import numpy as np
 
 from jaxnet import io, metrics, network, plots
-from jaxnet.checkpoint import CheckpointManager, save_params
+from jaxnet.checkpoint import CheckpointManager, save_pytree
 from jaxnet.training import HISTORY_FIELDS
 
-FIGURES = (
-    "kernels.png",
-    "misclassified.png",
-    "confusion_matrix.png",
-    "learning_curves.png",
-    "gradients.png",
-)
+FIGURES = {
+    "kernels.png": "First-layer kernels",
+    "misclassified.png": "Misclassified test images",
+    "confusion_matrix.png": "Confusion matrix",
+    "learning_curves.png": "Learning curves",
+    "gradients.png": "Gradient norms and update ratios",
+}
+"""The figures a finished run writes, each with its title in ``report.md``."""
 TABLES = ("parameters.md", "per_class.md")
 OUTPUT_FILES = ("config.json", "history.csv", "metrics.json", "params.npz", *FIGURES, *TABLES)
 
@@ -159,7 +160,7 @@ class RunFolder:
             **report,
         }
         io.write_json(self.path / "metrics.json", results)
-        save_params(self.path / "params.npz", run.reported_params)
+        save_pytree(self.path / "params.npz", run.reported_params)
         first = np.asarray(run.reported_params[arch.layers[0].name]["w"])
         title = f"{name}: first-layer kernels"
         plots.plot_kernels(first, self.path / "kernels.png", title=title)

@@ -3,7 +3,9 @@
 Used wherever a Python int enters the library (layer specs, the layers' padding, stride and
 window), so every such mistake reads alike: ``TypeError`` for a value that is not an int,
 ``ValueError`` for one that is too small, each naming the argument and what it got. Also the
-one search for class labels out of range (:func:`out_of_range`), for data files and metrics.
+one search for class labels out of range (:func:`out_of_range`), for data files and metrics,
+and the one output-size formula of a sliding window (:func:`window_outputs`), for the layer
+specs, max pooling and the oneDNN kernels.
 """
 
 from __future__ import annotations
@@ -69,3 +71,12 @@ def int_pair(name: str, value: object, minimum: int) -> tuple[int, int]:
     if len(items) != 2:
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
     return (int_at_least(name, items[0], minimum), int_at_least(name, items[1], minimum))
+
+
+def window_outputs(size: int, k: int, padding: int = 0, stride: int = 1) -> int:
+    """How many places a window of ``k`` takes sliding by ``stride`` over ``size + 2 padding``.
+
+    ``floor((size + 2 padding - k) / stride) + 1``: the output height (or width) of a
+    convolution or a pooling layer. The caller checks that ``size + 2 padding >= k``.
+    """
+    return (size + 2 * padding - k) // stride + 1

@@ -4,10 +4,8 @@ Each time XLA's CPU runtime runs a compiled step, it allocates that step's tempo
 (all of the step's intermediate arrays, packed into one block) with ``malloc`` and frees it
 when the step ends. glibc's ``malloc`` serves a block above its mmap threshold (which adapts,
 but never above 32 MiB) with a fresh ``mmap`` and hands it back with ``munmap``: the next step
-gets new pages, and the kernel faults in and zeroes every 4 KiB page of them again. From
-batch 256 on MNIST (a temporary block of about 40 MiB) that is about 9000-12000 page faults
-per train step, which then takes about 1.5x as long as with the pages kept (CIFAR-10's
-modified network at batch 256: 14000 faults, 1.2x; ``docs/performance.md``).
+gets new pages, and the kernel faults in and zeroes every 4 KiB page of them again, thousands
+per step at large batches (figures: ``docs/performance.md``).
 
 :func:`reuse_freed_memory` asks glibc to serve every block from its heap and to keep freed
 memory there rather than return it to the system, so each step reuses the pages of the one
@@ -15,11 +13,9 @@ before. It changes how this process allocates, for every library in it (PyTorch 
 is why jaxnet's functions never call it themselves; the experiment commands and the benchmark
 call it when given ``--reuse-freed-memory``, and a program can call it once at start-up.
 
-It is a trade, so it is not on by default. Below a 32 MiB temporary block (MNIST up to batch
-64-128, CIFAR-10 up to batch 64-128) glibc already reuses the block and nothing is gained.
-The heap also fragments: blocks freed in its middle are kept but not always reusable, so the
-peak resident memory grows, by 120-230 MiB for the MNIST command (574 -> 694 MiB after a
-training step, 625 -> 859 MiB for a whole 600-iteration run). PyTorch's CPU tuning guide
+It is a trade, so it is not on by default. Below a 32 MiB temporary block glibc already
+reuses the block and nothing is gained. The heap also fragments: blocks freed in its middle are
+kept but not always reusable, so the peak resident memory grows. PyTorch's CPU tuning guide
 gets the same speed by another route (preloading jemalloc or tcmalloc); this needs nothing
 installed.
 """

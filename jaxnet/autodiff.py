@@ -1,8 +1,20 @@
 """The five layers with no custom rule: JAX differentiates their forward passes itself.
 
-Each function here *is* the forward function that the custom-rule layer in :mod:`jaxnet.layers`
-wraps, so the two can only differ in their gradients. Compare them with
-:mod:`jaxnet.gradcheck` or ``python -m experiments.gradcheck``.
+Each function here is the forward function that the custom-rule layer in :mod:`jaxnet.layers`
+wraps, so the two differ only in how the gradient is found. What holds, exactly:
+
+- ``dense``, ``relu``, ``maxpool2d``, ``softmax_cross_entropy``: the rule's forward *is* this
+  function, in every dtype and on every backend.
+- ``conv2d`` in float64, on GPU or TPU, under a mesh, with ``JAXNET_CONV=xla`` or without the
+  oneDNN extension: likewise the same function (XLA's convolution).
+- ``conv2d`` in float32 on the CPU with the oneDNN extension: the rule's forward runs oneDNN
+  (:func:`jaxnet.backends.onednn.pick`), this twin XLA's convolution. The values agree to
+  float rounding (the tests check 1e-5), not bit for bit.
+
+So where the forward is one function the two gradients agree up to the rounding of the backward
+pass alone, ties and zeros included; in float32 on the CPU with oneDNN they agree to rounding
+(a near-tie in a pooling window, or a ReLU input near 0, may round to the other side). Compare
+them with :mod:`jaxnet.gradcheck` or ``python -m experiments.gradcheck``.
 """
 
 from jaxnet.layers.conv import conv2d_forward as conv2d

@@ -102,11 +102,6 @@ def save_pytree(
     return Path(path)
 
 
-def save_params(path: str | os.PathLike[str], params: Any) -> Path:
-    """Save a model's parameters (an experiment's ``params.npz``) with no metadata."""
-    return save_pytree(path, params)
-
-
 def _corrupt(path: Path, what: str) -> CorruptCheckpointError:
     return CorruptCheckpointError(f"checkpoint {path} is truncated or corrupt: {what}")
 
@@ -142,11 +137,6 @@ def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     if not isinstance(header.get("metadata"), dict):
         raise _corrupt(path, "its header has no metadata dict")
     return header["metadata"], arrays
-
-
-def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The metadata dict saved in a checkpoint; errors as :func:`load_pytree` raises them."""
-    return _read_file(Path(path))[0]
 
 
 def _listed(items: Sequence[str], most: int = 5) -> str:

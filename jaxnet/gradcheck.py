@@ -320,7 +320,7 @@ def layer_cases(seed: int = 0) -> list[Case]:
 
 
 def network_case(
-    name: str, arch, params: dict, x: jax.Array, y: jax.Array, fd_samples: int = 12
+    name: str, arch, params: dict, x: jax.Array, y: jax.Array, *, fd_samples: int = 12
 ) -> Case:
     """The loss of one network on one batch, as a function of every parameter array.
 
@@ -384,7 +384,9 @@ def network_cases(
         x = preprocess(jnp.asarray(images, jnp.uint8), 0.0, 1 / 255, jnp.float64)
         y = jax.random.randint(key_y, (batch,), 0, arch.num_classes)
         what = "zero-background images" if zero_background else "all parameters"
-        cases.append(network_case(f"network {name} ({what})", arch, params, x, y, fd_samples))
+        cases.append(
+            network_case(f"network {name} ({what})", arch, params, x, y, fd_samples=fd_samples)
+        )
     return cases
 
 

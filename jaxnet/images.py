@@ -8,7 +8,7 @@
 - :func:`to_colour`: an RGB picture at the network's size (CIFAR-10: 32x32).
 - :func:`to_grey`: the same plain resize to one grey channel (an image folder of grey pictures
   that are not digits to centre).
-- :func:`to_input` / :func:`read`: pick the conversion from the network's input shape.
+- :func:`read`: a file, with the conversion the network's input shape calls for.
 
 The result is uint8, exactly what the data loaders give, so the network's own preprocessing
 (:func:`jaxnet.step.preprocess`, with the run's scale and mean) applies unchanged.
@@ -43,7 +43,6 @@ __all__ = [
     "to_colour",
     "to_digit",
     "to_grey",
-    "to_input",
 ]
 
 INVERT = ("auto", "yes", "no")
@@ -67,8 +66,10 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
         ``RGBA``, ``P``, ``I;16``, ...).
 
     Raises:
-        ImageFileError: the file is missing, is a folder, is not an image, is truncated, or is
-            too large for Pillow's decompression-bomb limit; one line naming the file.
+        ImageFileError: the file is missing, is a folder, cannot be opened (the system's reason:
+            a symlink loop, permission denied), is not an image, is truncated or damaged (a
+            decoder's error), or is too large for Pillow's decompression-bomb limit; one line
+            naming the file.
     """
     path = Path(path)
     try:
@@ -85,7 +86,11 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
         raise ImageFileError(f"{path}: not an image (Pillow cannot identify its format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageFileError(f"{path}: too large to read safely ({err})") from None
-    except (OSError, ValueError, SyntaxError) as err:  # truncated or damaged data
+    except OSError as err:
+        if err.strerror:  # the system refused the file: a symlink loop, permission denied, ...
+            raise ImageFileError(f"{path}: cannot be read ({err.strerror})") from None
+        raise ImageFileError(f"{path}: damaged or truncated image ({err})") from None
+    except (ValueError, SyntaxError) as err:  # Pillow's decoders on damaged data
         raise ImageFileError(f"{path}: damaged or truncated image ({err})") from None
 
 
@@ -257,41 +262,19 @@ def _converter(
     )
 
 
-def to_input(
-    image: Image.Image, input_shape: tuple[int, int, int], invert: str = "auto", centre: bool = True
-) -> np.ndarray:
-    """An image converted for a network of ``input_shape``: a digit for one square channel.
-
-    Args:
-        image: a Pillow image of any size and mode.
-        input_shape: the network's ``(H, W, C)``: ``(S, S, 1)`` gives :func:`to_digit` (the
-            digit's box ``20/28`` of the side, as MNIST's), ``(H, W, 3)`` :func:`to_colour`.
-        invert: for digits, ``"auto"``, ``"yes"`` or ``"no"`` (checked, then unused, for colour).
-        centre: for one channel, False gives :func:`to_grey`'s plain resize instead of a digit
-            (a network trained on an image folder without centring).
-
-    Returns:
-        uint8 of shape ``input_shape``.
-
-    Raises:
-        ValueError: an ``input_shape`` neither ``(S, S, 1)`` nor ``(H, W, 3)``, a bad
-            ``invert``, or a digit image with no ink.
-    """
-    return _converter(input_shape, invert, centre)(image)
-
-
 def read(
     path: str | os.PathLike[str],
     input_shape: tuple[int, int, int],
     invert: str = "auto",
     centre: bool = True,
 ) -> np.ndarray:
-    """Read an image file and convert it for a network of ``input_shape`` (:func:`to_input`).
+    """Read an image file and convert it for a network of ``input_shape``.
 
     Args:
         path: an image file.
-        input_shape: the network's ``(H, W, C)``.
-        invert: for digits, ``"auto"``, ``"yes"`` or ``"no"``.
+        input_shape: the network's ``(H, W, C)``: ``(S, S, 1)`` gives :func:`to_digit` (the
+            digit's box ``20/28`` of the side, as MNIST's), ``(H, W, 3)`` :func:`to_colour`.
+        invert: for digits, ``"auto"``, ``"yes"`` or ``"no"`` (checked, then unused, for colour).
         centre: for one channel, a digit (True) or :func:`to_grey`'s plain resize (False).
 
     Returns:

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 
 from jaxnet import autodiff
 from jaxnet import layers as analytic
-from jaxnet._validate import int_at_least, int_pair
+from jaxnet._validate import int_at_least, int_pair, window_outputs
 
 Params = Mapping[str, jax.Array]
 """One layer's parameters, ``{"w": ..., "b": ...}``."""
@@ -239,7 +239,7 @@ class Conv(Layer):
                 f"{self._where()}: kernel {self.kh}x{self.kw} with padding {self.padding} leaves "
                 f"no output on input {_shape_str(input_shape)}"
             )
-        return ((h + 2 * ph - self.kh) // sh + 1, (w + 2 * pw - self.kw) // sw + 1, self.c_out)
+        return (window_outputs(h, self.kh, ph, sh), window_outputs(w, self.kw, pw, sw), self.c_out)
 
     def describe(self) -> str:
         """``conv 5x5x1x16, pad 2`` (and ``, stride 2`` when it is not 1)."""
@@ -303,7 +303,7 @@ class MaxPool(Layer):
                 f"{self._where()}: window {kh}x{kw} leaves no output on input "
                 f"{_shape_str(input_shape)}"
             )
-        return ((h - kh) // sh + 1, (w - kw) // sw + 1, c)
+        return (window_outputs(h, kh, 0, sh), window_outputs(w, kw, 0, sw), c)
 
     def describe(self) -> str:
         return f"max pool {self.window[0]}x{self.window[1]}, stride {_pair_str(self.stride)}"

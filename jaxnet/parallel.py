@@ -70,8 +70,8 @@ def _warn_if_cpu_threads_short(mesh: Mesh) -> None:
 
     XLA's CPU client runs the ``D`` devices' shares and the next launches from one pool of
     ``max(threads, D)`` threads; ``D`` shares plus up to ``D`` launches blocked on the in-flight
-    limit need ``2 D`` threads, or the all-reduce waits for a share no thread runs (pools of 4
-    to 7 for 4 devices hung in every run tried, 8 in none).
+    limit need ``2 D`` threads, or the all-reduce waits for a share no thread runs (what was
+    run: ``docs/performance.md``).
     """
     local = [d for d in mesh.local_devices if d.platform == "cpu"]
     if len(local) < 2:

@@ -206,6 +206,7 @@ def plot_misclassified(
     predictions: Any,
     class_names: Sequence[str],
     path: str | os.PathLike[str],
+    *,
     max_images: int = 25,
     mean: Any = None,
     title: str = "Misclassified test images",
@@ -363,31 +364,15 @@ def _as_float(key: str, index: int, value: Any) -> float:
         ) from None
 
 
-def _history_columns(
-    history: Iterable[Mapping[str, Any]] | Mapping[str, Sequence[Any]],
-) -> dict[str, np.ndarray]:
-    """The history as float64 columns sorted by iteration; missing values are NaN."""
-    if isinstance(history, Mapping):
-        for key in _REQUIRED:
-            if key not in history:
-                raise ValueError(f"history has no {key!r} column; it needs {_REQUIRED}")
-        n = len(history["iteration"])
-        present = [key for key in (*_REQUIRED, *_OPTIONAL) if key in history]
-        columns = {key: list(history[key]) for key in present}
-        for key, values in columns.items():
-            if len(values) != n:
-                raise ValueError(
-                    f"history column {key!r} has {len(values)} entries, 'iteration' has {n}"
-                )
-        rows = [{key: columns[key][i] for key in present} for i in range(n)]
-    else:
-        rows = list(history)
-        for i, row in enumerate(rows):
-            if not isinstance(row, Mapping):
-                raise TypeError(f"history row {i} must be a mapping, got {type(row).__name__}")
-        for key in _REQUIRED:
-            if rows and all(key not in row for row in rows):
-                raise ValueError(f"history has no {key!r} entries; each row needs {_REQUIRED}")
+def _history_columns(history: Iterable[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """The history's rows as float64 columns sorted by iteration; missing values are NaN."""
+    rows = list(history)
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise TypeError(f"history row {i} must be a mapping, got {type(row).__name__}")
+    for key in _REQUIRED:
+        if rows and all(key not in row for row in rows):
+            raise ValueError(f"history has no {key!r} entries; each row needs {_REQUIRED}")
     if not rows:
         raise ValueError("history is empty: there is nothing to plot")
     cols = {
@@ -402,16 +387,15 @@ def _history_columns(
 
 
 def plot_learning_curves(
-    history: Iterable[Mapping[str, Any]] | Mapping[str, Sequence[Any]],
+    history: Iterable[Mapping[str, Any]],
     path: str | os.PathLike[str],
     title: str = "Learning curves",
 ) -> Path:
     """Draw loss and accuracy against iteration, train and validation, in two panels.
 
-    ``history`` is canonically a list of rows, one dict per logging interval, exactly as
-    ``history.csv`` holds them, so ``list(csv.DictReader(f))`` can be passed straight in
-    (numeric strings are parsed). A dict of columns (``{"iteration": [...], ...}``) is accepted
-    too. Keys: ``iteration``, ``train_loss``, ``train_accuracy`` (the moving averages),
+    ``history`` is a list of rows, one dict per logging interval, exactly as ``history.csv``
+    holds them, so ``list(csv.DictReader(f))`` can be passed straight in (numeric strings are
+    parsed). Keys: ``iteration``, ``train_loss``, ``train_accuracy`` (the moving averages),
     ``val_loss``, ``val_accuracy``, and, for a run that averages its weights,
     ``val_loss_averaged`` and ``val_accuracy_averaged`` (drawn beside); other keys are ignored.
     A validation value may be NaN, ``None``, ``""`` or missing on rows where no validation ran:
@@ -420,8 +404,7 @@ def plot_learning_curves(
     logarithmic when every loss is positive, so late progress stays visible.
 
     Args:
-        history: rows (``Iterable[Mapping]``) or columns (``Mapping[str, Sequence]``), ``T >= 1``
-            entries; unsorted iterations are sorted.
+        history: ``T >= 1`` rows (``Iterable[Mapping]``); unsorted iterations are sorted.
         path: where to write the PNG.
         title: the figure's title.
 
@@ -430,8 +413,7 @@ def plot_learning_curves(
 
     Raises:
         ValueError: the history is empty, lacks ``iteration``/``train_loss``/``train_accuracy``
-            entirely, a row has no finite iteration, a value is not a number, or columns differ
-            in length.
+            entirely, a row has no finite iteration, or a value is not a number.
         TypeError: a row is not a mapping.
     """
     cols = _history_columns(history)

@@ -87,6 +87,7 @@ def loss_and_logits(
     x: jax.Array,
     y: jax.Array,
     rules: str,
+    *,
     label_smoothing: float,
 ) -> tuple[jax.Array, jax.Array]:
     """``(loss, logits)``: :func:`loss_fn`'s scalar loss and the ``(N, num_classes)`` logits."""
@@ -100,6 +101,7 @@ def loss_fn(
     x: jax.Array,
     y: jax.Array,
     rules: str = "analytic",
+    *,
     label_smoothing: float = 0.0,
 ) -> jax.Array:
     """The mean softmax cross-entropy of a batch: differentiate it with ``jax.grad(..., 1)``.
@@ -115,7 +117,7 @@ def loss_fn(
     Returns:
         The scalar mean loss, in the params' dtype.
     """
-    return loss_and_logits(arch, params, x, y, rules, label_smoothing)[0]
+    return loss_and_logits(arch, params, x, y, rules, label_smoothing=label_smoothing)[0]
 
 
 def train_step(
@@ -150,7 +152,8 @@ def train_step(
     """
     x = preprocess(x, mean, scale, _params_dtype(params))
     (loss, logits), grads = jax.value_and_grad(
-        lambda p: loss_and_logits(arch, p, x, y, rules, label_smoothing), has_aux=True
+        lambda p: loss_and_logits(arch, p, x, y, rules, label_smoothing=label_smoothing),
+        has_aux=True,
     )(params)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     metrics = {"loss": loss}
@@ -193,6 +196,7 @@ def make_train_step(
     optimizer: optax.GradientTransformation,
     rules: str = "analytic",
     mean: float | np.ndarray = 0.0,
+    *,
     mesh: Mesh | int | None = None,
     scale: float = 1 / 255,
     label_smoothing: float = 0.0,
@@ -220,7 +224,9 @@ def make_train_step(
         label_smoothing: as :func:`loss_fn`.
 
     Returns:
-        The jitted step (with a mesh, a callable that checks the batch size; ``step.mesh``).
+        The jitted step; with a mesh, a callable that checks the batch size and replicates
+        ``params`` and ``opt_state`` on its first call (``step.mesh``; ``step.jitted`` is the
+        sharded jit, for ``lower``).
 
     Raises:
         ValueError: an unknown ``rules``, a ``mean`` of the wrong shape, a bad mesh; from the
@@ -253,30 +259,29 @@ def make_train_step(
 
 
 class _DataParallelStep:
-    """The sharded jitted step behind a batch-size check; other attributes come from the jit.
+    """The sharded jitted step behind a batch-size check.
+
+    Attributes:
+        jitted: the sharded ``jax.jit`` it calls (``lower``, ``trace``, its cache).
+        mesh: the data mesh the batch is split over.
 
     The first call replicates ``params`` and ``opt_state``: the jit keys its cache on each
     argument's sharding, so single-device arrays and then replicated ones would compile twice.
     """
 
     def __init__(self, jitted: Callable, mesh: Mesh) -> None:
-        self._jitted = jitted
-        self._first = True
+        self.jitted = jitted
         self.mesh = mesh
+        self._replicated = False
 
     def __call__(
         self, params: Params, opt_state: optax.OptState, x: jax.Array, y: jax.Array
     ) -> tuple[Params, optax.OptState, Metrics]:
         parallel.check_batch(x.shape[0], self.mesh)
-        if self._first:
-            self._first = False
+        if not self._replicated:  # later calls get the step's own (replicated) outputs
+            self._replicated = True
             params, opt_state = parallel.replicate((params, opt_state), self.mesh)
-        return self._jitted(params, opt_state, x, y)
-
-    def __getattr__(self, name: str) -> object:  # lower, trace, _cache_size, ...
-        if name == "_jitted":  # not yet set (copy, pickle): no recursion
-            raise AttributeError(name)
-        return getattr(self._jitted, name)
+        return self.jitted(params, opt_state, x, y)
 
 
 class EvalResult(NamedTuple):

@@ -112,7 +112,7 @@ def train(arch, steps, batch, x, y, mesh=None, local=None, dtype=jnp.float32):
     devices = 1 if mesh is None else step.mesh.size
     info = {
         "traces": len(traces),
-        "cache": step._cache_size(),
+        "cache": (step if mesh is None else step.jitted)._cache_size(),
         "donated": donated,
         "replicated": all(
             leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == devices

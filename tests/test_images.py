@@ -136,8 +136,8 @@ def test_colour_keeps_a_flat_colour_and_grey_gets_three_channels():
 @pytest.mark.parametrize(
     ("shape", "expected"), [((28, 28, 1), (28, 28, 1)), ((32, 32, 3), (32, 32, 3))]
 )
-def test_to_input_picks_the_conversion(shape, expected):
-    out = images.to_input(Image.fromarray(stroke()), shape)
+def test_read_picks_the_conversion(tmp_path, shape, expected):
+    out = images.read(save_png(tmp_path, stroke()), shape)
     assert out.shape == expected and out.dtype == np.uint8
 
 
@@ -152,9 +152,16 @@ def test_to_input_picks_the_conversion(shape, expected):
 )
 def test_bad_options_are_value_errors(tmp_path, shape, invert, message):
     with pytest.raises(ValueError, match=message):
-        images.to_input(Image.fromarray(stroke()), shape, invert)
+        images.read(save_png(tmp_path, stroke()), shape, invert)
     with pytest.raises(ValueError, match=message):  # before the file is even looked at
         images.read(tmp_path / "missing.png", shape, invert)
+
+
+def save_png(folder, array: np.ndarray):
+    """``array`` as ``folder/picture.png``; its path."""
+    path = folder / "picture.png"
+    Image.fromarray(array).save(path)
+    return path
 
 
 def _truncated_png(path):
@@ -170,6 +177,7 @@ def _truncated_png(path):
         (lambda p: p.write_text("not a picture\n"), "not an image"),
         (lambda p: p.write_bytes(b""), "not an image"),
         (_truncated_png, "damaged or truncated"),
+        (lambda p: p.symlink_to(p), "cannot be read (Too many levels of symbolic links)"),
         (lambda p: Image.new("L", (40, 30), 200).save(p), "no digit found"),
     ],
 )
@@ -243,3 +251,17 @@ def test_read_without_centring_is_to_grey(tmp_path):
     got = images.read(path, (28, 28, 1), centre=False)
     np.testing.assert_array_equal(got, images.to_grey(Image.fromarray(stroke()), (28, 28)))
     assert got[0, 0, 0] == 255  # the paper stays white: no inversion, no centring
+
+
+def test_a_file_the_system_refuses_names_the_reason_not_damage(tmp_path, monkeypatch):
+    """Permission denied (root reads any file, so the refusal is simulated) is said as such."""
+    path = tmp_path / "locked.png"
+    Image.fromarray(stroke()).save(path)
+
+    def refuse(fp, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(fp))
+
+    monkeypatch.setattr(images.Image, "open", refuse)
+    with pytest.raises(images.ImageFileError) as info:
+        images.open_image(path)
+    assert str(info.value) == f"{path}: cannot be read (Permission denied)"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jaxnet._validate import int_at_least, int_pair
+from jaxnet._validate import int_at_least, int_pair, window_outputs
 
 
 @pytest.mark.parametrize(
@@ -61,3 +61,19 @@ def test_int_pair_rejects(value, minimum, error, message):
     with pytest.raises(error) as info:
         int_pair("stride", value, minimum)
     assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("size", "k", "padding", "stride", "expected"),
+    [(28, 5, 2, 1, 28), (28, 2, 0, 2, 14), (7, 3, 1, 2, 4), (10, 2, 0, 3, 3), (3, 3, 0, 1, 1)],
+)
+def test_window_outputs_is_the_layers_output_size(size, k, padding, stride, expected):
+    """The one formula: it agrees with a convolution XLA runs."""
+    import jax.numpy as jnp
+    from jax import lax
+
+    x, w = jnp.zeros((1, size, size, 1)), jnp.zeros((k, k, 1, 1))
+    y = lax.conv_general_dilated(
+        x, w, (stride, stride), [(padding, padding)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    assert window_outputs(size, k, padding, stride) == expected == y.shape[1]

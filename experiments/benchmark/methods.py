@@ -147,7 +147,7 @@ def torch_hand_written_runner(case: Case) -> Runner:
     """The benchmark's earlier PyTorch runner (``F.*`` calls, the update written out)."""
     tp = case.peers.torch
     step, _ = tp.hand_written_step(
-        case.arch, case.params(), LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, MEAN,
+        case.arch, case.params(), LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, mean=MEAN,
         device=case.peers.torch_device,
     )  # fmt: skip
     return _torch_loop(case, step, tp.torch.channels_last)

@@ -49,6 +49,7 @@ def jax_pieces(
     layers: Sequence[tuple[str, Callable, Any]],
     loss: Callable,
     update: Runner,
+    *,
     x: jax.Array,
     y: jax.Array,
 ) -> Pieces:
@@ -126,8 +127,8 @@ def jaxnet_layers(case: Case, rules: str, xla_convs: bool = False) -> Pieces:
             layers,
             ops.softmax_cross_entropy,
             _jax_update(optimizer, params),
-            jax.device_put(xs[0]),
-            jax.device_put(ys[0]),
+            x=jax.device_put(xs[0]),
+            y=jax.device_put(ys[0]),
         )
     return {key: on_xla(run) for key, run in pieces.items()} if xla_convs else pieces
 
@@ -171,8 +172,8 @@ def equinox_layers(case: Case) -> Pieces:
         layers,
         lambda z, y: optax.softmax_cross_entropy_with_integer_labels(z, y).mean(),
         _jax_update(optimizer, eqx.filter(model, eqx.is_array)),
-        jax.device_put(xs[0].transpose(0, 3, 1, 2)),
-        jax.device_put(ys[0]),
+        x=jax.device_put(xs[0].transpose(0, 3, 1, 2)),
+        y=jax.device_put(ys[0]),
     )
 
 

@@ -16,7 +16,7 @@ gradient before averaging, ``m = mu*m + (1-mu)*(g + lambda*w); w -= alpha*m``, a
 step sets ``m = g + lambda*w`` (no dampening) where the seed's starts from ``m = 0``. The work
 per step is the same (one more multiply-add per parameter in either place), so the speeds
 compare; the parameters agree with the seed's rule only for ``lambda = 0`` and a momentum
-buffer started at zero (:func:`zero_momentum`), and with weight decay they follow
+buffer started at zero (as the tests start it), and with weight decay they follow
 ``optax.chain(optax.add_decayed_weights(lambda), optax.ema(mu, debias=False),
 optax.scale(-alpha))``. The tests check both.
 """
@@ -109,13 +109,6 @@ def sgd(
     )
 
 
-def zero_momentum(optimizer: torch.optim.SGD) -> None:
-    """Start every momentum buffer at zero, as the seed does (PyTorch's first step copies ``g``)."""
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
-
-
 def make_train_step(
     model: nn.Module, optimizer: torch.optim.Optimizer, mean: float, scale: float = 1 / 255
 ) -> Step:
@@ -151,6 +144,7 @@ def hand_written_step(
     lr: float,
     momentum: float,
     weight_decay: float,
+    *,
     mean: float,
     scale: float = 1 / 255,
     device: str = "cpu",

@@ -26,11 +26,10 @@ the batch divides, and runs the slices single-threaded on the calling thread and
 (backward weights sums their kernel gradients). This oneDNN build runs on GNU OpenMP, whose
 threadpool interface (which XLA's pool could feed) is compiled out of the wheel; splitting the
 batch over XLA's pool ourselves keeps the convolutions on the threads XLA already runs, where
-OpenMP's would have to be woken for every call and compete with XLA's for the cores (1.1-1.5x
-slower steps; figures in ``docs/performance.md``). A batch that no pool size divides (odd, on two
-cores) runs in one piece on OpenMP's threads. OpenMP's default wait policy spins a finished
-thread for about 300000 iterations before it sleeps, which takes the core from XLA's threads;
-so unless the user chose otherwise, the library is loaded with ``OMP_WAIT_POLICY=PASSIVE``
+OpenMP's would have to be woken for every call and compete with XLA's for the cores. A batch
+that no pool size divides (odd, on two cores) runs in one piece on OpenMP's threads. OpenMP's
+default wait policy spins a finished thread before it sleeps, which takes the core from XLA's
+threads; so unless the user chose otherwise, the library is loaded with ``OMP_WAIT_POLICY=PASSIVE``
 (threads sleep at once when a region ends). libgomp reads it when it is first loaded; if
 something loaded it earlier, its setting stands.
 """
@@ -53,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnet._validate import int_at_least
+from jaxnet._validate import int_at_least, window_outputs
 
 ENV_VAR = "JAXNET_CONV"
 """Set to ``xla`` to keep every convolution on XLA (``onednn`` or unset: use it where it can)."""
@@ -170,9 +169,9 @@ def pick(kernel: str, xla_fn, a: jax.Array, b: jax.Array, *static) -> jax.Array:
 
     The one place that decides it: float32, not turned off by ``JAXNET_CONV=xla``, the kernels
     :func:`available`, and, when the program is lowered, the CPU
-    (:func:`jax.lax.platform_dependent`: a GPU or TPU never sees the custom call). Every kernel
-    of every convolution in the report's networks, at batch 16 to 256, measured faster on
-    oneDNN (``docs/performance.md``), so there is no choice by shape.
+    (:func:`jax.lax.platform_dependent`: a GPU or TPU never sees the custom call). There is no
+    choice by shape: every kernel of the report's networks ran faster on oneDNN
+    (``docs/performance.md``).
 
     Args:
         kernel: ``"forward"`` (``a, b = x, w``; ``static = padding, stride``),
@@ -193,10 +192,6 @@ def pick(kernel: str, xla_fn, a: jax.Array, b: jax.Array, *static) -> jax.Array:
     )
 
 
-def _out_size(size: int, k: int, p: int, s: int) -> int:
-    return (size + 2 * p - k) // s + 1
-
-
 def _check(name: str, a: jax.Array, layout: str) -> None:
     if a.dtype != jnp.float32:
         raise TypeError(f"{name} must be float32 for oneDNN, got dtype {a.dtype}")
@@ -204,7 +199,7 @@ def _check(name: str, a: jax.Array, layout: str) -> None:
         raise ValueError(f"{name} must have rank 4 {layout}, got shape {tuple(a.shape)}")
 
 
-def _call(target: str, shape: tuple[int, ...], a, b, padding, stride) -> jax.Array:
+def _call(target: str, shape: tuple[int, ...], a, b, *, padding, stride) -> jax.Array:
     """The custom call ``target`` on ``a, b`` with result ``shape``; under ``vmap`` the handler
     loops over the mapped axes (every operand broadcast to them)."""
     if not available():
@@ -217,7 +212,7 @@ def _call(target: str, shape: tuple[int, ...], a, b, padding, stride) -> jax.Arr
     return call(a, b, ph=np.int64(ph), pw=np.int64(pw), sh=np.int64(sh), sw=np.int64(sw))
 
 
-def _per_image(target: str, image_shape: tuple[int, ...], a, w, padding, stride) -> jax.Array:
+def _per_image(target: str, image_shape: tuple[int, ...], a, w, *, padding, stride) -> jax.Array:
     """The custom call ``target`` on a batch ``a`` and a kernel ``w`` whose result's row ``i``,
     of shape ``image_shape``, depends on ``a``'s row ``i`` alone (the forward pass, ``dL/dx``).
 
@@ -227,7 +222,7 @@ def _per_image(target: str, image_shape: tuple[int, ...], a, w, padding, stride)
     """
 
     def kernel(a: jax.Array, w: jax.Array) -> jax.Array:
-        return _call(target, (a.shape[0], *image_shape), a, w, padding, stride)
+        return _call(target, (a.shape[0], *image_shape), a, w, padding=padding, stride=stride)
 
     fn = jax.custom_batching.custom_vmap(kernel)
 
@@ -260,8 +255,10 @@ def conv_forward(
     _check("w", w, "(KH, KW, C_in, C_out)")
     _, h, wd, _ = x.shape
     kh, kw, _, c_out = w.shape
-    ho, wo = (_out_size(*a) for a in zip((h, wd), (kh, kw), padding, stride, strict=True))
-    return _per_image("jaxnet_onednn_conv_forward", (ho, wo, c_out), x, w, padding, stride)
+    ho, wo = (window_outputs(*a) for a in zip((h, wd), (kh, kw), padding, stride, strict=True))
+    return _per_image(
+        "jaxnet_onednn_conv_forward", (ho, wo, c_out), x, w, padding=padding, stride=stride
+    )
 
 
 def conv_backward_data(
@@ -286,7 +283,9 @@ def conv_backward_data(
     _check("g", g, "(N, Ho, Wo, C_out)")
     _check("w", w, "(KH, KW, C_in, C_out)")
     image_shape = tuple(int(d) for d in x_shape[1:])
-    return _per_image("jaxnet_onednn_conv_backward_data", image_shape, g, w, padding, stride)
+    return _per_image(
+        "jaxnet_onednn_conv_backward_data", image_shape, g, w, padding=padding, stride=stride
+    )
 
 
 def conv_backward_weights(
@@ -311,4 +310,6 @@ def conv_backward_weights(
     _check("x", x, "(N, H, W, C_in)")
     _check("g", g, "(N, Ho, Wo, C_out)")
     w_shape = tuple(int(d) for d in w_shape)
-    return _call("jaxnet_onednn_conv_backward_weights", w_shape, x, g, padding, stride)
+    return _call(
+        "jaxnet_onednn_conv_backward_weights", w_shape, x, g, padding=padding, stride=stride
+    )

@@ -116,7 +116,7 @@ def _find_or_fetch(places: list[Path], verify: bool, download: bool) -> Path:
             return target
     missing = [f"{BIN}/{n}" for n in _NAMES[BIN]]
     shown = [n for n in missing if not (places[0] / n).is_file()] or missing
-    error = files.missing_error("CIFAR-10", shown, places, tried, download, dest)
+    error = files.missing_error("CIFAR-10", shown, places, tried, download=download, dest=dest)
     raise DataError(f"{error} (or the python version, {PY}/, or either official .tar.gz archive)")
 
 

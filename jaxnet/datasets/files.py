@@ -170,7 +170,10 @@ def verify_file(path: str | os.PathLike, spec: FileSpec) -> None:
     """
     path = Path(path)
     src, key, size = _stamp(path)
-    fix = "delete it to download it again, or pass verify=False to skip the check"
+    fix = (
+        "delete it to download it again, or pass --no-verify (verify=False in Python) to skip "
+        "the check"
+    )
     if spec.size is not None and size != spec.size:
         raise DataError(
             f"{path}: wrong size: {size} bytes, the official file has {spec.size} "
@@ -263,6 +266,7 @@ def missing_error(
     missing: Sequence[str],
     places: Sequence[Path],
     tried: Sequence[str],
+    *,
     download: bool,
     dest: Path | None,
 ) -> DataError:

@@ -207,7 +207,7 @@ def load_mnist(
         if dest is not None:
             missing, tried = files.fetch(missing, MIRRORS, FILES, dest)
         if missing:
-            raise files.missing_error("MNIST", missing, places, tried, download, dest)
+            raise files.missing_error("MNIST", missing, places, tried, download=download, dest=dest)
         found = _find(dest)[0]
     if verify:
         for path in found.values():

@@ -8,14 +8,18 @@ Layout: activations NHWC ``(N, H, W, C_in)``, kernels HWIO ``(KH, KW, C_in, C_ou
 where ``xp`` is ``x`` zero-padded by ``(ph, pw)`` on each side. Output size per dimension:
 ``Ho = floor((H + 2 ph - KH) / sh) + 1``.
 
-Speed (CPU). XLA (jax 0.10) runs a convolution on its YNNPACK kernels only when
-``max(C_in, C_out) > 16`` (its feature axes), else on its generic Eigen kernel. Two places
-pad with zeros, which adds nothing to the results, to get there where that was measured to
-pay: the forward pass of a one-channel input (``C_out`` to 17; 3-4x faster, for the autodiff
-twin as well), and ``dL/dw`` at batch <= 16 (see :func:`_conv2d_bwd`). Padding the other
-forward passes too was faster for the analytic rules but slowed the autodiff twin's derived
-backward by up to 1.5x (odd-channel convolutions), so it was left out. Figures and
-everything else tried: ``docs/performance.md``.
+Where it runs. The rule's three kernels (forward, ``dL/dx``, ``dL/dw``) run on oneDNN in
+float32 on the CPU when its extension is loaded (:func:`jaxnet.backends.onednn.pick`), and on
+XLA's convolutions everywhere else; the autodiff twin :func:`conv2d_forward` always runs on XLA.
+So in float32 on the CPU the rule's forward equals the twin's to float rounding (tested to
+1e-5), not bit for bit; in float64, on GPU or TPU, under a mesh or without the extension it is
+the twin's function itself.
+
+On XLA's CPU backend the correlations go through :mod:`jaxnet.backends.xla_cpu`, which pads
+zero channels (or images) where XLA's fast kernels need them: the forward pass of a
+one-channel input (:func:`~jaxnet.backends.xla_cpu.correlate`, for the twin as well) and
+``dL/dw`` at small batches (:func:`~jaxnet.backends.xla_cpu.weight_gradient`). What was
+tried and measured: ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -128,7 +132,13 @@ def conv2d(
 
 
 def _rule_forward(x, w, b, padding, stride):
-    """The rule's forward pass: the twin's (:func:`conv2d_forward`), on oneDNN where it runs."""
+    """The rule's forward pass: the twin's correlation (:func:`conv2d_forward`), or oneDNN's.
+
+    oneDNN runs it in float32 on the CPU when the extension is loaded (not under a mesh, not
+    with ``JAXNET_CONV=xla``; :func:`jaxnet.backends.onednn.pick` decides). There the output
+    equals the twin's to float rounding (tested to 1e-5), not bit for bit; everywhere else
+    (float64, GPU, TPU) it is the twin's function itself.
+    """
     x, w, b = jnp.asarray(x), jnp.asarray(w), jnp.asarray(b)
     _check_conv(x, w, b, padding, stride)
     return onednn.pick("forward", _conv, x, w, padding, stride) + b

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxnet._validate import window_outputs
 from jaxnet.layers._checks import check_float, check_rank, pair
 
 
@@ -29,7 +30,7 @@ def _check_pool(x, window: tuple[int, int], stride: tuple[int, int]) -> tuple[in
     for dim, size, k in (("H", x.shape[1], window[0]), ("W", x.shape[2], window[1])):
         if size < k:
             raise ValueError(f"window {window} leaves no output: x has {dim} = {size} < {k}")
-    return tuple((x.shape[1 + d] - window[d]) // stride[d] + 1 for d in range(2))
+    return tuple(window_outputs(x.shape[1 + d], window[d], 0, stride[d]) for d in range(2))
 
 
 def _window_slices(x, window, stride, out):

@@ -38,8 +38,17 @@ def positive(name: str, value: Any) -> None:
 
 
 def _at_least_zero(name: str, value: Any) -> None:
-    if not value >= 0.0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
+    if not (value >= 0.0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+
+
+SEED_MAX = 2**32 - 1
+"""The largest seed: ``jax.random.PRNGKey`` and ``np.random.default_rng`` both take it whole."""
+
+
+def _seed(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
+        raise ValueError(f"{name} must be an integer in [0, {SEED_MAX}], got {value}")
 
 
 def _fraction(closed_at_zero: bool) -> Check:
@@ -103,7 +112,7 @@ class FitConfig:
             gives [0, 1] (the MNIST starter), 1 raw values (the CIFAR-10 starter).
         conv_init_gain: convolution kernels start at this times He's scale (the CIFAR-10
             starter draws them at 0.1 times; dense layers always at He's scale).
-        seed: seed for initialisation, split, data order and augmentation.
+        seed: seed for initialisation, split, data order and augmentation, in [0, 2**32 - 1].
         rules: gradients from the hand-written rules (analytic) or from JAX (autodiff).
         log_every: iterations per history row.
         eval_every: iterations between validation evaluations (at history rows).
@@ -133,7 +142,7 @@ class FitConfig:
     nesterov: bool = _setting(_any, False)
     pixel_scale: float = _setting(positive, 1 / 255)
     conv_init_gain: float = _setting(positive, 1.0)
-    seed: int = _setting(_any, 0)
+    seed: int = _setting(_seed, 0)
     rules: str = _setting(_one_of("analytic", "autodiff"), "analytic")
     log_every: int = _setting(positive_int, 100)
     eval_every: int = _setting(positive_int, 500)

@@ -49,12 +49,14 @@ def make_fit_step(
     With ``steps = K > 1`` one call takes the ``K`` iterations ``iteration, ...,
     iteration + K - 1`` (the caller keeps them inside one epoch), unrolled in one compiled
     program: one launch per ``K`` steps, equal to ``K`` single calls up to float rounding. It
-    is unrolled because XLA's CPU backend runs a rolled loop's body about 10x slower.
+    is unrolled because XLA's CPU backend runs a rolled loop's body much slower
+    (``docs/performance.md``).
 
     With ``diagnostics`` the step also computes its per-layer gradient norms and update ratios
     (:func:`jaxnet.step.layer_diagnostics`) into ``state.diagnostics``; without, that field is
-    carried unchanged. The loop uses such a step only just before each history row: measured on
-    the CPU, computing them in every step (or under a ``lax.cond``) cost about 10% per step.
+    carried unchanged. The loop uses such a step only just before each history row, because
+    computing them in every step (or under a ``lax.cond``) slows every step
+    (``docs/performance.md``).
     """
     optimizer = config.optimizer()
     aug_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x61756720)

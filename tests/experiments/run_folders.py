@@ -14,7 +14,7 @@ import numpy as np
 from data_files import CIFAR_CLASSES
 
 from jaxnet import architectures, init
-from jaxnet.checkpoint import save_params
+from jaxnet.checkpoint import save_pytree
 from jaxnet.io import write_json
 
 
@@ -42,5 +42,5 @@ def write_run(folder: Path, arch_name: str = "mnist", params: dict | None = None
     }
     record.update(config)
     write_json(folder / "config.json", {k: v for k, v in record.items() if v is not None})
-    save_params(folder / "params.npz", random_params(arch_name) if params is None else params)
+    save_pytree(folder / "params.npz", random_params(arch_name) if params is None else params)
     return folder

@@ -37,7 +37,7 @@ def relative(a, b) -> float:
 
 
 @pytest.fixture(scope="module", params=["mnist", "cifar10_modified"])
-def run(request, tmp_path_factory) -> predict.Run:
+def run(request, tmp_path_factory) -> predict.TrainedRun:
     folder = tmp_path_factory.mktemp(request.param) / "run"
     return predict.load_run(write_run(folder, request.param))
 

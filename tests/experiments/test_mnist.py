@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 import pytest
-from run_helpers import run
+from run_helpers import make_idx_dir, run
 
 from experiments import mnist, run_folder
 from jaxnet import architectures
@@ -105,6 +105,10 @@ def test_learns_the_small_set(idx_dir, tmp_path, malloc_calls):
         (("--momentum", "1.5"), "momentum must be in"),
         (("--iterations", "-3"), "iterations must be a positive integer"),
         (("--steps-per-call", "0"), "steps-per-call must be a positive integer"),
+        (("--seed", "-1"), "seed must be an integer in [0, 4294967295], got -1"),
+        (("--seed", "18446744073709551616"), "seed must be an integer in [0, 4294967295]"),
+        (("--weight-decay", "inf"), "weight-decay must be a finite number >= 0, got inf"),
+        (("--label-smoothing", "nan"), "label-smoothing must be in [0, 1)"),
     ],
 )
 def test_bad_settings_exit_2(idx_dir, tmp_path, capsys, flags, message):
@@ -163,6 +167,18 @@ def test_missing_data_is_one_line_and_status_1(tmp_path, capsys, monkeypatch):
     assert mnist.run(["--idx-dir", str(empty), "--out", str(tmp_path / "r"), *SMALL]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
+
+
+def test_a_file_that_fails_its_check_names_the_flag_that_skips_it(tmp_path, monkeypatch):
+    """As a user meets it: the message names --no-verify, and --no-verify then trains."""
+    monkeypatch.setenv("JAXNET_CACHE", str(tmp_path / "cache"))
+    make_idx_dir(tmp_path / "data" / "mnist")  # not the official files: the wrong size
+    args = ["--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "r"), *SMALL]
+    result = run("experiments.mnist", *args)
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "wrong size" in line and "pass --no-verify (verify=False in Python)" in line, line
+    assert run("experiments.mnist", *args, "--no-verify").returncode == 0
 
 
 def test_help_explains_every_flag():

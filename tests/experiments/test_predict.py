@@ -136,6 +136,22 @@ def _no_params(folder: Path) -> None:
     (folder / "params.npz").unlink()
 
 
+BAD_VALUES = [
+    ({"input": {"scale": float("inf"), "mean": [0.1]}}, "input scale must be a finite number"),
+    ({"input": {"scale": "1", "mean": [0.1]}}, "input scale must be a finite number > 0"),
+    ({"input": {"scale": 1, "mean": [float("nan")]}}, "input mean must be a list of 1 finite"),
+    ({"input": {"scale": 1, "mean": ["0.1"]}}, "input mean must be a list of 1 finite"),
+    ({"fit": {"flip_test": "false"}}, "fit.flip_test must be true or false, got 'false'"),
+    ({"fit": []}, "fit must be a JSON object"),
+    ({"class_names": [str(d) for d in range(9)] + [9]}, "class_names must list"),
+    ({"architecture": None}, "architecture"),
+    ({"image_folder": "pics"}, "image_folder must be a JSON object, got 'pics'"),
+    ({"image_folder": {"path": "pics"}}, "image_folder.size must be an integer, got None"),
+]
+"""config.json values a run folder could hold (edited by hand, written by another version) and
+the one line that refuses each, naming the key: never an answer computed from them."""
+
+
 def _truncated_params(folder: Path) -> None:
     path = folder / "params.npz"
     path.write_bytes(path.read_bytes()[:300])
@@ -149,7 +165,10 @@ def _truncated_params(folder: Path) -> None:
         (lambda f: write_run(f) and (f / "config.json").write_text("{"), "not readable JSON"),
         (lambda f: write_run(f, architecture="lenet"), "unknown architecture 'lenet'"),
         (lambda f: write_run(f, input=None), "records no input scale and mean"),
-        (lambda f: write_run(f, input={"scale": 1, "mean": [1, 2]}), "does not fit mnist"),
+        (
+            lambda f: write_run(f, input={"scale": 1, "mean": [1, 2]}),
+            "config.json: input mean must be a list of 1 finite number(s) (one per channel",
+        ),
         (lambda f: write_run(f, class_names=["a"]), "class_names must list the network's"),
         (lambda f: write_run(f, class_names="ab"), "class_names must list the network's"),
         (  # two names make a two-class network, which the ten-class params do not fit
@@ -162,7 +181,8 @@ def _truncated_params(folder: Path) -> None:
             "does not fit the 'mnist' network that config.json names",
         ),
         (lambda f: write_run(f) and _truncated_params(f), "truncated or corrupt"),
-    ],
+    ]
+    + [(lambda f, c=change: write_run(f, **c), message) for change, message in BAD_VALUES],
 )
 def test_a_bad_run_folder_is_one_line_and_status_2(tmp_path, pictures, capsys, change, message):
     folder = tmp_path / "run"
@@ -182,9 +202,31 @@ def test_as_a_process_errors_are_status_2_without_traceback(mnist_run, tmp_path)
     assert result.stderr.strip().splitlines() == [
         f"error: {bad}: not an image (Pillow cannot identify its format)"
     ]
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop)
+    result = run_command("experiments.predict", str(mnist_run), str(loop))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {loop}: cannot be read (Too many levels of symbolic links)"
+    ]
     result = run_command("experiments.predict", str(mnist_run), str(bad), "--top", "0")
     assert result.returncode == 2 and "--top: must be at least 1" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_VALUES[:5])
+def test_bad_config_values_are_refused_by_the_processes(tmp_path, pictures, change, message):
+    """As a user runs them: predict and explain end in one line and status 2, no traceback."""
+    folder = write_run(tmp_path / "run", **change)
+    for command, extra in (("experiments.predict", ()), ("experiments.explain", ("--out",))):
+        args = [str(folder), str(pictures[0])]
+        if extra:
+            args += [*extra, str(tmp_path / "e.png")]
+        result = run_command(command, *args)
+        assert result.returncode == 2, (command, result.stderr)
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("error: ") and message in line, line
+        assert result.stdout == ""
 
 
 def test_a_run_the_command_trained_is_read_as_it_was_trained(idx_dir, tmp_path):
@@ -206,7 +248,7 @@ def test_a_run_the_command_trained_is_read_as_it_was_trained(idx_dir, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> predict.Run:
+def trained(tmp_path_factory) -> predict.TrainedRun:
     """The MNIST network after 400 steps of batch 64 (about 97% on the test set)."""
     if not REAL:
         if os.environ.get("CI"):

@@ -1,6 +1,6 @@
 import json
 
-from experiments import mnist, report
+from experiments import mnist, report, run_folder
 
 SMALL = ["--iterations", "30", "--batch-size", "16", "--val-size", "50", "--no-progress"]
 
@@ -14,7 +14,8 @@ def test_report_gathers_runs(idx_dir, tmp_path):
     accuracy = json.loads((runs / "mnist" / "metrics.json").read_text())["test_accuracy"]
     assert f"**{100 * accuracy:.2f}%**" in text
     assert "97.20%" in text  # the seed's figure beside ours
-    assert "](mnist/confusion_matrix.png)" in text
+    for name in run_folder.FIGURES:  # every figure the run wrote, gradients.png included
+        assert f"](mnist/{name})" in text
     assert "5*5*1*16 + 16 = 416" in text
     assert "unfinished" not in text
 

@@ -27,7 +27,7 @@ def jaxnet_on_the_batch(arch, x, y):
     """jaxnet's initial weights, the images as the network sees them, its loss and logits."""
     params = init(arch, jax.random.PRNGKey(0))
     xf = jnp.asarray(x / 255.0 - MEAN, jnp.float32)
-    loss, logits = loss_and_logits(arch, params, xf, y, "analytic", 0.0)
+    loss, logits = loss_and_logits(arch, params, xf, y, "analytic", label_smoothing=0.0)
     return params, xf, float(loss), logits
 
 

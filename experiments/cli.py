@@ -364,7 +364,9 @@ def _run(exp: Experiment, parser: argparse.ArgumentParser, args: argparse.Namesp
             folder.write_config(run_config)
     except OSError as err:
         return error(f"cannot write {err.filename}: {err.strerror}", 1)
-    return _train_and_report(exp, arch, folder, args, config, dataset, split, mean)
+    return _train_and_report(
+        exp, folder, args, arch=arch, config=config, dataset=dataset, split=split, mean=mean
+    )
 
 
 def _check_folder(exp: Experiment, args: argparse.Namespace, folder: RunFolder) -> dict | None:
@@ -563,7 +565,7 @@ def _newest_checkpoint(out: Path) -> int:
     return found[-1][0] if found else 0
 
 
-def _train_and_report(exp, arch, folder, args, config, dataset, split, mean) -> int:
+def _train_and_report(exp, folder, args, *, arch, config, dataset, split, mean) -> int:
     """Train, then evaluate the test set and write the run folder; the exit status."""
     from jaxnet.checkpoint import CheckpointError
     from jaxnet.training import DivergedError, TrainData, fit
@@ -609,7 +611,17 @@ def _train_and_report(exp, arch, folder, args, config, dataset, split, mean) -> 
         )
         return 128 + run.interrupted
     try:
-        return _report(exp, arch, folder, config, dataset, run, mean, mesh, writer=args.writer)
+        return _report(
+            exp,
+            folder,
+            run,
+            arch=arch,
+            config=config,
+            dataset=dataset,
+            mean=mean,
+            mesh=mesh,
+            writer=args.writer,
+        )
     except OSError as err:
         return _write_error(err, resume)
 
@@ -623,7 +635,7 @@ def _write_error(err: OSError, resume: str) -> int:
     )
 
 
-def _report(exp, arch, folder, config, dataset, run, mean, mesh, *, writer: bool = True) -> int:
+def _report(exp, folder, run, *, arch, config, dataset, mean, mesh, writer: bool) -> int:
     """Evaluate the test set, write the run folder's results, print the summary line."""
     from jaxnet.step import evaluate
 
@@ -632,8 +644,8 @@ def _report(exp, arch, folder, config, dataset, run, mean, mesh, *, writer: bool
         run.reported_params,
         dataset.test_images,
         dataset.test_labels,
-        config.eval_batch_size,
-        mean,
+        batch_size=config.eval_batch_size,
+        mean=mean,
         mesh=mesh,
         scale=config.pixel_scale,
         flip=config.flip_test,
@@ -655,7 +667,7 @@ def _report(exp, arch, folder, config, dataset, run, mean, mesh, *, writer: bool
     }
     if not writer:  # another process of a multi-process run: process 0 writes and reports
         return 0
-    report = folder.write_results(exp.name, arch, run, dataset, test, figures)
+    report = folder.write_results(exp.name, arch, run, dataset=dataset, test=test, report=figures)
     seed = f" (seed report: {exp.seed_accuracy:.1%})" if exp.seed_accuracy else ""
     print(
         f"{exp.name}: test accuracy {test.accuracy:.2%}{seed}, test loss {test.loss:.4f}, "

@@ -131,7 +131,14 @@ class RunFolder:
             writer.writerows(history)
 
     def write_results(
-        self, name: str, arch: network.Architecture, run: Any, dataset: Any, test: Any, report: dict
+        self,
+        name: str,
+        arch: network.Architecture,
+        run: Any,
+        *,
+        dataset: Any,
+        test: Any,
+        report: dict,
     ) -> dict[str, Any]:
         """Write ``metrics.json``, ``params.npz``, the figures and the tables.
 

@@ -122,15 +122,15 @@ def loss_fn(
 
 def train_step(
     arch: Architecture,
-    optimizer: optax.GradientTransformation,
-    rules: str,
-    mean: np.ndarray | jax.Array,
-    scale: float,
     params: Params,
     opt_state: optax.OptState,
     x: jax.Array,
     y: jax.Array,
     *,
+    optimizer: optax.GradientTransformation,
+    rules: str,
+    mean: np.ndarray | jax.Array,
+    scale: float,
     label_smoothing: float = 0.0,
     diagnostics: bool = False,
 ) -> tuple[Params, optax.OptState, Metrics]:
@@ -243,7 +243,13 @@ def make_train_step(
     mean_np = _check_mean(arch, mean)
 
     step = partial(
-        train_step, arch, optimizer, rules, mean_np, scale, label_smoothing=label_smoothing
+        train_step,
+        arch,
+        optimizer=optimizer,
+        rules=rules,
+        mean=mean_np,
+        scale=scale,
+        label_smoothing=label_smoothing,
     )
     if mesh is None:
         return jax.jit(step, donate_argnums=(0, 1))
@@ -346,6 +352,7 @@ def evaluate(
     params: Params,
     x: np.ndarray | jax.Array,
     y: np.ndarray | jax.Array,
+    *,
     batch_size: int = 500,
     mean: float | np.ndarray = 0.0,
     rules: str = "analytic",

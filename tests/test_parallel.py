@@ -202,7 +202,10 @@ def test_one_device_mesh_equals_no_mesh():
     assert make_train_step(arch, momentum(0.1), mesh=1).mesh.size == 1
 
     p = init(arch, jax.random.key(1))
-    plain, meshed = evaluate(arch, p, x, y, batch_size=3), evaluate(arch, p, x, y, 3, mesh=1)
+    plain, meshed = (
+        evaluate(arch, p, x, y, batch_size=3),
+        evaluate(arch, p, x, y, batch_size=3, mesh=1),
+    )
     np.testing.assert_array_equal(meshed.predictions, plain.predictions)
     assert meshed.loss == pytest.approx(plain.loss, rel=1e-6)
 

@@ -34,8 +34,9 @@ def make_fit_step(
     arch: Architecture,
     config: FitConfig,
     mean: np.ndarray,
+    *,
     mesh: Mesh | None = None,
-    steps=1,
+    steps: int = 1,
     diagnostics: bool = False,
 ) -> Callable:
     """The jitted ``step(state, images, labels, batches, iteration) -> state``.
@@ -71,19 +72,24 @@ def make_fit_step(
             x = augment(key, x, config.crop_pad, config.flip, config.cutout)
         params, opt_state, metrics = train_step(
             arch,
-            optimizer,
-            config.rules,
-            mean,
-            config.pixel_scale,
             state.params,
             state.opt_state,
             x,
             y,
+            optimizer=optimizer,
+            rules=config.rules,
+            mean=mean,
+            scale=config.pixel_scale,
             label_smoothing=config.label_smoothing,
             diagnostics=diagnostics,
         )
         return state.advance(
-            params, opt_state, metrics, iteration, config.ema_decay, config.weight_average
+            params,
+            opt_state,
+            metrics,
+            iteration,
+            decay=config.ema_decay,
+            weight_average=config.weight_average,
         )
 
     def several(state: TrainState, images, labels, batches, iteration) -> TrainState:
@@ -185,7 +191,7 @@ def fit(
     run = Run(initial_state(arch, config))
     if resume:
         run = saver.restore(run)
-    return train(arch, data, config, run, hooks, mesh, steps_per_call)
+    return train(arch, data, config, run, hooks, mesh=mesh, steps_per_call=steps_per_call)
 
 
 def train(
@@ -194,6 +200,7 @@ def train(
     config: FitConfig,
     run: Run,
     hooks: Sequence[hooks_lib.Hook],
+    *,
     mesh: Mesh | None = None,
     steps_per_call: int = 1,
 ) -> Run:
@@ -204,9 +211,9 @@ def train(
     put = jax.device_put if mesh is None else partial(parallel.replicate, mesh=mesh)
     images, labels = put(data.train_images), put(np.asarray(data.train_labels, np.int32))
     run.state = put(run.state)
-    step = make_fit_step(arch, config, data.mean, mesh)
-    several = make_fit_step(arch, config, data.mean, mesh, steps_per_call)
-    logged = make_fit_step(arch, config, data.mean, mesh, diagnostics=True)  # before each row
+    step = make_fit_step(arch, config, data.mean, mesh=mesh)
+    several = make_fit_step(arch, config, data.mean, mesh=mesh, steps=steps_per_call)
+    logged = make_fit_step(arch, config, data.mean, mesh=mesh, diagnostics=True)  # each row
     n, per_epoch = len(labels), len(labels) // config.batch_size
     intervals = [per_epoch] + [h.every for h in hooks if h.every]
     session_start, time_before = time.perf_counter(), run.train_time_s

@@ -43,6 +43,7 @@ class TrainState(NamedTuple):
         opt_state: Any,
         metrics: dict,
         iteration: jax.Array,
+        *,
         decay: float,
         weight_average: float = 0.0,
     ) -> TrainState:

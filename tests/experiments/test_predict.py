@@ -278,7 +278,7 @@ def test_real_digits_as_files_agree_with_evaluate(trained, tmp_path, capsys):
     test = datasets.load_mnist(REAL)
     x, y = test.test_images[:500], test.test_labels[:500]
     reference = jaxnet.evaluate(
-        trained.arch, trained.params, x, y, 500, trained.mean, scale=trained.scale
+        trained.arch, trained.params, x, y, batch_size=500, mean=trained.mean, scale=trained.scale
     )
     assert reference.accuracy >= 0.95  # "within a point" means something
     for name, make in VARIANTS.items():

@@ -12,7 +12,7 @@ from jaxnet.training import FitConfig, initial_state
 
 def advance(state, loss, accuracy, iteration, decay):
     metrics = {"loss": jnp.float32(loss), "accuracy": jnp.float32(accuracy)}
-    return state.advance(state.params, state.opt_state, metrics, jnp.int32(iteration), decay)
+    return state.advance(state.params, state.opt_state, metrics, jnp.int32(iteration), decay=decay)
 
 
 def test_moving_averages_hand_values():
@@ -60,11 +60,11 @@ def test_the_weights_average_by_hand():
     metrics = {"loss": jnp.float32(1.0), "accuracy": jnp.float32(0.5)}
     w1 = jax.tree.map(lambda p: p + 1.0, state.params)
     # iteration 0: decay min(0.5, 1/10) = 0.1, so the average is 0.1 w0 + 0.9 w1
-    s1 = state.advance(w1, state.opt_state, metrics, jnp.int32(0), 0.9, 0.5)
+    s1 = state.advance(w1, state.opt_state, metrics, jnp.int32(0), decay=0.9, weight_average=0.5)
     np.testing.assert_allclose(leaf(s1.averaged_params), 0.1 * w0 + 0.9 * leaf(w1), rtol=1e-6)
     # iteration 90: min(0.5, 91/100) = 0.5
     w2 = jax.tree.map(lambda p: p + 1.0, w1)
-    s2 = s1.advance(w2, s1.opt_state, metrics, jnp.int32(90), 0.9, 0.5)
+    s2 = s1.advance(w2, s1.opt_state, metrics, jnp.int32(90), decay=0.9, weight_average=0.5)
     want = 0.5 * leaf(s1.averaged_params) + 0.5 * leaf(w2)
     np.testing.assert_allclose(leaf(s2.averaged_params), want, rtol=1e-6)
 

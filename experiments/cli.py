@@ -111,7 +111,10 @@ class Experiment:
         name: default run folder name (``runs/<name>``, :func:`default_out`) and title.
         architecture: the ``jaxnet.architectures`` name.
         presets: ``{"best": ..., "seed": ...}`` (and ``"long"``); ``best`` is the default.
-        load: ``(args) -> jaxnet.datasets.Dataset``, may raise ``jaxnet.datasets.DataError``.
+        load: ``(args) -> jaxnet.datasets.Dataset``, may raise ``jaxnet.datasets.DataError``;
+            it may leave in ``args.data_record`` what ``config.json`` records of where the data
+            came from (``{"idx_dir": ...}``, ``{"image_folder": ...}``), and reads a resumed
+            run's record from ``args.saved_config``.
         module: the command, for messages: ``experiments.mnist``, or with the flags that pick
             the network (``experiments.cifar10 --arch baseline``), so that the resume line it
             prints continues the same run.
@@ -357,8 +360,7 @@ def _run(exp: Experiment, parser: argparse.ArgumentParser, args: argparse.Namesp
     mean = channel_mean(split[0], config.pixel_scale)
     run_config["input"] = {"scale": config.pixel_scale, "mean": mean.tolist()}
     run_config["class_names"] = list(dataset.class_names)
-    if getattr(args, "image_folder", None) is not None:
-        run_config["image_folder"] = args.image_folder
+    run_config.update(getattr(args, "data_record", {}))  # where the data came from
     try:
         if args.writer:
             folder.write_config(run_config)

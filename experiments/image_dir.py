@@ -95,7 +95,7 @@ def load(args: argparse.Namespace, size: int, channels: int) -> Any:
 
     The folder is ``--image-dir``, else (``--resume``) the one the run's ``config.json`` names;
     a resumed run reads it with its own conversion, fraction and seed. What ``config.json``
-    records of it is left in ``args.image_folder``.
+    records of it is left in ``args.data_record`` (``{"image_folder": ...}``).
 
     Raises:
         jaxnet.datasets.ImageFolderError: the folder is not usable, or has changed since the
@@ -154,5 +154,5 @@ def load(args: argparse.Namespace, size: int, channels: int) -> Any:
             f"{folder}: its images per class differ from those the run in {args.out} started "
             "with (the folder changed): train again with --overwrite or another --out"
         )
-    args.image_folder = record
+    args.data_record = {"image_folder": record}
     return dataset

@@ -56,8 +56,12 @@ def _load(args: argparse.Namespace):
     images = image_dir.load(args, 28, 1)
     if images is not None:
         return images
-    if args.idx_dir is not None:
-        return datasets.load_idx_dir(args.idx_dir)
+    # A resumed run reads the idx folder it was started on, unless another is named.
+    saved = (getattr(args, "saved_config", None) or {}).get("idx_dir")
+    idx_dir = args.idx_dir if args.idx_dir is not None else saved
+    if idx_dir is not None:
+        args.data_record = {"idx_dir": str(idx_dir)}
+        return datasets.load_idx_dir(idx_dir)
     return datasets.load_mnist(args.data_dir, verify=not args.no_verify)
 
 

@@ -517,3 +517,16 @@ def test_joining_a_multi_process_run_is_checked_before_any_work(data_dir, tmp_pa
         assert result.returncode == 2, result.stderr
         assert message in result.stderr and "Traceback" not in result.stderr
         assert not (tmp_path / "r").exists()
+
+
+def test_resume_reads_the_idx_folder_the_run_started_on(data_dir, reference, tmp_path):
+    """config.json records --idx-dir, so --resume without it goes on with the same images."""
+    out = tmp_path / "run"
+    proc = start(data_dir, out)
+    wait_for_checkpoints(out, proc, 2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert json.loads((out / "config.json").read_text())["idx_dir"] == str(data_dir)
+    result = run("experiments.mnist", "--out", str(out), "--resume", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert_bit_identical(out, reference)

@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from experiments.console import DATA_FLAGS, error
 from experiments.machine import environment, peak_rss_mb
-from experiments.predict import error
 from experiments.run_folder import FolderInUse, RunFolder
 from jaxnet.training.config import (
     RESUMABLE,
@@ -178,15 +178,7 @@ def _add_setting(parser: argparse._ActionsContainer, f: Field, doc: str) -> None
 
 
 _RUN_FLAGS: dict[str, dict[str, Any]] = {
-    "--data-dir": {
-        "type": Path,
-        "help": "data root holding mnist/ and cifar10/ (default: $JAXNET_DATA, else a per-user "
-        "cache, downloading there when missing)",
-    },
-    "--no-verify": {
-        "action": "store_true",
-        "help": "skip the size and md5 check of data files found locally",
-    },
+    **DATA_FLAGS,
     "--val-size": {
         "type": _checked(int, "val-size", nonnegative_int),
         "help": "training images held out for validation (seeded split)",

@@ -47,15 +47,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from experiments.predict import (
-    RunError,
-    TrainedRun,
-    error,
-    load_run,
-    network_input,
-    run_parser,
-    say,
-)
+from experiments.console import DATA_FLAGS, error, run_parser, say
+from experiments.trained_run import RunError, TrainedRun, load_run, network_input
 
 CHANNELS = 4  # channels drawn per layer
 POSITIVE, NEGATIVE = "#b2182b", "#2166ac"  # the ends of RdBu_r, for bars too
@@ -158,7 +151,7 @@ def explain(
     """Walk one uint8 image through the run's network, analytic rules and autodiff.
 
     Args:
-        run: the run (:func:`experiments.predict.load_run`).
+        run: the run (:func:`experiments.trained_run.load_run`).
         image: uint8 ``arch.input_shape``, as the data loaders or :func:`jaxnet.images.read`
             give it.
         label: the class whose loss is differentiated; ``None``: the network's answer.
@@ -502,18 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write a page to step through in a browser (experiments.explain_page), one "
         "self-contained HTML file; PATH defaults to the figure's with .html",
     )
-    p.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="data root holding mnist/ and cifar10/ (default: $JAXNET_DATA, else the "
-        "per-user cache)",
-    )
-    p.add_argument(
-        "--no-verify",
-        action="store_true",
-        help="skip the size and md5 check of data files found locally",
-    )
+    for flag, kwargs in DATA_FLAGS.items():
+        p.add_argument(flag, **kwargs)
     p.add_argument(
         "--invert",
         choices=INVERT,

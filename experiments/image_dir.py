@@ -100,7 +100,8 @@ def load(args: argparse.Namespace, size: int, channels: int) -> Any:
     Raises:
         jaxnet.datasets.ImageFolderError: the folder is not usable, or has changed since the
             resumed run started (other images per class).
-        experiments.cli.Refused: ``--test-fraction`` or ``--centre`` without an image folder.
+        experiments.cli.Refused: ``--test-fraction`` or ``--centre`` without an image folder, or
+            given with ``--resume`` with another value than the run's.
     """
     from jaxnet.datasets import ImageFolderError, load_image_folder
     from jaxnet.training.config import FitConfig
@@ -118,6 +119,15 @@ def load(args: argparse.Namespace, size: int, channels: int) -> Any:
         return None
     if saved:
         fraction, seed, centre = saved["test_fraction"], saved["seed"], saved["centre"]
+        for flag, value, was in (
+            ("--test-fraction", args.test_fraction, fraction),
+            ("--centre", _centre(args) or None, centre),
+        ):
+            if value is not None and value != was:
+                raise Refused(
+                    f"--resume cannot change {flag} (the run has {was}, given {value}): it "
+                    "shapes the split or the images the checkpoint was trained on"
+                )
     else:
         fraction = args.test_fraction or DEFAULT_TEST_FRACTION
         seed, centre = getattr(args, "seed", FitConfig.seed), _centre(args)

@@ -14,7 +14,7 @@ from run_folders import write_run
 from run_helpers import learnable_digits
 
 import jaxnet
-from experiments import explain, predict
+from experiments import explain, trained_run
 from jaxnet import autodiff
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -37,9 +37,9 @@ def relative(a, b) -> float:
 
 
 @pytest.fixture(scope="module", params=["mnist", "cifar10_modified"])
-def run(request, tmp_path_factory) -> predict.TrainedRun:
+def run(request, tmp_path_factory) -> trained_run.TrainedRun:
     folder = tmp_path_factory.mktemp(request.param) / "run"
-    return predict.load_run(write_run(folder, request.param))
+    return trained_run.load_run(write_run(folder, request.param))
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

@@ -17,7 +17,7 @@ import pytest
 from data_files import real_data_root
 from run_folders import write_run
 
-from experiments import explain, explain_page, predict
+from experiments import explain, explain_page, trained_run
 from jaxnet import architectures
 
 MB = 1024 * 1024
@@ -47,7 +47,7 @@ def floats(entry: dict) -> np.ndarray:
 def built(request, tmp_path_factory):
     """A run with random parameters, its explanation, table and page."""
     folder = write_run(tmp_path_factory.mktemp(request.param) / "run", request.param)
-    run = predict.load_run(folder)
+    run = trained_run.load_run(folder)
     expl = explain.explain(run, image_for(run.arch), label=3)
     rows = explain.table(expl)
     page = explain_page.render_page(expl, "a title", rows)
@@ -116,7 +116,7 @@ def test_the_numbers_are_the_printed_table(built):
 
 def test_the_cifar10_table3_page_weighs_at_most_5_mb(tmp_path):
     folder = write_run(tmp_path / "run", "cifar10_modified")
-    run = predict.load_run(folder)
+    run = trained_run.load_run(folder)
     expl = explain.explain(run, image_for(run.arch), label=0)
     path = explain_page.write_page(expl, "title", tmp_path / "page.html")
     assert path.stat().st_size <= 5 * MB
@@ -126,7 +126,7 @@ def test_the_cifar10_table3_page_weighs_at_most_5_mb(tmp_path):
 def test_markup_in_names_cannot_end_the_data_early(tmp_path):
     names = ["</script><b>x</b>", *(str(d) for d in range(1, 10))]
     folder = write_run(tmp_path / "run", "mnist", class_names=names)
-    run = predict.load_run(folder)
+    run = trained_run.load_run(folder)
     page = explain_page.render_page(explain.explain(run, image_for(run.arch), 0), "</script>")
     assert page.count("</script>") == 2
     data = data_of(page)

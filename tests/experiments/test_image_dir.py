@@ -157,6 +157,12 @@ def test_round_trip_train_then_predict_answers_with_folder_names(tmp_path, capsy
     captured = capsys.readouterr()
     assert "read from the cache" in captured.err
     assert "mnist_shapes: test accuracy" in captured.out and "seed report" not in captured.out
+    with pytest.raises(SystemExit) as refused:  # the split is the run's: not to be changed
+        mnist.run(["--out", str(out), "--resume", "--test-fraction", "0.5", "--no-progress"])
+    assert refused.value.code == 2
+    assert "--resume cannot change --test-fraction (the run has 0.2, given 0.5)" in (
+        capsys.readouterr().err
+    )
     shape_image = Image.fromarray(shape("ring", 999, 28))
     shape_image.save(folder / "ring" / "extra.png")
     assert mnist.run(["--out", str(out), "--resume", "--no-progress"]) == 2

@@ -15,7 +15,7 @@ from run_folders import CIFAR_CLASSES, random_params, write_run
 from run_helpers import run as run_command
 
 import jaxnet
-from experiments import mnist, predict
+from experiments import mnist, predict, trained_run
 from jaxnet import architectures, images
 
 REAL = os.environ.get("JAXNET_DATA")
@@ -232,11 +232,11 @@ def test_bad_config_values_are_refused_by_the_processes(tmp_path, pictures, chan
 def test_a_run_the_command_trained_is_read_as_it_was_trained(idx_dir, tmp_path):
     out = tmp_path / "trained"
     assert mnist.run(["--idx-dir", str(idx_dir), "--out", str(out), *SMALL]) == 0
-    run = predict.load_run(out)
+    run = trained_run.load_run(out)
     from jaxnet import datasets
 
     test = datasets.load_idx_dir(idx_dir)
-    probs = predict.probabilities(run, test.test_images)
+    probs = trained_run.probabilities(run, test.test_images)
     accuracy = float(np.mean(probs.argmax(axis=1) == test.test_labels))
     metrics = json.loads((out / "metrics.json").read_text())
     assert accuracy == metrics["test_accuracy"]  # the same preparation as the run's evaluation
@@ -248,7 +248,7 @@ def test_a_run_the_command_trained_is_read_as_it_was_trained(idx_dir, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> predict.TrainedRun:
+def trained(tmp_path_factory) -> trained_run.TrainedRun:
     """The MNIST network after 400 steps of batch 64 (about 97% on the test set)."""
     if not REAL:
         if os.environ.get("CI"):
@@ -258,7 +258,7 @@ def trained(tmp_path_factory) -> predict.TrainedRun:
     argv = ["--data-dir", REAL, "--out", str(out), "--iterations", "400", "--batch-size", "64"]
     argv += ["--val-size", "0", "--eval-every", "400", "--checkpoint-every", "400", "--no-progress"]
     assert mnist.run(argv) == 0
-    return predict.load_run(out)
+    return trained_run.load_run(out)
 
 
 VARIANTS = {
@@ -296,17 +296,19 @@ def test_real_digits_as_files_agree_with_evaluate(trained, tmp_path, capsys):
 def test_a_run_evaluated_with_flips_predicts_with_flips(tmp_path):
     rng = np.random.default_rng(3)
     pics = rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
-    plain = predict.load_run(write_run(tmp_path / "plain", "cifar10_modified"))
-    flipped = predict.load_run(
+    plain = trained_run.load_run(write_run(tmp_path / "plain", "cifar10_modified"))
+    flipped = trained_run.load_run(
         write_run(tmp_path / "flip", "cifar10_modified", fit={"flip_test": True})
     )
     assert not plain.flip and flipped.flip
-    x = predict.network_input(plain, pics)
+    x = trained_run.network_input(plain, pics)
     arch = plain.arch
     mean_logits = (
         jaxnet.forward(arch, plain.params, x) + jaxnet.forward(arch, plain.params, x[:, :, ::-1])
     ) / 2
     np.testing.assert_allclose(
-        predict.probabilities(flipped, pics), jax.nn.softmax(mean_logits), rtol=1e-5, atol=1e-7
+        trained_run.probabilities(flipped, pics), jax.nn.softmax(mean_logits), rtol=1e-5, atol=1e-7
     )
-    assert not np.allclose(predict.probabilities(plain, pics), predict.probabilities(flipped, pics))
+    assert not np.allclose(
+        trained_run.probabilities(plain, pics), trained_run.probabilities(flipped, pics)
+    )

@@ -111,13 +111,18 @@ def wait_for_checkpoints(out: Path, proc: subprocess.Popen, count: int) -> None:
     pytest.fail("no checkpoint appeared in time")
 
 
-def test_sigkill_then_resume_is_bit_identical(data_dir, reference, tmp_path):
-    out = tmp_path / "run"
+def killed_mid_run(data_dir: Path, out: Path) -> None:
+    """The reference command in ``out``, SIGKILLed once it has saved two checkpoints."""
     proc = start(data_dir, out)
     wait_for_checkpoints(out, proc, 2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "params.npz").exists()  # it really died mid-run
+
+
+def test_sigkill_then_resume_is_bit_identical(data_dir, reference, tmp_path):
+    out = tmp_path / "run"
+    killed_mid_run(data_dir, out)
     assert_resumes_to(reference, data_dir, out)
 
 
@@ -522,10 +527,7 @@ def test_joining_a_multi_process_run_is_checked_before_any_work(data_dir, tmp_pa
 def test_resume_reads_the_idx_folder_the_run_started_on(data_dir, reference, tmp_path):
     """config.json records --idx-dir, so --resume without it goes on with the same images."""
     out = tmp_path / "run"
-    proc = start(data_dir, out)
-    wait_for_checkpoints(out, proc, 2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    killed_mid_run(data_dir, out)
     assert json.loads((out / "config.json").read_text())["idx_dir"] == str(data_dir)
     result = run("experiments.mnist", "--out", str(out), "--resume", "--no-progress")
     assert result.returncode == 0, result.stderr

@@ -8,7 +8,8 @@
 - :func:`to_colour`: an RGB picture at the network's size (CIFAR-10: 32x32).
 - :func:`to_grey`: the same plain resize to one grey channel (an image folder of grey pictures
   that are not digits to centre).
-- :func:`read`: a file, with the conversion the network's input shape calls for.
+- :func:`converter`: the conversion a network's input shape calls for (one of the three).
+- :func:`read`: a file, with that conversion.
 
 The result is uint8, exactly what the data loaders give, so the network's own preprocessing
 (:func:`jaxnet.step.preprocess`, with the run's scale and mean) applies unchanged.
@@ -38,6 +39,7 @@ from PIL import Image, ImageOps
 __all__ = [
     "INVERT",
     "ImageFileError",
+    "converter",
     "open_image",
     "read",
     "to_colour",
@@ -243,10 +245,17 @@ def _resized(image: Image.Image, size: tuple[int, int], mode: str) -> np.ndarray
     return np.asarray(picture, np.uint8).copy()
 
 
-def _converter(
-    input_shape: tuple[int, int, int], invert: str, centre: bool = True
+def converter(
+    input_shape: tuple[int, int, int], invert: str = "auto", centre: bool = True
 ) -> Callable[[Image.Image], np.ndarray]:
-    """The conversion for a network of ``input_shape``; ValueError for a bad shape or option."""
+    """The conversion for a network of ``input_shape`` ``(H, W, C)``: :func:`to_colour` for
+    ``C = 3``; for ``C = 1`` :func:`to_digit` (MNIST's centring, ``H == W``) or, with
+    ``centre=False``, :func:`to_grey`. Every caller that turns a picture into a network's input
+    (:func:`read`, :func:`jaxnet.datasets.load_image_folder`) takes it from here.
+
+    Raises:
+        ValueError: a bad ``invert`` or an input shape none of the three makes.
+    """
     if invert not in INVERT:
         raise ValueError(f"invert must be one of {INVERT}, got {invert!r}")
     h, w, c = input_shape
@@ -284,7 +293,7 @@ def read(
         ImageFileError: the file is not a readable image, or it holds no digit.
         ValueError: a bad ``input_shape`` or ``invert`` (checked before the file is read).
     """
-    convert = _converter(input_shape, invert, centre)
+    convert = converter(input_shape, invert, centre)
     image = open_image(path)
     try:
         return convert(image)

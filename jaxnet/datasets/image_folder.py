@@ -103,16 +103,6 @@ def _candidates(folder: Path) -> list[Path]:
     return found
 
 
-def _converter(size: tuple[int, int], channels: int, centre: bool) -> Callable:
-    from jaxnet import images
-
-    if channels == 3:
-        return partial(images.to_colour, size=size)
-    if centre:
-        return partial(images.to_digit, size=size[0], box=max(1, round(size[0] * 20 / 28)))
-    return partial(images.to_grey, size=size)
-
-
 def _decode(
     paths: list[Path], convert: Callable, shape: tuple[int, ...], progress: bool, desc: str
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -232,7 +222,9 @@ def load_image_folder(
         images, ok = cached
         how = f"read from the cache in {time.perf_counter() - start:.1f} s"
     else:
-        convert = _converter((height, width), channels, centre)
+        from jaxnet.images import converter
+
+        convert = converter((height, width, channels), centre=centre)
         images, ok = _decode(paths, convert, (height, width, channels), progress, root.name)
         seconds = time.perf_counter() - start
         how = f"decoded in {seconds:.1f} s ({len(paths) / max(seconds, 1e-9):.0f} images/s)"

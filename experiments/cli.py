@@ -135,6 +135,16 @@ class Refused(Exception):
     """A setting or run folder refused before any training: exit status 2, as argparse."""
 
 
+def unchangeable(flag: str, was: Any, given: Any) -> Refused:
+    """The refusal of a setting ``--resume`` cannot change (it shapes the network, the data or
+    their order, which the checkpoint already holds)."""
+    return Refused(
+        f"--resume cannot change {flag} (the run has {was}, given {given}): only "
+        f"{', '.join('--' + flag_name(n) for n in RESUMABLE)} may change; start a new run with "
+        "another --out for the rest"
+    )
+
+
 def field_docs(cls: type) -> dict[str, str]:
     """``{attribute: its text}`` from the ``Attributes:`` section of a Google docstring."""
     section = cls.__doc__.split("Attributes:", 1)[1].split("\n\n", 1)[0]
@@ -514,28 +524,22 @@ def _resumed(args: argparse.Namespace, saved: dict, n_train: int) -> tuple[FitCo
             ``config.json`` whose settings cannot be read.
         ValueError: the new settings do not fit together (warm-up longer than the run).
     """
+    where = args.out / "config.json"
     names = {f.name for f in fields(FitConfig)}
     try:
         before = FitConfig(**{k: v for k, v in saved["fit"].items() if k in names})
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        where = args.out / "config.json"
+    except (TypeError, ValueError) as err:  # a setting missing, unknown or out of range
         raise Refused(f"--resume: the settings in {where} are damaged ({err})") from None
     given = {f.name: getattr(args, f.name) for f in fields(FitConfig) if hasattr(args, f.name)}
     run_flags = {"val_size": args.val_size, "preset": args.preset}
-    for name, value in run_flags.items():
-        if value is not None and value != saved.get(name):
-            given[name] = value
+    given.update({name: value for name, value in run_flags.items() if value is not None})
     if args.epochs is not None:
         given["iterations"] = max(1, round(args.epochs * (n_train // before.batch_size)))
     changed = {k: v for k, v in given.items() if v != getattr(before, k, saved.get(k))}
     for name, value in changed.items():
         if name not in RESUMABLE:
             was = getattr(before, name, saved.get(name))
-            raise Refused(
-                f"--resume cannot change --{flag_name(name)} (the run has {was}, given {value}): "
-                f"only {', '.join('--' + flag_name(n) for n in RESUMABLE)} may change; start "
-                "a new run with another --out for the rest"
-            )
+            raise unchangeable(f"--{flag_name(name)}", was, value)
     start = _newest_checkpoint(args.out)
     if changed.get("iterations", math.inf) <= start:
         raise Refused(
@@ -543,7 +547,6 @@ def _resumed(args: argparse.Namespace, saved: dict, n_train: int) -> tuple[FitCo
             f"(iteration {start})"
         )
     config = replace(before, **changed)
-    where = args.out / "config.json"
     if not changed:
         print(f"resuming with the settings saved in {where}", file=sys.stderr)
         return config, saved

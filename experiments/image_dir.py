@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.cli import Experiment, Refused
+from experiments.cli import Experiment, Refused, unchangeable
 
 DEFAULT_TEST_FRACTION = 0.2
 
@@ -90,6 +90,23 @@ def _centre(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "centre", False))
 
 
+def _conversion_and_split(args: argparse.Namespace, saved: dict | None) -> tuple[float, int, bool]:
+    """``(test fraction, seed, centre)``: a resumed run's own, refusing other values given;
+    else the flags'."""
+    from jaxnet.training.config import FitConfig
+
+    if not saved:
+        fraction = args.test_fraction or DEFAULT_TEST_FRACTION
+        return fraction, getattr(args, "seed", FitConfig.seed), _centre(args)
+    for flag, value, was in (
+        ("--test-fraction", args.test_fraction, saved["test_fraction"]),
+        ("--centre", _centre(args) or None, saved["centre"]),
+    ):
+        if value is not None and value != was:
+            raise unchangeable(flag, was, value)
+    return saved["test_fraction"], saved["seed"], saved["centre"]
+
+
 def load(args: argparse.Namespace, size: int, channels: int) -> Any:
     """The run's image folder as a :class:`jaxnet.datasets.Dataset`, or None if it has none.
 
@@ -104,7 +121,6 @@ def load(args: argparse.Namespace, size: int, channels: int) -> Any:
             given with ``--resume`` with another value than the run's.
     """
     from jaxnet.datasets import ImageFolderError, load_image_folder
-    from jaxnet.training.config import FitConfig
 
     saved = (getattr(args, "saved_config", None) or {}).get("image_folder")
     folder = args.image_dir if args.image_dir is not None else saved and Path(saved["path"])
@@ -117,20 +133,7 @@ def load(args: argparse.Namespace, size: int, channels: int) -> Any:
         if given:
             raise Refused(f"{' and '.join(given)} need --image-dir")
         return None
-    if saved:
-        fraction, seed, centre = saved["test_fraction"], saved["seed"], saved["centre"]
-        for flag, value, was in (
-            ("--test-fraction", args.test_fraction, fraction),
-            ("--centre", _centre(args) or None, centre),
-        ):
-            if value is not None and value != was:
-                raise Refused(
-                    f"--resume cannot change {flag} (the run has {was}, given {value}): it "
-                    "shapes the split or the images the checkpoint was trained on"
-                )
-    else:
-        fraction = args.test_fraction or DEFAULT_TEST_FRACTION
-        seed, centre = getattr(args, "seed", FitConfig.seed), _centre(args)
+    fraction, seed, centre = _conversion_and_split(args, saved)
     dataset = load_image_folder(
         folder,
         size,

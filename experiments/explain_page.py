@@ -41,6 +41,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,99 @@ def _fn(name: str, arg: str) -> str:
     return f"<mi>{name}</mi><mo>&#x2061;</mo><mrow><mo>(</mo>{arg}<mo>)</mo></mrow>"
 
 
+def _dense_rule(layer: Any) -> str:
+    t = "<msup><mrow><mo>(</mo>" + _d("y") + "<mo>)</mo></mrow><mi>T</mi></msup>"
+    return _math(
+        _d("x") + _mo("=") + _d("y") + _mo("&#x2062;") + _mi("W") + _eq("17"),
+        _d("W") + _mo("=") + t + _mo("&#x2062;") + _mi("x") + _eq("21"),
+        _d("b") + _mo("=") + t + _mo("&#x2062;") + "<mn>1</mn>" + _eq("24"),
+    ) + _note(
+        f"x is the layer's input flattened to 1 x {layer.n_in}, W is {layer.n_out} x "
+        f"{layer.n_in}; ∂L/∂x is reshaped back to the input's shape."
+    )  # fmt: skip
+
+
+def _relu_rule(layer: Any) -> str:
+    x = "<mi>x</mi>"
+    return _math(
+        _d("x") + _mo("=") + _d("y") + _mo("⊙") + _fn("step", x) + _eq("25"),
+        _fn("step", x) + _mo("=") + _cases(
+            ("<mn>1</mn>", "<mtext>if&#xA0;</mtext><mi>x</mi><mo>&gt;</mo><mn>0</mn>"),
+            ("<mn>0</mn>", "<mtext>if&#xA0;</mtext><mi>x</mi><mo>≤</mo><mn>0</mn>"),
+        ),
+    ) + _note(
+        "Elementwise. At the kink step(0) = 0, as the seed and PyTorch take it (JAX's "
+        "derivative of max(x, 0) would give 1/2 there)."
+    )  # fmt: skip
+
+
+def _pool_rule(layer: Any) -> str:
+    (kh, kw), (sh, sw) = layer.window, layer.stride
+    return _math(
+        _d("x", _idx("h", "w", "c")) + _mo("=") + _cases(
+            (_d("y", _idx("i", "j", "c")),
+             "<mtext>if (h, w) is the first maximum of window (i, j)</mtext>"),
+            ("<mn>0</mn>", "<mtext>otherwise</mtext>"),
+        ),
+    ) + _note(
+        f"Window (i, j) is rows {sh}i … {sh}i+{kh - 1} and columns {sw}j … {sw}j+{kw - 1} "
+        "of x, channel by channel. Each window's gradient goes to one element: its first "
+        "maximum in row-major order (ties after a ReLU are common)."
+    )  # fmt: skip
+
+
+def _conv_rule(layer: Any) -> str:
+    (ph, pw), (sh, sw) = layer.padding, layer.stride
+    kh, kw = layer.kh, layer.kw
+    tilde = "<mi>{}\u0303</mi>"  # x̃, ỹ, as the notes write them
+    dyt = (
+        "<msub><mfrac><mrow><mi>∂</mi><mi>L</mi></mrow><mrow><mi>∂</mi>"
+        + tilde.format("y")
+        + "</mrow></mfrac><mrow><mi>h</mi><mo>+</mo><mi>u</mi><mo>,</mo><mi>w</mi><mo>+</mo>"
+        + "<mi>v</mi><mo>,</mo><mi>o</mi></mrow></msub>"
+    )  # fmt: skip
+    flipped = (
+        f"<msub><mi>W</mi><mrow><mn>{kh - 1}</mn><mo>−</mo><mi>u</mi><mo>,</mo>"
+        f"<mn>{kw - 1}</mn><mo>−</mo><mi>v</mi><mo>,</mo><mi>c</mi><mo>,</mo><mi>o</mi>"
+        "</mrow></msub>"
+    )
+    strided = sh != 1 or sw != 1
+    at = (
+        f"<mn>{sh}</mn><mi>i</mi><mo>+</mo><mi>u</mi><mo>,</mo><mn>{sw}</mn><mi>j</mi>"
+        if strided
+        else "<mi>i</mi><mo>+</mo><mi>u</mi><mo>,</mo><mi>j</mi>"
+    )
+    xi = (
+        f"<msub>{tilde.format('x')}<mrow>{at}<mo>+</mo><mi>v</mi><mo>,</mo><mi>c</mi></mrow></msub>"
+    )
+    dilated = f" dilated by ({sh}, {sw}) (s − 1 zeros between entries) and" if strided else ""
+    far = " (plus r = (H + 2p − k) mod s on the far side)" if strided else ""
+    return _math(
+        _d("x", _idx("h", "w", "c")) + _mo("=") + _sum(_idx("u", "v", "o")) + dyt
+        + _mo("&#x2062;") + flipped,
+    ) + _note(
+        f"∂L/∂ỹ is ∂L/∂y{dilated} zero-padded by ({kh - 1 - ph}, {kw - 1 - pw}) = k − 1 − p"
+        f"{far}: the full correlation of ∂L/∂y with the kernel flipped in both axes, "
+        "input and output channels swapped (a transposed convolution)."
+    ) + _math(
+        _d("W", _idx("u", "v", "c", "o")) + _mo("=") + _sum(_idx("i", "j")) + xi
+        + _mo("&#x2062;") + _d("y", _idx("i", "j", "o")),
+    ) + _note(
+        f"x̃ is x zero-padded by ({ph}, {pw}): the correlation of the input with ∂L/∂y."
+    ) + _math(
+        _d("b", _idx("o")) + _mo("=") + _sum(_idx("i", "j")) + _d("y", _idx("i", "j", "o")),
+    )  # fmt: skip
+
+
+_RULES: dict[str, Callable[[Any], str]] = {
+    "dense": _dense_rule,
+    "relu": _relu_rule,
+    "pool": _pool_rule,
+    "conv": _conv_rule,
+}
+"""The backward rule of each layer kind, in MathML with a note (the loss's: :func:`loss_html`)."""
+
+
 def rule_html(layer: Any) -> str:
     """The backward rule of ``layer`` (a :class:`jaxnet.network.Layer`): MathML and a note.
 
@@ -123,85 +217,10 @@ def rule_html(layer: Any) -> str:
     so the batch size ``N`` is 1. Indices: ``h, w`` a position in ``x``, ``i, j`` one in ``y``,
     ``c`` an input channel, ``o`` an output channel, ``u, v`` a kernel offset.
     """
-    kind = layer.kind
-    if kind == "dense":
-        t = "<msup><mrow><mo>(</mo>" + _d("y") + "<mo>)</mo></mrow><mi>T</mi></msup>"
-        return _math(
-            _d("x") + _mo("=") + _d("y") + _mo("&#x2062;") + _mi("W") + _eq("17"),
-            _d("W") + _mo("=") + t + _mo("&#x2062;") + _mi("x") + _eq("21"),
-            _d("b") + _mo("=") + t + _mo("&#x2062;") + "<mn>1</mn>" + _eq("24"),
-        ) + _note(
-            f"x is the layer's input flattened to 1 x {layer.n_in}, W is {layer.n_out} x "
-            f"{layer.n_in}; ∂L/∂x is reshaped back to the input's shape."
-        )  # fmt: skip
-    if kind == "relu":
-        x = "<mi>x</mi>"
-        return _math(
-            _d("x") + _mo("=") + _d("y") + _mo("⊙") + _fn("step", x) + _eq("25"),
-            _fn("step", x) + _mo("=") + _cases(
-                ("<mn>1</mn>", "<mtext>if&#xA0;</mtext><mi>x</mi><mo>&gt;</mo><mn>0</mn>"),
-                ("<mn>0</mn>", "<mtext>if&#xA0;</mtext><mi>x</mi><mo>≤</mo><mn>0</mn>"),
-            ),
-        ) + _note(
-            "Elementwise. At the kink step(0) = 0, as the seed and PyTorch take it (JAX's "
-            "derivative of max(x, 0) would give 1/2 there)."
-        )  # fmt: skip
-    if kind == "pool":
-        (kh, kw), (sh, sw) = layer.window, layer.stride
-        return _math(
-            _d("x", _idx("h", "w", "c")) + _mo("=") + _cases(
-                (_d("y", _idx("i", "j", "c")),
-                 "<mtext>if (h, w) is the first maximum of window (i, j)</mtext>"),
-                ("<mn>0</mn>", "<mtext>otherwise</mtext>"),
-            ),
-        ) + _note(
-            f"Window (i, j) is rows {sh}i … {sh}i+{kh - 1} and columns {sw}j … {sw}j+{kw - 1} "
-            "of x, channel by channel. Each window's gradient goes to one element: its first "
-            "maximum in row-major order (ties after a ReLU are common)."
-        )  # fmt: skip
-    if kind == "conv":
-        (ph, pw), (sh, sw) = layer.padding, layer.stride
-        kh, kw = layer.kh, layer.kw
-        tilde = "<mi>{}\u0303</mi>"  # x̃, ỹ, as the notes write them
-        dyt = (
-            "<msub><mfrac><mrow><mi>∂</mi><mi>L</mi></mrow><mrow><mi>∂</mi>"
-            + tilde.format("y")
-            + "</mrow></mfrac><mrow><mi>h</mi><mo>+</mo><mi>u</mi><mo>,</mo><mi>w</mi><mo>+</mo>"
-            + "<mi>v</mi><mo>,</mo><mi>o</mi></mrow></msub>"
-        )  # fmt: skip
-        flipped = (
-            f"<msub><mi>W</mi><mrow><mn>{kh - 1}</mn><mo>−</mo><mi>u</mi><mo>,</mo>"
-            f"<mn>{kw - 1}</mn><mo>−</mo><mi>v</mi><mo>,</mo><mi>c</mi><mo>,</mo><mi>o</mi>"
-            "</mrow></msub>"
-        )
-        strided = sh != 1 or sw != 1
-        at = (
-            f"<mn>{sh}</mn><mi>i</mi><mo>+</mo><mi>u</mi><mo>,</mo><mn>{sw}</mn><mi>j</mi>"
-            if strided
-            else "<mi>i</mi><mo>+</mo><mi>u</mi><mo>,</mo><mi>j</mi>"
-        )
-        xi = (
-            f"<msub>{tilde.format('x')}<mrow>{at}<mo>+</mo><mi>v</mi><mo>,</mo><mi>c</mi>"
-            "</mrow></msub>"
-        )
-        dilated = f" dilated by ({sh}, {sw}) (s − 1 zeros between entries) and" if strided else ""
-        far = " (plus r = (H + 2p − k) mod s on the far side)" if strided else ""
-        return _math(
-            _d("x", _idx("h", "w", "c")) + _mo("=") + _sum(_idx("u", "v", "o")) + dyt
-            + _mo("&#x2062;") + flipped,
-        ) + _note(
-            f"∂L/∂ỹ is ∂L/∂y{dilated} zero-padded by ({kh - 1 - ph}, {kw - 1 - pw}) = k − 1 − p"
-            f"{far}: the full correlation of ∂L/∂y with the kernel flipped in both axes, "
-            "input and output channels swapped (a transposed convolution)."
-        ) + _math(
-            _d("W", _idx("u", "v", "c", "o")) + _mo("=") + _sum(_idx("i", "j")) + xi
-            + _mo("&#x2062;") + _d("y", _idx("i", "j", "o")),
-        ) + _note(
-            f"x̃ is x zero-padded by ({ph}, {pw}): the correlation of the input with ∂L/∂y."
-        ) + _math(
-            _d("b", _idx("o")) + _mo("=") + _sum(_idx("i", "j")) + _d("y", _idx("i", "j", "o")),
-        )  # fmt: skip
-    raise ValueError(f"no rule written for layer kind {kind!r}")
+    rule = _RULES.get(layer.kind)
+    if rule is None:
+        raise ValueError(f"no rule written for layer kind {layer.kind!r}")
+    return rule(layer)
 
 
 def loss_html() -> str:

@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.explain import Explanation, Table, table
+from experiments.explain import Explanation, Table, format_table, table
 
 TEMPLATE = "explain_page.html"
 DATA_MARK = "__EXPLAIN_DATA__"  # the template's placeholder for the JSON
@@ -268,8 +268,6 @@ def page_data(expl: Explanation, title: str, rows: Table | None = None) -> dict[
         ``layers`` (name, kind, description, output shape, rule, equation, forward and backward
         rows), ``input`` and ``loss`` rows, ``probabilities``, ``saliency`` and ``table``.
     """
-    from experiments.explain import format_table
-
     rows = table(expl) if rows is None else rows
     arch, a = expl.run.arch, expl.analytic
     n = len(arch.layers)

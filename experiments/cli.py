@@ -330,6 +330,10 @@ def _run(exp: Experiment, parser: argparse.ArgumentParser, args: argparse.Namesp
     try:
         args.writer = _join(args)
         saved = _check_folder(exp, args, folder)
+        if saved is not None and saved.get("experiment", exp.name) != exp.name:
+            # A resumed run keeps the name it started with (a run on --image-dir is named
+            # after its folder), and a data set of one's own has no seed report to compare.
+            exp = replace(exp, name=saved["experiment"], seed_accuracy=None)
         args.devices = _device_count(args.devices, distributed=_joined(args))
         from jaxnet.datasets import DataError, ImageFolderError
 

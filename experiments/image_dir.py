@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -66,24 +65,15 @@ def add_flags(
 
 def experiment(exp: Experiment, argv: list[str]) -> Experiment:
     """``exp``, or for ``--image-dir DIR`` the same experiment named ``<name>_<DIR's name>``
-    (its default run folder) with no seed report to compare with; for ``--resume`` of such a
-    run, the name it started with."""
+    (its default run folder) with no seed report to compare with. (A resumed run keeps the
+    name its ``config.json`` records: :func:`experiments.cli.main` sees to that.)"""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--image-dir", type=Path, default=None)
-    pre.add_argument("--out", type=Path, default=None)
-    pre.add_argument("--resume", action="store_true")
     known, _ = pre.parse_known_args(argv)
-    if known.image_dir is not None:
-        name = f"{exp.name}_{known.image_dir.expanduser().absolute().name}"
-    elif known.resume and known.out is not None:
-        try:
-            saved = json.loads((known.out / "config.json").read_text())
-            name = saved["experiment"] if "image_folder" in saved else None
-        except (OSError, ValueError, TypeError, KeyError):
-            name = None  # main refuses the folder, or resumes a run of the command's own data
-    else:
-        name = None
-    return exp if name is None else dataclasses.replace(exp, name=name, seed_accuracy=None)
+    if known.image_dir is None:
+        return exp
+    name = f"{exp.name}_{known.image_dir.expanduser().absolute().name}"
+    return dataclasses.replace(exp, name=name, seed_accuracy=None)
 
 
 def _centre(args: argparse.Namespace) -> bool:

@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import MISSING, Field, asdict, dataclass, fields, replace
+from dataclasses import MISSING, Field, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ import numpy as np
 
 from experiments.console import DATA_FLAGS, error
 from experiments.machine import environment, peak_rss_mb
+from experiments.run_config import ConfigError, RunConfig
 from experiments.run_folder import FolderInUse, RunFolder
 from jaxnet.training.config import (
     RESUMABLE,
@@ -69,38 +69,24 @@ class Preset:
 
     @property
     def description(self) -> str:
-        """The preset in words, for ``--help``: what it sets, in the settings' own values."""
-        s = {f.name: f.default for f in fields(FitConfig) if f.default is not MISSING}
-        s.update(self.fit)
-        words = [f"batch {s['batch_size']}", f"lr {s['learning_rate']:g}"]
-        if s["schedule"] == "cosine":
-            words[-1] += f" with {s['warmup']} warm-up steps, then cosine decay"
-        words += [f"momentum {s['momentum']:g}", f"weight decay {s['weight_decay']:g}"]
-        if s["nesterov"]:
-            words.append("Nesterov momentum")
-        if s["augment"]:
-            flips = " and flips" if s["flip"] else ""
-            words.append(f"random shifts of up to {s['crop_pad']} pixels{flips}")
-        if s["cutout"]:
-            words.append(f"cutout {s['cutout']}x{s['cutout']}")
-        if s["label_smoothing"]:
-            words.append(f"label smoothing {s['label_smoothing']:g}")
-        if s["weight_average"]:
-            words.append(f"the weights averaged (decay {s['weight_average']:g}) and reported")
-        if s["flip_test"]:
-            words.append("flip test-time augmentation")
+        """The preset as the flags that give the same settings, for ``--help``."""
+        words = [_as_flag(name, value) for name, value in self.fit.items()]
+        length = self.iterations if self.epochs is None else self.epochs
+        words.append(_as_flag("iterations" if self.epochs is None else "epochs", length))
         if self.train_limit is not None:
-            words.append(f"the first {self.train_limit} training images")
-        if s["pixel_scale"] != FitConfig.pixel_scale:
-            scale = s["pixel_scale"]
-            pixels = "raw pixel values" if scale == 1.0 else f"pixel values times {scale:g}"
-            words.append(f"{pixels} minus the mean")
-        if s["conv_init_gain"] != FitConfig.conv_init_gain:
-            words.append(f"kernels drawn at {s['conv_init_gain']:g} times He's scale")
-        length = (
-            f"{self.iterations} iterations" if self.epochs is None else f"{self.epochs:g} epochs"
-        )
-        return ", ".join([*words, length])
+            words.append(f"on the first {self.train_limit} training images")
+        return " ".join(words)
+
+
+def _as_flag(name: str, value: Any) -> str:
+    """``("flip", False)`` -> ``--no-flip``; ``("warmup", 200)`` -> ``--warmup 200``."""
+    if isinstance(value, bool):
+        return f"--{'' if value else 'no-'}{flag_name(name)}"
+    return (
+        f"--{flag_name(name)} {value:g}"
+        if isinstance(value, float)
+        else f"--{flag_name(name)} {value}"
+    )
 
 
 @dataclass(frozen=True)
@@ -112,9 +98,9 @@ class Experiment:
         architecture: the ``jaxnet.architectures`` name.
         presets: ``{"best": ..., "seed": ...}`` (and ``"long"``); ``best`` is the default.
         load: ``(args) -> jaxnet.datasets.Dataset``, may raise ``jaxnet.datasets.DataError``;
-            it may leave in ``args.data_record`` what ``config.json`` records of where the data
-            came from (``{"idx_dir": ...}``, ``{"image_folder": ...}``), and reads a resumed
-            run's record from ``args.saved_config``.
+            it may leave in ``args.data_record`` the :class:`~experiments.run_config.RunConfig`
+            fields of where the data came from (``{"idx_dir": ...}``,
+            ``{"image_folder": ...}``), and reads a resumed run's from ``args.saved``.
         module: the command, for messages: ``experiments.mnist``, or with the flags that pick
             the network (``experiments.cifar10 --arch baseline``), so that the resume line it
             prints continues the same run.
@@ -145,15 +131,6 @@ def unchangeable(flag: str, was: Any, given: Any) -> Refused:
     )
 
 
-def field_docs(cls: type) -> dict[str, str]:
-    """``{attribute: its text}`` from the ``Attributes:`` section of a Google docstring."""
-    section = cls.__doc__.split("Attributes:", 1)[1].split("\n\n", 1)[0]
-    docs: dict[str, str] = {}
-    for name, text in re.findall(r"^ {8}(\w+): (.*(?:\n {12}.*)*)", section, re.M):
-        docs[name] = " ".join(text.split())
-    return docs
-
-
 def _checked(kind: type, name: str, check: Callable[[str, Any], None]) -> Callable[[str], Any]:
     """An argparse ``type=``: ``kind(text)``, then ``check``; its message on failure."""
 
@@ -172,11 +149,12 @@ def _checked(kind: type, name: str, check: Callable[[str, Any], None]) -> Callab
     return parse
 
 
-def _add_setting(parser: argparse._ActionsContainer, f: Field, doc: str) -> None:
-    """The flag of one FitConfig field; absent from the namespace unless given."""
+def _add_setting(parser: argparse._ActionsContainer, f: Field) -> None:
+    """The flag of one FitConfig field (its help and check from the field's metadata); absent
+    from the namespace unless given."""
     check, flag = f.metadata["check"], flag_name(f.name)
     default = "" if f.default is MISSING else f" (default: the preset's, else {f.default})"
-    kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": doc + default}
+    kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": f.metadata["help"] + default}
     if f.type == "bool":
         kwargs["action"] = argparse.BooleanOptionalAction
     elif hasattr(check, "choices"):
@@ -277,9 +255,8 @@ def build_parser(exp: Experiment, prog: str, description: str) -> argparse.Argum
         for flag, kwargs in flags.items():
             group.add_argument(flag, **kwargs)
     length = groups[1]
-    docs = field_docs(FitConfig)
     for f in fields(FitConfig):  # --iterations or --epochs
-        _add_setting(length if f.name == "iterations" else p, f, docs[f.name])
+        _add_setting(length if f.name == "iterations" else p, f)
     if exp.extra_args is not None:
         exp.extra_args(p)
     return p
@@ -329,20 +306,19 @@ def _run(exp: Experiment, parser: argparse.ArgumentParser, args: argparse.Namesp
     """:func:`main` once the flags are parsed and the folder named; the exit status."""
     try:
         args.writer = _join(args)
-        saved = _check_folder(exp, args, folder)
-        if saved is not None and saved.get("experiment", exp.name) != exp.name:
+        args.saved = _check_folder(exp, args, folder)  # a resumed run's RunConfig, else None
+        if args.saved is not None and args.saved.experiment != exp.name:
             # A resumed run keeps the name it started with (a run on --image-dir is named
             # after its folder), and a data set of one's own has no seed report to compare.
-            exp = replace(exp, name=saved["experiment"], seed_accuracy=None)
+            exp = replace(exp, name=args.saved.experiment, seed_accuracy=None)
         args.devices = _device_count(args.devices, distributed=_joined(args))
         from jaxnet.datasets import DataError, ImageFolderError
 
-        args.saved_config = saved  # a resumed run's data settings (its image folder)
         try:
             dataset = exp.load(args)
         except DataError as err:  # a folder named on the command line: a usage error, as argparse
             return error(str(err), 2 if isinstance(err, ImageFolderError) else 1)
-        config, run_config, dataset, split = _settle(exp, args, saved, dataset)
+        config, dataset, split = _settle(exp, args, dataset)
     except Refused as err:
         parser.error(str(err))
     from jaxnet import architectures
@@ -356,28 +332,22 @@ def _run(exp: Experiment, parser: argparse.ArgumentParser, args: argparse.Namesp
         )
     from jaxnet import allocator
 
+    recorded = {**config.to_json(), "environment": environment()}
     if args.reuse_freed_memory and allocator.reuse_freed_memory():
-        run_config["environment"]["malloc"] = "glibc, freed memory kept for reuse"
+        recorded["environment"]["malloc"] = "glibc, freed memory kept for reuse"
     if args.overwrite and args.writer:
         folder.clear()
-    from jaxnet.training.data import channel_mean
-
-    # What turns an image into this network's input and its output into names (predict, explain).
-    mean = channel_mean(split[0], config.pixel_scale)
-    run_config["input"] = {"scale": config.pixel_scale, "mean": mean.tolist()}
-    run_config["class_names"] = list(dataset.class_names)
-    run_config.update(getattr(args, "data_record", {}))  # where the data came from
     try:
         if args.writer:
-            folder.write_config(run_config)
+            folder.write_config(recorded)
     except OSError as err:
         return error(f"cannot write {err.filename}: {err.strerror}", 1)
     return _train_and_report(
-        exp, folder, args, arch=arch, config=config, dataset=dataset, split=split, mean=mean
+        exp, folder, args, arch=arch, config=config, dataset=dataset, split=split
     )
 
 
-def _check_folder(exp: Experiment, args: argparse.Namespace, folder: RunFolder) -> dict | None:
+def _check_folder(exp: Experiment, args: argparse.Namespace, folder: RunFolder) -> RunConfig | None:
     """Refuse a folder that is not free for this command; the saved config of a resumed run."""
     if folder.path.exists() and not folder.path.is_dir():
         raise Refused(f"--out {folder.path} exists and is not a folder")
@@ -395,19 +365,15 @@ def _check_folder(exp: Experiment, args: argparse.Namespace, folder: RunFolder) 
         )
     if not args.resume:
         return None
-    try:
-        saved = folder.saved_config()
-    except (OSError, ValueError) as err:  # unreadable, or not JSON
-        raise Refused(f"--resume: cannot read {folder.config_path} ({err})") from None
-    if saved is None:
+    if not folder.config_path.exists():
         raise Refused(f"--resume: {folder.path} holds no run to resume (no config.json)")
-    if not (isinstance(saved, dict) and isinstance(saved.get("fit"), dict)):
-        raise Refused(f"--resume: {folder.config_path} holds no 'fit' settings")
-    if not isinstance(saved.get("val_size"), int) or isinstance(saved["val_size"], bool):
-        raise Refused(f"--resume: {folder.config_path} holds no integer 'val_size'")
-    if saved.get("architecture") != exp.architecture:
+    try:
+        saved = RunConfig.read(folder.config_path)
+    except ConfigError as err:
+        raise Refused(f"--resume: {err}") from None
+    if saved.architecture != exp.architecture:
         raise Refused(
-            f"--resume: {folder.path} holds a run of {saved.get('architecture')!r}, "
+            f"--resume: {folder.path} holds a run of {saved.architecture!r}, "
             f"not {exp.architecture!r}"
         )
     return saved
@@ -462,15 +428,17 @@ def _device_count(asked: int | None, distributed: bool = False) -> int:
     return devices
 
 
-def _settle(exp: Experiment, args: argparse.Namespace, saved: dict | None, dataset: Any):
-    """The config, ``config.json``'s content, the data set and its training split.
+def _settle(exp: Experiment, args: argparse.Namespace, dataset: Any):
+    """The run's :class:`RunConfig`, the data set and its training split.
 
-    A resumed run keeps every setting it started with; a new one takes the preset and flags.
+    A resumed run keeps every setting it started with (:func:`_resumed`); a new one takes the
+    preset, then the flags given.
     """
-    from jaxnet.training.data import train_val_split
+    from jaxnet.training.data import channel_mean, train_val_split
 
+    saved: RunConfig | None = args.saved
     if saved is not None:
-        val_size, train_limit = int(saved["val_size"]), saved.get("train_limit")
+        val_size, train_limit = saved.val_size, saved.train_limit
     else:
         preset = exp.presets[args.preset or "best"]
         val_size = args.val_size if args.val_size is not None else preset.val_size
@@ -481,12 +449,10 @@ def _settle(exp: Experiment, args: argparse.Namespace, saved: dict | None, datas
         n = len(labels)
         raise Refused(f"--val-size {val_size} leaves no training images (the set has {n})")
     try:
-        if saved is None:
-            config = fit_config(exp, args, n_train)
-        else:
-            config, saved = _resumed(args, saved, n_train)
-        config.check_training_set(n_train)
-        for size in {config.batch_size, config.eval_batch_size}:
+        config = None if saved is None else _resumed(args, saved, n_train)
+        fit = fit_config(exp, args, n_train) if config is None else config.fit
+        fit.check_training_set(n_train)
+        for size in {fit.batch_size, fit.eval_batch_size}:
             if size % args.devices:
                 raise ValueError(
                     f"batch size {size} does not divide over {args.devices} devices: use a "
@@ -494,55 +460,51 @@ def _settle(exp: Experiment, args: argparse.Namespace, saved: dict | None, datas
                 )
     except ValueError as err:
         raise Refused(str(err)) from None
-    split = train_val_split(images, labels, val_size, config.seed)
+    split = train_val_split(images, labels, val_size, fit.seed)
     # The split holds the training images now: let the loaded copy go (one data set less in
     # memory while training). A fresh empty array, not a view, which would keep it alive.
     empty = np.empty((0, *images.shape[1:]), images.dtype)
     dataset = dataset._replace(train_images=empty, train_labels=np.empty((0,), labels.dtype))
-    run_config = (
-        saved
-        if saved is not None
-        else {
-            "experiment": exp.name,
-            "architecture": exp.architecture,
-            "preset": args.preset or "best",
-            "val_size": val_size,
-            "train_limit": train_limit,
-            "data_dir": str(args.data_dir) if args.data_dir else None,
-            "fit": asdict(config),
-        }
-    )
-    return config, {**run_config, "environment": environment()}, dataset, split
+    mean = tuple(channel_mean(split[0], fit.pixel_scale).tolist())
+    if config is None:
+        config = RunConfig(
+            experiment=exp.name,
+            architecture=exp.architecture,
+            preset=args.preset or "best",
+            fit=fit,
+            val_size=val_size,
+            train_limit=train_limit,
+            class_names=tuple(dataset.class_names),
+            mean=mean,
+            data_dir=str(args.data_dir) if args.data_dir else None,
+            **getattr(args, "data_record", {}),  # where the data came from
+        )
+    return replace(config, mean=mean), dataset, split
 
 
-def _resumed(args: argparse.Namespace, saved: dict, n_train: int) -> tuple[FitConfig, dict]:
-    """The config a resumed run continues with, and ``config.json``'s content updated.
+def _resumed(args: argparse.Namespace, saved: RunConfig, n_train: int) -> RunConfig:
+    """The configuration a resumed run continues with.
 
     The settings in :data:`~jaxnet.training.config.RESUMABLE` (the length, the learning rate and
     its schedule, the intervals) may be given anew and hold from the newest checkpoint's
-    iteration on, recorded under ``"resumed"``; any other setting given with a value other than
+    iteration on, recorded under ``resumed``; any other setting given with a value other than
     the run's is refused, naming it: it shapes the data or the network the checkpoint holds.
 
     Raises:
-        Refused: a setting that cannot change, a length not past the newest checkpoint, or a
-            ``config.json`` whose settings cannot be read.
+        Refused: a setting that cannot change, or a length not past the newest checkpoint.
         ValueError: the new settings do not fit together (warm-up longer than the run).
     """
     where = args.out / "config.json"
-    names = {f.name for f in fields(FitConfig)}
-    try:
-        before = FitConfig(**{k: v for k, v in saved["fit"].items() if k in names})
-    except (TypeError, ValueError) as err:  # a setting missing, unknown or out of range
-        raise Refused(f"--resume: the settings in {where} are damaged ({err})") from None
+    before = saved.fit
     given = {f.name: getattr(args, f.name) for f in fields(FitConfig) if hasattr(args, f.name)}
     run_flags = {"val_size": args.val_size, "preset": args.preset}
     given.update({name: value for name, value in run_flags.items() if value is not None})
     if args.epochs is not None:
         given["iterations"] = max(1, round(args.epochs * (n_train // before.batch_size)))
-    changed = {k: v for k, v in given.items() if v != getattr(before, k, saved.get(k))}
+    changed = {k: v for k, v in given.items() if v != getattr(before, k, getattr(saved, k, None))}
     for name, value in changed.items():
         if name not in RESUMABLE:
-            was = getattr(before, name, saved.get(name))
+            was = getattr(before, name, getattr(saved, name, None))
             raise unchangeable(f"--{flag_name(name)}", was, value)
     start = _newest_checkpoint(args.out)
     if changed.get("iterations", math.inf) <= start:
@@ -550,14 +512,13 @@ def _resumed(args: argparse.Namespace, saved: dict, n_train: int) -> tuple[FitCo
             f"--iterations {changed['iterations']} is not past the run's newest checkpoint "
             f"(iteration {start})"
         )
-    config = replace(before, **changed)
     if not changed:
         print(f"resuming with the settings saved in {where}", file=sys.stderr)
-        return config, saved
+        return saved
     words = ", ".join(f"{flag_name(k)} {getattr(before, k)} -> {v}" for k, v in changed.items())
     print(f"resuming from iteration {start} with {words} (recorded in {where})", file=sys.stderr)
     record = {"from_iteration": start, "changed": changed}
-    return config, {**saved, "fit": asdict(config), "resumed": [*saved.get("resumed", []), record]}
+    return replace(saved, fit=replace(before, **changed), resumed=(*saved.resumed, record))
 
 
 def _newest_checkpoint(out: Path) -> int:
@@ -566,15 +527,16 @@ def _newest_checkpoint(out: Path) -> int:
     return found[-1][0] if found else 0
 
 
-def _train_and_report(exp, folder, args, *, arch, config, dataset, split, mean) -> int:
+def _train_and_report(exp, folder, args, *, arch, config: RunConfig, dataset, split) -> int:
     """Train, then evaluate the test set and write the run folder; the exit status."""
+    fit_settings, mean = config.fit, np.asarray(config.mean, np.float32)
     from jaxnet.checkpoint import CheckpointError
     from jaxnet.training import DivergedError, TrainData, fit
 
     train_x, train_y, val_x, val_y = split
     mesh = args.devices if args.devices > 1 else None
     print(
-        f"{exp.name}: {config.iterations} iterations of batch {config.batch_size} on "
+        f"{exp.name}: {fit_settings.iterations} iterations of batch {fit_settings.batch_size} on "
         f"{len(train_y)} training images ({len(val_y)} held out for validation); "
         f"run folder {folder.path}",
         file=sys.stderr,
@@ -584,7 +546,7 @@ def _train_and_report(exp, folder, args, *, arch, config, dataset, split, mean) 
         run = fit(
             arch,
             TrainData(train_x, train_y, val_x, val_y, mean),
-            config,
+            fit_settings,
             folder.checkpoints(),
             resume=args.resume,
             progress=args.writer and not args.no_progress,
@@ -617,7 +579,7 @@ def _train_and_report(exp, folder, args, *, arch, config, dataset, split, mean) 
             folder,
             run,
             arch=arch,
-            config=config,
+            config=fit_settings,
             dataset=dataset,
             mean=mean,
             mesh=mesh,

@@ -112,7 +112,7 @@ def load(args: argparse.Namespace, size: int, channels: int) -> Any:
     """
     from jaxnet.datasets import ImageFolderError, load_image_folder
 
-    saved = (getattr(args, "saved_config", None) or {}).get("image_folder")
+    saved = args.saved.image_folder if args.saved is not None else None
     folder = args.image_dir if args.image_dir is not None else saved and Path(saved["path"])
     if not folder:
         given = [

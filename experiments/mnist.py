@@ -57,7 +57,7 @@ def _load(args: argparse.Namespace):
     if images is not None:
         return images
     # A resumed run reads the idx folder it was started on, unless another is named.
-    saved = (getattr(args, "saved_config", None) or {}).get("idx_dir")
+    saved = args.saved.idx_dir if args.saved is not None else None
     idx_dir = args.idx_dir if args.idx_dir is not None else saved
     if idx_dir is not None:
         args.data_record = {"idx_dir": str(idx_dir)}

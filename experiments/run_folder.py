@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import fcntl
-import json
 import os
 import shutil
 import socket
@@ -101,12 +100,6 @@ class RunFolder:
     def checkpoints(self) -> CheckpointManager:
         """The run's checkpoints, the last three kept."""
         return CheckpointManager(self.path / "checkpoints", keep=3)
-
-    def saved_config(self) -> dict[str, Any] | None:
-        """The ``config.json`` of the run in the folder, or ``None``."""
-        if not self.config_path.exists():
-            return None
-        return json.loads(self.config_path.read_text())
 
     def clear(self) -> None:
         """Remove a previous run's outputs and checkpoints (``--overwrite``)."""

@@ -1,21 +1,21 @@
 """A finished run folder, read back: its network, weights, input preparation and class names.
 
 What ``experiments.predict`` and ``experiments.explain`` share: :func:`load_run` reads the
-``config.json`` and ``params.npz`` that ``experiments.mnist`` and ``experiments.cifar10`` write,
-checking every value it uses once (a missing or wrong one is :class:`RunError`, whose message
-names the key and the file); :func:`network_input` prepares uint8 images exactly as training
-did; :func:`probabilities` runs the network on them.
+``config.json`` (through :class:`~experiments.run_config.RunConfig`'s checks) and ``params.npz``
+that ``experiments.mnist`` and ``experiments.cifar10`` write (a missing or wrong value is
+:class:`RunError`, whose message names the key and the file); :func:`network_input` prepares
+uint8 images exactly as training did; :func:`probabilities` runs the network on them.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
+
+from experiments.run_config import ConfigError, RunConfig
 
 if TYPE_CHECKING:  # jax loads only when a command needs it: --help stays fast
     from jaxnet.network import Architecture
@@ -60,24 +60,6 @@ class TrainedRun(NamedTuple):
         return self.image_folder is None or bool(self.image_folder.get("centre", True))
 
 
-def _read_config(folder: Path) -> dict[str, Any]:
-    path = folder / "config.json"
-    if not folder.is_dir():
-        raise RunError(f"{folder}: no such run folder")
-    if not path.is_file():
-        raise RunError(
-            f"{folder}: no config.json (not a run folder of experiments.mnist or "
-            "experiments.cifar10)"
-        )
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise RunError(f"{path}: not readable JSON ({err})") from None
-    if not isinstance(config, dict):
-        raise RunError(f"{path}: not a run's config (a JSON object is expected)")
-    return config
-
-
 def load_run(folder: str | os.PathLike[str]) -> TrainedRun:
     """Read a finished run folder: its network, parameters, input preparation and class names.
 
@@ -89,26 +71,27 @@ def load_run(folder: str | os.PathLike[str]) -> TrainedRun:
 
     Raises:
         RunError: the folder, ``config.json`` or ``params.npz`` is missing or unreadable,
-            a value ``config.json`` holds is missing or of the wrong kind (an unknown network,
-            no input scale and mean, a scale or mean that is not finite, a ``flip_test`` that
-            is not true or false, ...), or ``params.npz`` does not fit the network (another
-            architecture). Each value is checked here, once: the message names the key.
+            ``config.json`` does not read back (:meth:`RunConfig.read
+            <experiments.run_config.RunConfig.read>` names the key), or ``params.npz`` does
+            not fit the network (another architecture).
     """
     import jax
 
     from jaxnet import architectures, checkpoint, network
 
     folder = Path(folder)
-    config = _read_config(folder)
-    where = folder / "config.json"
-    names = _class_names(config, where)
+    if not folder.is_dir():
+        raise RunError(f"{folder}: no such run folder")
+    if not (folder / "config.json").is_file():
+        raise RunError(
+            f"{folder}: no config.json (not a run folder of experiments.mnist or "
+            "experiments.cifar10)"
+        )
     try:
-        arch = architectures.get(config.get("architecture"), num_classes=len(names))
-    except ValueError as err:
-        raise RunError(f"{where}: {err}") from None
-    scale, mean = _input(config, where, arch)
-    flip = _flip_test(config, where)
-    image_folder = _image_folder(config, where)
+        config = RunConfig.read(folder / "config.json")
+    except ConfigError as err:
+        raise RunError(str(err)) from None
+    arch = architectures.get(config.architecture, num_classes=len(config.class_names))
 
     path = folder / "params.npz"
     if not path.is_file():
@@ -123,83 +106,16 @@ def load_run(folder: str | os.PathLike[str]) -> TrainedRun:
         ) from None
     except (checkpoint.CheckpointError, OSError) as err:
         raise RunError(str(err)) from None
-    return TrainedRun(folder, arch, params, scale, mean, names, flip, image_folder)
-
-
-def _class_names(config: dict[str, Any], where: Path) -> tuple[str, ...]:
-    """``class_names``: a list of at least two strings (the network's ``K`` outputs)."""
-    names = config.get("class_names")
-    if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names):
-        raise RunError(
-            f"{where}: class_names must list the network's classes (two or more strings), "
-            f"got {names!r}"
-        )
-    return tuple(names)
-
-
-def _input(config: dict[str, Any], where: Path, arch: Architecture) -> tuple[float, np.ndarray]:
-    """``input``'s ``scale`` (a finite number > 0) and ``mean`` (finite, one per channel)."""
-    record = config.get("input")
-    if not isinstance(record, dict) or "mean" not in record or "scale" not in record:
-        raise RunError(
-            f"{where} records no input scale and mean (a run made before they were recorded): "
-            "train it again"
-        )
-    scale, mean = record["scale"], record["mean"]
-    if not (_finite_number(scale) and scale > 0):
-        raise RunError(f"{where}: input scale must be a finite number > 0, got {scale!r}")
-    channels = arch.input_shape[2]
-    numbers = mean if isinstance(mean, list) else [mean]  # one number: every channel's
-    if (isinstance(mean, list) and len(mean) != channels) or not all(
-        _finite_number(m) for m in numbers
-    ):
-        raise RunError(
-            f"{where}: input mean must be a list of {channels} finite number(s) (one per "
-            f"channel of {arch.name}), got {mean!r}"
-        )
-    return float(scale), np.asarray(mean, np.float32)
-
-
-def _finite_number(value: Any) -> bool:
-    """A JSON number that is not NaN or infinite (Python's json reads both; a bool is not one)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _flip_test(config: dict[str, Any], where: Path) -> bool:
-    """``fit.flip_test``: true or false (false when the run records no ``fit``)."""
-    fit = config.get("fit", {})
-    if not isinstance(fit, dict):
-        raise RunError(f"{where}: fit must be a JSON object of the run's settings, got {fit!r}")
-    flip = fit.get("flip_test", False)
-    if not isinstance(flip, bool):
-        raise RunError(f"{where}: fit.flip_test must be true or false, got {flip!r}")
-    return flip
-
-
-_IMAGE_FOLDER_KEYS = {
-    "path": ((str,), "a string"),
-    "size": ((int,), "an integer"),
-    "channels": ((int,), "an integer"),
-    "centre": ((bool,), "true or false"),
-    "test_fraction": ((int, float), "a number"),
-    "seed": ((int,), "an integer"),
-}
-"""What explain reads of ``image_folder`` (to draw the run's test split again), and its types."""
-
-
-def _image_folder(config: dict[str, Any], where: Path) -> dict | None:
-    """``image_folder`` (a run on ``--image-dir``), with every key explain reads; or None."""
-    record = config.get("image_folder")
-    if record is None:
-        return None
-    if not isinstance(record, dict):
-        raise RunError(f"{where}: image_folder must be a JSON object, got {record!r}")
-    for key, (kinds, expected) in _IMAGE_FOLDER_KEYS.items():
-        value = record.get(key)
-        wrong_bool = isinstance(value, bool) and bool not in kinds
-        if not isinstance(value, kinds) or wrong_bool:
-            raise RunError(f"{where}: image_folder.{key} must be {expected}, got {value!r}")
-    return record
+    return TrainedRun(
+        folder,
+        arch,
+        params,
+        scale=config.fit.pixel_scale,
+        mean=np.asarray(config.mean, np.float32),
+        class_names=config.class_names,
+        flip=config.fit.flip_test,
+        image_folder=config.image_folder,
+    )
 
 
 def network_input(run: TrainedRun, images: np.ndarray, dtype: Any = np.float32) -> Any:

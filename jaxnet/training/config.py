@@ -71,13 +71,14 @@ def _one_of(*choices: str) -> Check:
     return check
 
 
-def _any(name: str, value: Any) -> None:
-    return None
+def _bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
-def _setting(check: Check, default: Any = None) -> Any:
-    """A field with its check; ``default=None`` for a required one."""
-    meta = {"check": check}
+def _setting(check: Check, default: Any, help: str) -> Any:
+    """A field with its check and its help text; ``default=None`` for a required one."""
+    meta = {"check": check, "help": help}
     return field(metadata=meta) if default is None else field(default=default, metadata=meta)
 
 
@@ -85,70 +86,100 @@ def _setting(check: Check, default: Any = None) -> Any:
 class FitConfig:
     """Every setting of a training run (saved in ``config.json`` and in each checkpoint).
 
-    Attributes:
-        iterations: optimizer steps in all.
-        batch_size: images per step.
-        learning_rate: the peak step size alpha.
-        momentum: mu in m = mu*m + (1-mu)*g (the report's eq. 30).
-        weight_decay: lambda in w -= alpha*(m + lambda*w) (eq. 31).
-        schedule: learning-rate schedule: constant (the seed's) or cosine (linear warm-up,
-            then cosine decay to zero).
-        warmup: warm-up iterations of the cosine schedule.
-        augment: random crop with zero padding (and, if flip, a horizontal flip) of training
-            images, on the device.
-        crop_pad: padding of the random crop, in pixels.
-        flip: mirror half of the augmented images left-right (not for digits).
-        cutout: side of a square, at a random place in each augmented image (it may reach
-            past the edges), set to black like the crop's padding (0: none).
-        label_smoothing: train towards (1 - eps) onehot + eps / K instead of onehot (0: none;
-            the validation and test losses stay plain cross-entropy).
-        weight_average: decay of an exponential moving average of the weights, kept beside
-            them and evaluated beside them; the run reports (and saves as params.npz) the
-            averaged weights (0: none). Early on the decay is min(d, (1 + t) / (10 + t)).
-        flip_test: evaluate each validation and test image as the mean of its and its mirror
-            image's logits (test-time augmentation; not for digits).
-        nesterov: Nesterov's look-ahead variant of the momentum rule (not the seed's).
-        pixel_scale: uint8 pixels are multiplied by this before the mean is subtracted: 1/255
-            gives [0, 1] (the MNIST starter), 1 raw values (the CIFAR-10 starter).
-        conv_init_gain: convolution kernels start at this times He's scale (the CIFAR-10
-            starter draws them at 0.1 times; dense layers always at He's scale).
-        seed: seed for initialisation, split, data order and augmentation, in [0, 2**32 - 1].
-        rules: gradients from the hand-written rules (analytic) or from JAX (autodiff).
-        log_every: iterations per history row.
-        eval_every: iterations between validation evaluations (at history rows).
-        checkpoint_every: iterations between checkpoints (one is also saved at the end and at
-            Ctrl-C).
-        ema_decay: decay of the moving averages of the batch loss and accuracy.
-        eval_batch_size: images per evaluation batch.
+    Each field's meaning is its ``metadata["help"]`` (listed below, and the help of its
+    command-line flag); its check is ``metadata["check"]``.
 
     Raises:
         ValueError: on construction, a one-line message naming the first bad setting.
     """
 
-    iterations: int = _setting(positive_int)
-    batch_size: int = _setting(positive_int)
-    learning_rate: float = _setting(positive)
-    momentum: float = _setting(_fraction(closed_at_zero=True), 0.9)
-    weight_decay: float = _setting(_at_least_zero, 0.0)
-    schedule: str = _setting(_one_of("constant", "cosine"), "constant")
-    warmup: int = _setting(nonnegative_int, 0)
-    augment: bool = _setting(_any, False)
-    crop_pad: int = _setting(nonnegative_int, 4)
-    flip: bool = _setting(_any, True)
-    cutout: int = _setting(nonnegative_int, 0)
-    label_smoothing: float = _setting(_fraction(closed_at_zero=True), 0.0)
-    weight_average: float = _setting(_fraction(closed_at_zero=True), 0.0)
-    flip_test: bool = _setting(_any, False)
-    nesterov: bool = _setting(_any, False)
-    pixel_scale: float = _setting(positive, 1 / 255)
-    conv_init_gain: float = _setting(positive, 1.0)
-    seed: int = _setting(_seed, 0)
-    rules: str = _setting(_one_of("analytic", "autodiff"), "analytic")
-    log_every: int = _setting(positive_int, 100)
-    eval_every: int = _setting(positive_int, 500)
-    checkpoint_every: int = _setting(positive_int, 1000)
-    ema_decay: float = _setting(_fraction(closed_at_zero=False), 0.99)
-    eval_batch_size: int = _setting(positive_int, 1000)
+    iterations: int = _setting(positive_int, None, "optimizer steps in all")
+    batch_size: int = _setting(positive_int, None, "images per step")
+    learning_rate: float = _setting(positive, None, "the peak step size alpha")
+    momentum: float = _setting(_fraction(True), 0.9, "mu in m = mu*m + (1-mu)*g (eq. 30)")
+    weight_decay: float = _setting(
+        _at_least_zero, 0.0, "lambda in w -= alpha*(m + lambda*w) (eq. 31)"
+    )
+    schedule: str = _setting(
+        _one_of("constant", "cosine"),
+        "constant",
+        "learning-rate schedule: constant (the seed's) or cosine (linear warm-up, then cosine "
+        "decay to zero)",
+    )
+    warmup: int = _setting(nonnegative_int, 0, "warm-up iterations of the cosine schedule")
+    augment: bool = _setting(
+        _bool,
+        False,
+        "random crop with zero padding (and, if flip, a horizontal flip) of training images, on "
+        "the device",
+    )
+    crop_pad: int = _setting(nonnegative_int, 4, "padding of the random crop, in pixels")
+    flip: bool = _setting(
+        _bool, True, "mirror half of the augmented images left-right (not for digits)"
+    )
+    cutout: int = _setting(
+        nonnegative_int,
+        0,
+        "side of a square, at a random place in each augmented image (it may reach past the "
+        "edges), set to black like the crop's padding (0: none)",
+    )
+    label_smoothing: float = _setting(
+        _fraction(True),
+        0.0,
+        "train towards (1 - eps) onehot + eps / K instead of onehot (0: none; the validation and "
+        "test losses stay plain cross-entropy)",
+    )
+    weight_average: float = _setting(
+        _fraction(True),
+        0.0,
+        "decay of an exponential moving average of the weights, kept beside them and evaluated "
+        "beside them; the run reports (and saves as params.npz) the averaged weights (0: none). "
+        "Early on the decay is min(d, (1 + t) / (10 + t))",
+    )
+    flip_test: bool = _setting(
+        _bool,
+        False,
+        "evaluate each validation and test image as the mean of its and its mirror image's "
+        "logits (test-time augmentation; not for digits)",
+    )
+    nesterov: bool = _setting(
+        _bool, False, "Nesterov's look-ahead variant of the momentum rule (not the seed's)"
+    )
+    pixel_scale: float = _setting(
+        positive,
+        1 / 255,
+        "uint8 pixels are multiplied by this before the mean is subtracted: 1/255 gives [0, 1] "
+        "(the MNIST starter), 1 raw values (the CIFAR-10 starter)",
+    )
+    conv_init_gain: float = _setting(
+        positive,
+        1.0,
+        "convolution kernels start at this times He's scale (the CIFAR-10 starter draws them at "
+        "0.1 times; dense layers always at He's scale)",
+    )
+    seed: int = _setting(
+        _seed,
+        0,
+        "seed for initialisation, split, data order and augmentation, in [0, 2**32 - 1]",
+    )
+    rules: str = _setting(
+        _one_of("analytic", "autodiff"),
+        "analytic",
+        "gradients from the hand-written rules (analytic) or from JAX (autodiff)",
+    )
+    log_every: int = _setting(positive_int, 100, "iterations per history row")
+    eval_every: int = _setting(
+        positive_int, 500, "iterations between validation evaluations (at history rows)"
+    )
+    checkpoint_every: int = _setting(
+        positive_int,
+        1000,
+        "iterations between checkpoints (one is also saved at the end and at Ctrl-C)",
+    )
+    ema_decay: float = _setting(
+        _fraction(False), 0.99, "decay of the moving averages of the batch loss and accuracy"
+    )
+    eval_batch_size: int = _setting(positive_int, 1000, "images per evaluation batch")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -195,3 +226,13 @@ other setting shapes the network, the data or their order, which the checkpoint 
 def flag_name(field_name: str) -> str:
     """``batch_size`` -> ``batch-size``: how messages and the command line name a setting."""
     return field_name.replace("_", "-")
+
+
+def _document_fields(cls: type) -> None:
+    """Append an ``Attributes:`` section built from the fields' help to ``cls.__doc__``, so the
+    API reference and ``--help`` show the same words, written once."""
+    lines = [f"        {f.name}: {f.metadata['help']}." for f in fields(cls)]
+    cls.__doc__ = f"{cls.__doc__.rstrip()}\n\n    Attributes:\n" + "\n".join(lines) + "\n"
+
+
+_document_fields(FitConfig)

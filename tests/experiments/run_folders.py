@@ -13,9 +13,11 @@ import jax
 import numpy as np
 from data_files import CIFAR_CLASSES
 
+from experiments.run_config import RunConfig
 from jaxnet import architectures, init
 from jaxnet.checkpoint import save_pytree
 from jaxnet.io import write_json
+from jaxnet.training import FitConfig
 
 
 def random_params(arch_name: str, seed: int = 0) -> dict:
@@ -30,16 +32,23 @@ def random_params(arch_name: str, seed: int = 0) -> dict:
 
 
 def write_run(folder: Path, arch_name: str = "mnist", params: dict | None = None, **config) -> Path:
-    """A finished run folder: ``config.json`` (network, input scale and mean, class names) and
-    ``params.npz``; ``config`` entries replace the defaults (``None`` removes one)."""
+    """A finished run folder: the ``config.json`` a training command writes and ``params.npz``;
+    ``config`` entries replace its keys (``None`` removes one; a ``fit`` dict is merged into the
+    settings)."""
     arch = architectures.get(arch_name)
     grey = arch.input_shape[2] == 1
-    record = {
-        "experiment": arch_name,
-        "architecture": arch_name,
-        "input": {"scale": 1 / 255, "mean": [0.13] if grey else [0.49, 0.48, 0.45]},
-        "class_names": [str(d) for d in range(10)] if grey else list(CIFAR_CLASSES),
-    }
+    record = RunConfig(
+        experiment=arch_name,
+        architecture=arch_name,
+        preset="best",
+        fit=FitConfig(iterations=1, batch_size=1, learning_rate=0.1),
+        val_size=0,
+        train_limit=None,
+        class_names=tuple(str(d) for d in range(10)) if grey else CIFAR_CLASSES,
+        mean=(0.13,) if grey else (0.49, 0.48, 0.45),
+    ).to_json()
+    if isinstance(config.get("fit"), dict):
+        config["fit"] = {**record["fit"], **config["fit"]}
     record.update(config)
     write_json(folder / "config.json", {k: v for k, v in record.items() if v is not None})
     save_pytree(folder / "params.npz", random_params(arch_name) if params is None else params)

@@ -411,9 +411,9 @@ def test_resume_with_the_same_settings_repeated_is_accepted(data_dir, reference,
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
-        (lambda c: "{not json", "cannot read"),
+        (lambda c: "{not json", "not readable JSON"),
         (lambda c: json.dumps({k: v for k, v in json.loads(c).items() if k != "val_size"}),
-         "holds no integer 'val_size'"),
+         "val_size must be an integer >= 0, got None"),
         (lambda c: json.dumps({**json.loads(c), "fit": {"batch_size": "x"}}), "are damaged"),
     ],
 )  # fmt: skip

@@ -139,9 +139,11 @@ def _no_params(folder: Path) -> None:
 BAD_VALUES = [
     ({"input": {"scale": float("inf"), "mean": [0.1]}}, "input scale must be a finite number"),
     ({"input": {"scale": "1", "mean": [0.1]}}, "input scale must be a finite number > 0"),
-    ({"input": {"scale": 1, "mean": [float("nan")]}}, "input mean must be a list of 1 finite"),
-    ({"input": {"scale": 1, "mean": ["0.1"]}}, "input mean must be a list of 1 finite"),
-    ({"fit": {"flip_test": "false"}}, "fit.flip_test must be true or false, got 'false'"),
+    ({"input": {"scale": 1 / 255, "mean": [float("nan")]}}, "input mean must be a list of 1 fin"),
+    ({"input": {"scale": 1 / 255, "mean": ["0.1"]}}, "input mean must be a list of 1 finite"),
+    ({"input": {"scale": 1, "mean": [0.1]}}, "input scale must equal fit.pixel_scale"),
+    ({"fit": {"flip_test": "false"}}, "flip-test must be true or false, got 'false'"),
+    ({"fit": {"iterations": None}}, "the settings in fit are damaged"),
     ({"fit": []}, "fit must be a JSON object"),
     ({"class_names": [str(d) for d in range(9)] + [9]}, "class_names must list"),
     ({"architecture": None}, "architecture"),
@@ -166,7 +168,7 @@ def _truncated_params(folder: Path) -> None:
         (lambda f: write_run(f, architecture="lenet"), "unknown architecture 'lenet'"),
         (lambda f: write_run(f, input=None), "records no input scale and mean"),
         (
-            lambda f: write_run(f, input={"scale": 1, "mean": [1, 2]}),
+            lambda f: write_run(f, input={"scale": 1 / 255, "mean": [1, 2]}),
             "config.json: input mean must be a list of 1 finite number(s) (one per channel",
         ),
         (lambda f: write_run(f, class_names=["a"]), "class_names must list the network's"),

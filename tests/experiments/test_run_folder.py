@@ -12,14 +12,13 @@ from jaxnet.training import HISTORY_FIELDS
 
 def test_a_folder_is_occupied_by_a_config_or_checkpoints(tmp_path):
     folder = RunFolder(tmp_path / "run")
-    assert not folder.occupied and folder.saved_config() is None
+    assert not folder.occupied
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     assert folder.occupied
     other = RunFolder(tmp_path / "other")
     other.write_config({"experiment": "mnist", "fit": {"seed": 3}})
     assert other.occupied
-    assert other.saved_config() == {"experiment": "mnist", "fit": {"seed": 3}}
-    assert other.config == other.saved_config()
+    assert other.config == {"experiment": "mnist", "fit": {"seed": 3}}
     assert json.loads((tmp_path / "other" / "config.json").read_text())["fit"]["seed"] == 3
 
 

@@ -451,13 +451,7 @@ def _settle(exp: Experiment, args: argparse.Namespace, dataset: Any):
     try:
         config = None if saved is None else _resumed(args, saved, n_train)
         fit = fit_config(exp, args, n_train) if config is None else config.fit
-        fit.check_training_set(n_train)
-        for size in {fit.batch_size, fit.eval_batch_size}:
-            if size % args.devices:
-                raise ValueError(
-                    f"batch size {size} does not divide over {args.devices} devices: use a "
-                    f"multiple of {args.devices}, or --devices 1"
-                )
+        fit.check_data(n_train, devices=args.devices)
     except ValueError as err:
         raise Refused(str(err)) from None
     split = train_val_split(images, labels, val_size, fit.seed)

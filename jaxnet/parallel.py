@@ -181,15 +181,15 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def check_batch(batch_size: int, mesh: Mesh) -> None:
-    """Refuse a batch size that the mesh's ``D`` devices cannot share equally.
+def check_batch(batch_size: int, devices: int) -> None:
+    """Refuse a batch size that ``devices`` devices (a mesh's size) cannot share equally.
 
     Raises:
-        ValueError: ``batch_size`` < 1 or not a multiple of ``D``.
+        ValueError: ``batch_size`` < 1 or not a multiple of ``devices``.
         TypeError: ``batch_size`` not an int.
     """
     b = int_at_least("batch size", batch_size, 1)
-    d = mesh.size
+    d = devices
     if b % d:
         raise ValueError(f"batch size {b} does not divide over {d} devices: use a multiple of {d}")
 
@@ -233,7 +233,7 @@ def shard_batch(batch: Tree, mesh: Mesh) -> Tree:
     sharding = batch_sharding(mesh)
     if jax.process_count() == 1:
         for n in lengths:
-            check_batch(n, mesh)
+            check_batch(n, mesh.size)
         return jax.device_put(batch, sharding)
     local = _local_device_count(mesh)
     for n in lengths:
@@ -259,7 +259,7 @@ def shard_global(x: np.ndarray | jax.Array, mesh: Mesh) -> jax.Array:
     Raises:
         ValueError: ``B`` is not a multiple of ``D``.
     """
-    check_batch(np.shape(x)[0], mesh)
+    check_batch(np.shape(x)[0], mesh.size)
     sharding = batch_sharding(mesh)
     if jax.process_count() == 1:
         return jax.device_put(x, sharding)

@@ -283,7 +283,7 @@ class _DataParallelStep:
     def __call__(
         self, params: Params, opt_state: optax.OptState, x: jax.Array, y: jax.Array
     ) -> tuple[Params, optax.OptState, Metrics]:
-        parallel.check_batch(x.shape[0], self.mesh)
+        parallel.check_batch(x.shape[0], self.mesh.size)
         if not self._replicated:  # later calls get the step's own (replicated) outputs
             self._replicated = True
             params, opt_state = parallel.replicate((params, opt_state), self.mesh)
@@ -409,8 +409,7 @@ def evaluate(
     scale_dev = jnp.asarray(scale, mean_dev.dtype)
     eval_batch, put = _eval_batch, lambda a: a
     if mesh is not None:
-        mesh = parallel.as_mesh(mesh)
-        parallel.check_batch(batch_size, mesh)
+        mesh = parallel.as_mesh(mesh)  # each batch put: shard_global checks it divides
         params, mean_dev, scale_dev = parallel.replicate(
             (params, mean_np.astype(mean_dev.dtype), np.asarray(scale, mean_dev.dtype)), mesh
         )

@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -90,7 +89,7 @@ def test_as_mesh_takes_a_data_mesh_or_a_count():
 
 @pytest.mark.parametrize(("batch", "devices"), [(8, 4), (4, 4), (1, 1), (30, 3)])
 def test_check_batch_accepts_multiples(batch, devices):
-    parallel.check_batch(batch, SimpleNamespace(size=devices))
+    parallel.check_batch(batch, devices)
 
 
 @pytest.mark.parametrize(
@@ -104,7 +103,7 @@ def test_check_batch_accepts_multiples(batch, devices):
 )
 def test_check_batch_errors(batch, devices, error, match):
     with pytest.raises(error, match=match):
-        parallel.check_batch(batch, SimpleNamespace(size=devices))
+        parallel.check_batch(batch, devices)
 
 
 @pytest.mark.parametrize(

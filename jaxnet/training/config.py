@@ -187,12 +187,17 @@ class FitConfig:
         if not self.warmup < self.iterations:
             raise ValueError(f"warmup must be in [0, iterations), got {self.warmup}")
 
-    def check_training_set(self, n_train: int) -> None:
-        """ValueError unless a batch fits in the ``n_train`` training images."""
+    def check_data(self, n_train: int, devices: int = 1) -> None:
+        """ValueError unless a batch fits in the ``n_train`` training images and both batch
+        sizes divide over the ``devices`` a data-parallel run splits each batch over."""
+        from jaxnet.parallel import check_batch
+
         if self.batch_size > n_train:
             raise ValueError(
                 f"batch-size {self.batch_size} is larger than the training set ({n_train} images)"
             )
+        for size in {self.batch_size, self.eval_batch_size}:
+            check_batch(size, devices)
 
     def learning_rate_schedule(self) -> optax.Schedule:
         """The step size as a function of the iteration (an optax schedule)."""

@@ -155,12 +155,9 @@ def fit(
         ValueError: a batch larger than the training set, a bad ``steps_per_call``, a batch
             that does not divide over the mesh, or ``resume`` without a checkpoint folder.
     """
-    config.check_training_set(len(data.train_labels))
     positive_int("steps-per-call", steps_per_call)
-    if mesh is not None:
-        mesh = parallel.as_mesh(mesh)
-        parallel.check_batch(config.batch_size, mesh)
-        parallel.check_batch(config.eval_batch_size, mesh)
+    mesh = None if mesh is None else parallel.as_mesh(mesh)
+    config.check_data(len(data.train_labels), devices=1 if mesh is None else mesh.size)
     if resume and checkpoints is None:
         raise ValueError("resume needs a checkpoint folder")
     steps_per_epoch = len(data.train_labels) // config.batch_size

@@ -72,5 +72,5 @@ def test_every_preset_builds_a_valid_config():
             args = build_parser(exp, "prog", "").parse_args(["--preset", name])
             assert isinstance(args, argparse.Namespace)
             config = fit_config(exp, args, n_train=48000)
-            config.check_training_set(48000)
+            config.check_data(48000)
             assert config.iterations >= 1000, (exp.name, name)

@@ -43,11 +43,14 @@ def test_bad_settings_are_refused_on_construction(change, match):
         dataclasses.replace(FitConfig(**BASE), **change)
 
 
-def test_batch_must_fit_the_training_set():
+def test_batch_must_fit_the_training_set_and_divide_over_the_devices():
     config = FitConfig(**BASE)
-    config.check_training_set(8)
+    config.check_data(8)
     with pytest.raises(ValueError, match=r"batch-size 8 is larger than the training set \(7"):
-        config.check_training_set(7)
+        config.check_data(7)
+    config.check_data(8, devices=8)
+    with pytest.raises(ValueError, match="batch size 8 does not divide over 3 devices"):
+        config.check_data(8, devices=3)
 
 
 @pytest.mark.parametrize(("schedule", "at_end"), [("constant", 0.2), ("cosine", 0.0)])

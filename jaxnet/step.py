@@ -318,12 +318,15 @@ def predict_logits(
     return logits
 
 
-def _eval_batch_impl(arch, rules, flip, params, x, y, valid, mean, scale):
+def _eval_batch_impl(how, params, batch, prep):
     """Summed loss over the ``valid`` rows ``()`` and predictions ``(B,)`` of one batch.
 
-    Each example runs alone (a batch of one), so its result does not depend on its neighbours;
-    with ``flip`` its logits are the mean of the image's and its mirror image's.
+    ``how = (arch, rules, flip)`` is static, ``batch = (x, y, valid)`` split over a mesh's
+    devices, ``prep = (mean, scale)`` replicated. Each example runs alone (a batch of one), so
+    its result does not depend on its neighbours; with ``flip`` its logits are the mean of the
+    image's and its mirror image's.
     """
+    (arch, rules, flip), (x, y, valid), (mean, scale) = how, batch, prep
     x = preprocess(x, mean, scale, _params_dtype(params))
     logits = jax.vmap(lambda xi: predict_logits(arch, params, xi[None], rules, flip)[0])(x)
     loss = layer_ops(rules).softmax_cross_entropy
@@ -332,7 +335,7 @@ def _eval_batch_impl(arch, rules, flip, params, x, y, valid, mean, scale):
     return loss_sum, jnp.argmax(logits, axis=-1)
 
 
-_eval_batch = jax.jit(_eval_batch_impl, static_argnums=(0, 1, 2))
+_eval_batch = jax.jit(_eval_batch_impl, static_argnums=0)
 
 
 @cache
@@ -341,8 +344,8 @@ def _sharded_eval_batch(mesh: Mesh) -> Callable:
     rep, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     return jax.jit(
         parallel.partitionable(_eval_batch_impl),
-        static_argnums=(0, 1, 2),
-        in_shardings=(rep, batch, batch, batch, rep, rep),
+        static_argnums=0,
+        in_shardings=(rep, (batch, batch, batch), (rep, rep)),
         out_shardings=(rep, rep),
     )
 
@@ -426,7 +429,7 @@ def evaluate(
             yb = xp.concatenate([yb, xp.zeros((batch_size - k,), yb.dtype)])
         valid = np.arange(batch_size) < k
         loss_sum, pred = eval_batch(
-            arch, rules, bool(flip), params, put(xb), put(yb), put(valid), mean_dev, scale_dev
+            (arch, rules, bool(flip)), params, (put(xb), put(yb), put(valid)), (mean_dev, scale_dev)
         )
         sums.append(loss_sum)
         preds.append(pred)

@@ -64,10 +64,10 @@ PRESETS = {
 def _load(args: argparse.Namespace):
     from jaxnet import datasets
 
-    images = image_dir.load(args, 32, 3)
-    if images is not None:
-        return images
-    return datasets.load_cifar10(args.data_dir, verify=not args.no_verify)
+    loaded = image_dir.load(args, 32, 3)
+    if loaded is not None:
+        return loaded
+    return datasets.load_cifar10(args.data_dir, verify=not args.no_verify), {}
 
 
 def _extra_args(parser: argparse.ArgumentParser) -> None:

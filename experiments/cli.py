@@ -97,10 +97,11 @@ class Experiment:
         name: default run folder name (``runs/<name>``, :func:`default_out`) and title.
         architecture: the ``jaxnet.architectures`` name.
         presets: ``{"best": ..., "seed": ...}`` (and ``"long"``); ``best`` is the default.
-        load: ``(args) -> jaxnet.datasets.Dataset``, may raise ``jaxnet.datasets.DataError``;
-            it may leave in ``args.data_record`` the :class:`~experiments.run_config.RunConfig`
-            fields of where the data came from (``{"idx_dir": ...}``,
-            ``{"image_folder": ...}``), and reads a resumed run's from ``args.saved``.
+        load: ``(args) -> (jaxnet.datasets.Dataset, record)``, may raise
+            ``jaxnet.datasets.DataError``; ``record`` holds the
+            :class:`~experiments.run_config.RunConfig` fields of where the data came from
+            (``{}``, ``{"idx_dir": ...}``, ``{"image_folder": ...}``); a resumed run's are in
+            ``args.saved``.
         module: the command, for messages: ``experiments.mnist``, or with the flags that pick
             the network (``experiments.cifar10 --arch baseline``), so that the resume line it
             prints continues the same run.
@@ -315,10 +316,10 @@ def _run(exp: Experiment, parser: argparse.ArgumentParser, args: argparse.Namesp
         from jaxnet.datasets import DataError, ImageFolderError
 
         try:
-            dataset = exp.load(args)
+            dataset, data_record = exp.load(args)
         except DataError as err:  # a folder named on the command line: a usage error, as argparse
             return error(str(err), 2 if isinstance(err, ImageFolderError) else 1)
-        config, dataset, split = _settle(exp, args, dataset)
+        config, dataset, split = _settle(exp, args, dataset, data_record)
     except Refused as err:
         parser.error(str(err))
     from jaxnet import architectures
@@ -428,7 +429,7 @@ def _device_count(asked: int | None, distributed: bool = False) -> int:
     return devices
 
 
-def _settle(exp: Experiment, args: argparse.Namespace, dataset: Any):
+def _settle(exp: Experiment, args: argparse.Namespace, dataset: Any, data_record: dict):
     """The run's :class:`RunConfig`, the data set and its training split.
 
     A resumed run keeps every setting it started with (:func:`_resumed`); a new one takes the
@@ -471,7 +472,7 @@ def _settle(exp: Experiment, args: argparse.Namespace, dataset: Any):
             class_names=tuple(dataset.class_names),
             mean=mean,
             data_dir=str(args.data_dir) if args.data_dir else None,
-            **getattr(args, "data_record", {}),  # where the data came from
+            **data_record,  # where the data came from
         )
     return replace(config, mean=mean), dataset, split
 

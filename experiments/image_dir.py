@@ -97,12 +97,14 @@ def _conversion_and_split(args: argparse.Namespace, saved: dict | None) -> tuple
     return saved["test_fraction"], saved["seed"], saved["centre"]
 
 
-def load(args: argparse.Namespace, size: int, channels: int) -> Any:
-    """The run's image folder as a :class:`jaxnet.datasets.Dataset`, or None if it has none.
+def load(args: argparse.Namespace, size: int, channels: int) -> tuple[Any, dict] | None:
+    """The run's image folder as a :class:`jaxnet.datasets.Dataset` and what ``config.json``
+    records of it, or None if the run has none.
 
     The folder is ``--image-dir``, else (``--resume``) the one the run's ``config.json`` names;
-    a resumed run reads it with its own conversion, fraction and seed. What ``config.json``
-    records of it is left in ``args.data_record`` (``{"image_folder": ...}``).
+    a resumed run reads it with its own conversion, fraction and seed. The record is
+    ``{"image_folder": {path, layout, size, channels, centre, test_fraction, seed,
+    train_per_class, test_per_class}}``.
 
     Raises:
         jaxnet.datasets.ImageFolderError: the folder is not usable, or has changed since the
@@ -157,5 +159,4 @@ def load(args: argparse.Namespace, size: int, channels: int) -> Any:
             f"{folder}: its images per class differ from those the run in {args.out} started "
             "with (the folder changed): train again with --overwrite or another --out"
         )
-    args.data_record = {"image_folder": record}
-    return dataset
+    return dataset, {"image_folder": record}

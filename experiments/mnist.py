@@ -53,16 +53,15 @@ PRESETS = {
 def _load(args: argparse.Namespace):
     from jaxnet import datasets
 
-    images = image_dir.load(args, 28, 1)
-    if images is not None:
-        return images
+    loaded = image_dir.load(args, 28, 1)
+    if loaded is not None:
+        return loaded
     # A resumed run reads the idx folder it was started on, unless another is named.
     saved = args.saved.idx_dir if args.saved is not None else None
     idx_dir = args.idx_dir if args.idx_dir is not None else saved
     if idx_dir is not None:
-        args.data_record = {"idx_dir": str(idx_dir)}
-        return datasets.load_idx_dir(idx_dir)
-    return datasets.load_mnist(args.data_dir, verify=not args.no_verify)
+        return datasets.load_idx_dir(idx_dir), {"idx_dir": str(idx_dir)}
+    return datasets.load_mnist(args.data_dir, verify=not args.no_verify), {}
 
 
 def _extra_args(parser: argparse.ArgumentParser) -> None:

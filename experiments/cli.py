@@ -524,14 +524,13 @@ def _newest_checkpoint(out: Path) -> int:
 
 def _train_and_report(exp, folder, args, *, arch, config: RunConfig, dataset, split) -> int:
     """Train, then evaluate the test set and write the run folder; the exit status."""
-    fit_settings, mean = config.fit, np.asarray(config.mean, np.float32)
     from jaxnet.checkpoint import CheckpointError
     from jaxnet.training import DivergedError, TrainData, fit
 
     train_x, train_y, val_x, val_y = split
     mesh = args.devices if args.devices > 1 else None
     print(
-        f"{exp.name}: {fit_settings.iterations} iterations of batch {fit_settings.batch_size} on "
+        f"{exp.name}: {config.fit.iterations} iterations of batch {config.fit.batch_size} on "
         f"{len(train_y)} training images ({len(val_y)} held out for validation); "
         f"run folder {folder.path}",
         file=sys.stderr,
@@ -540,8 +539,8 @@ def _train_and_report(exp, folder, args, *, arch, config: RunConfig, dataset, sp
     try:
         run = fit(
             arch,
-            TrainData(train_x, train_y, val_x, val_y, mean),
-            fit_settings,
+            TrainData(train_x, train_y, val_x, val_y, np.asarray(config.mean, np.float32)),
+            config.fit,
             folder.checkpoints(),
             resume=args.resume,
             progress=args.writer and not args.no_progress,
@@ -549,75 +548,64 @@ def _train_and_report(exp, folder, args, *, arch, config: RunConfig, dataset, sp
             mesh=mesh,
             steps_per_call=args.steps_per_call,
         )
-    except DivergedError as err:
-        return error(str(err), 1)
-    except CheckpointError as err:  # only --resume reads checkpoints; nothing is deleted
-        return error(f"cannot resume: {err}", 1)
-    except OSError as err:  # a full disk: what was saved before stays
-        return _write_error(err, resume)
-    try:
         if args.writer:
             folder.write_history(run.history)
-    except OSError as err:
-        return _write_error(err, resume)
-    if run.interrupted:
-        name = signal.Signals(run.interrupted).name
-        print(
-            f"interrupted by {name}: a checkpoint is saved in {folder.path / 'checkpoints'}; "
-            f"resume with\n{resume}",
-            file=sys.stderr,
-        )
-        return 128 + run.interrupted
-    try:
+        if run.interrupted:
+            name = signal.Signals(run.interrupted).name
+            print(
+                f"interrupted by {name}: a checkpoint is saved in {folder.path / 'checkpoints'}; "
+                f"resume with\n{resume}",
+                file=sys.stderr,
+            )
+            return 128 + run.interrupted
         return _report(
             exp,
             folder,
             run,
             arch=arch,
-            config=fit_settings,
+            config=config,
             dataset=dataset,
-            mean=mean,
             mesh=mesh,
             writer=args.writer,
         )
-    except OSError as err:
-        return _write_error(err, resume)
+    except DivergedError as err:
+        return error(str(err), 1)
+    except CheckpointError as err:  # only --resume reads checkpoints; nothing is deleted
+        return error(f"cannot resume: {err}", 1)
+    except OSError as err:  # a full disk: the checkpoints saved before stay
+        return error(
+            f"cannot write {err.filename}: {err.strerror}; the checkpoints saved before are "
+            f"intact: make room, then resume with\n{resume}",
+            1,
+        )
 
 
-def _write_error(err: OSError, resume: str) -> int:
-    """One line for a file that could not be written, and how to go on; status 1."""
-    return error(
-        f"cannot write {err.filename}: {err.strerror}; the checkpoints saved before are "
-        f"intact: make room, then resume with\n{resume}",
-        1,
-    )
-
-
-def _report(exp, folder, run, *, arch, config, dataset, mean, mesh, writer: bool) -> int:
+def _report(exp, folder, run, *, arch, config: RunConfig, dataset, mesh, writer: bool) -> int:
     """Evaluate the test set, write the run folder's results, print the summary line."""
     from jaxnet.step import evaluate
 
+    settings = config.fit
     test = evaluate(
         arch,
         run.reported_params,
         dataset.test_images,
         dataset.test_labels,
-        batch_size=config.eval_batch_size,
-        mean=mean,
+        batch_size=settings.eval_batch_size,
+        mean=np.asarray(config.mean, np.float32),
         mesh=mesh,
-        scale=config.pixel_scale,
-        flip=config.flip_test,
+        scale=settings.pixel_scale,
+        flip=settings.flip_test,
     )
-    column = "val_accuracy_averaged" if config.weight_average else "val_accuracy"
+    column = "val_accuracy_averaged" if settings.weight_average else "val_accuracy"
     val = [r[column] for r in run.history if not math.isnan(r.get(column, math.nan))]
     seconds = run.train_time_s
-    speed = config.iterations * config.batch_size / seconds if seconds > 0 else None
+    speed = settings.iterations * settings.batch_size / seconds if seconds > 0 else None
     figures = {
         "val_accuracy": val[-1] if val else None,
-        "weights": f"moving average (decay {config.weight_average:g})"
-        if config.weight_average
+        "weights": f"moving average (decay {settings.weight_average:g})"
+        if settings.weight_average
         else "the last step's",
-        "iterations": config.iterations,
+        "iterations": settings.iterations,
         "train_time_s": seconds,
         "images_per_second": speed,
         "device": folder.config.get("environment", {}).get("device"),

@@ -24,10 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,45 +32,6 @@ import numpy as np
 
 from experiments.console import error, run_parser, say
 from experiments.trained_run import RunError, load_run, probabilities
-
-
-def contact_sheet(
-    images: np.ndarray, titles: Sequence[str], labels: Sequence[str], path: str | os.PathLike[str]
-) -> Path:
-    """Draw each image as the network sees it, titled with its answer, in a near-square grid.
-
-    Args:
-        images: uint8 ``(N, H, W, C)``, ``C`` 1 (grey) or 3 (RGB), ``N >= 1``.
-        titles: ``N`` titles (the top class and its probability).
-        labels: ``N`` captions under the tiles (the file names).
-        path: the PNG to write.
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
-    """
-    from matplotlib.figure import Figure
-
-    from jaxnet.plots import save_figure
-
-    n = len(images)
-    cols = math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    fig = Figure(figsize=(max(1.6 * cols, 3.0), 1.95 * rows + 0.4))
-    fig.set_layout_engine("constrained")
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for ax in axes.flat[n:]:
-        ax.set_axis_off()
-    for ax, image, title, label in zip(axes.flat, images, titles, labels, strict=False):
-        if image.shape[-1] == 1:
-            ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-        else:
-            ax.imshow(image, interpolation="nearest")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_title(title, fontsize=9, pad=3)
-        ax.set_xlabel(label if len(label) <= 18 else "…" + label[-17:], fontsize=7, labelpad=2)
-    fig.suptitle("As the network sees them, with its answer", fontsize=10)
-    return save_figure(fig, path)
 
 
 def _positive_int(text: str) -> int:
@@ -148,13 +106,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         say(json.dumps(results, indent=2))
     if args.figure is not None and good:
+        from jaxnet.plots import plot_images
+
         answers = [results[i]["classes"][0] for i in good]
         try:
-            contact_sheet(
+            plot_images(
                 np.stack([converted[i] for i in good]),
                 [f"{a['class']} ({a['probability']:.0%})" for a in answers],
                 [args.images[i].name for i in good],
                 args.figure,
+                "As the network sees them, with its answer",
             )
         except OSError as err:  # found only when written: a full disk
             return error(f"--figure {args.figure}: {err.strerror or err}", 1)

@@ -24,16 +24,11 @@ One computation feeds the printed table and the page: the page's rows are
 differences beside them), and the printed table itself is on the page under "the table".
 
 Data: every array is stored as little-endian float32 in base64 (values shown on hover to four
-significant digits; the walk itself is float64), decoded only when a step first shows it. The
-input image is stored as its uint8 pixels. The size depends on the network, not on the weights
-or the image: 510,814 bytes (0.49 MiB) for the MNIST network
-(``python -m experiments.explain runs/mnist --index 18 --html``, a 300-step run) and 1,096,651
-bytes (1.05 MiB) for the CIFAR-10 Table 3 network
-(``python -m experiments.explain runs/cifar10_modified --index 3 --html``, a 200-step run),
-under the 5 MB the page is allowed; tests/experiments/test_explain_page.py holds it there.
-
-The HTML, CSS and script are the package data file ``explain_page.html``; :func:`render_page`
-puts the data into it as JSON.
+significant digits; the walk itself is float64), decoded only when a step first shows it; the
+input image as its uint8 pixels. So the size depends on the network, not on the weights or the
+image (measured in docs/guides/predict-and-explain.md), under the 5 MB the page is allowed. The
+HTML, CSS and script are the package data file ``explain_page.html``; :func:`render_page` puts
+the data into it as JSON.
 """
 
 from __future__ import annotations
@@ -160,13 +155,8 @@ def _pool_rule(layer: Any) -> str:
 def _conv_rule(layer: Any) -> str:
     (ph, pw), (sh, sw) = layer.padding, layer.stride
     kh, kw = layer.kh, layer.kw
-    tilde = "<mi>{}\u0303</mi>"  # x̃, ỹ, as the notes write them
-    dyt = (
-        "<msub><mfrac><mrow><mi>∂</mi><mi>L</mi></mrow><mrow><mi>∂</mi>"
-        + tilde.format("y")
-        + "</mrow></mfrac><mrow><mi>h</mi><mo>+</mo><mi>u</mi><mo>,</mo><mi>w</mi><mo>+</mo>"
-        + "<mi>v</mi><mo>,</mo><mi>o</mi></mrow></msub>"
-    )  # fmt: skip
+    at_hw = "<mi>h</mi><mo>+</mo><mi>u</mi><mo>,</mo><mi>w</mi><mo>+</mo><mi>v</mi><mo>,</mo>"
+    dyt = _d("y\u0303", at_hw + "<mi>o</mi>")  # x̃, ỹ, as the notes write them
     flipped = (
         f"<msub><mi>W</mi><mrow><mn>{kh - 1}</mn><mo>−</mo><mi>u</mi><mo>,</mo>"
         f"<mn>{kw - 1}</mn><mo>−</mo><mi>v</mi><mo>,</mo><mi>c</mi><mo>,</mo><mi>o</mi>"
@@ -178,9 +168,8 @@ def _conv_rule(layer: Any) -> str:
         if strided
         else "<mi>i</mi><mo>+</mo><mi>u</mi><mo>,</mo><mi>j</mi>"
     )
-    xi = (
-        f"<msub>{tilde.format('x')}<mrow>{at}<mo>+</mo><mi>v</mi><mo>,</mo><mi>c</mi></mrow></msub>"
-    )
+    xt = _mi("x\u0303")
+    xi = f"<msub>{xt}<mrow>{at}<mo>+</mo><mi>v</mi><mo>,</mo><mi>c</mi></mrow></msub>"
     dilated = f" dilated by ({sh}, {sw}) (s − 1 zeros between entries) and" if strided else ""
     far = " (plus r = (H + 2p − k) mod s on the far side)" if strided else ""
     return _math(
@@ -241,16 +230,16 @@ def loss_html() -> str:
 # The data
 
 
-def _array(a: np.ndarray) -> dict[str, Any]:
-    """``{"shape", "data"}``: one image's array (batch axis dropped) as base64 float32."""
-    a = np.asarray(a, "<f4")
-    return {
-        "shape": list(a.shape),
-        "data": base64.b64encode(np.ascontiguousarray(a).tobytes()).decode("ascii"),
-        "absmax": float(np.max(np.abs(a))) if a.size else 0.0,
-        "min": float(a.min()) if a.size else 0.0,
-        "max": float(a.max()) if a.size else 0.0,
-    }
+def _array(a: np.ndarray, dtype: str = "<f4") -> dict[str, Any]:
+    """One image's array (batch axis dropped): its shape, its values in base64 (little-endian
+    float32, or uint8 for the image) and, for float32, its range."""
+    a = np.ascontiguousarray(a, dtype)
+    out = {"shape": list(a.shape), "data": base64.b64encode(a.tobytes()).decode("ascii")}
+    if dtype == "<f4":
+        out["absmax"] = float(np.max(np.abs(a))) if a.size else 0.0
+        out["min"] = float(a.min()) if a.size else 0.0
+        out["max"] = float(a.max()) if a.size else 0.0
+    return out
 
 
 def page_data(expl: Explanation, title: str, rows: Table | None = None) -> dict[str, Any]:
@@ -279,9 +268,7 @@ def page_data(expl: Explanation, title: str, rows: Table | None = None) -> dict[
         arrays[f"dy{i}"] = _array(a.dy[i][0])
         params = sorted(a.dparams.get(layer.name, {}))
         for k in params:
-            arrays[f"d{k.upper() if k == 'w' else k}:{layer.name}"] = _array(
-                a.dparams[layer.name][k]
-            )
+            arrays[f"d{'W' if k == 'w' else k}:{layer.name}"] = _array(a.dparams[layer.name][k])
         absolute, relative = rows.differences[i]
         layers.append(
             {
@@ -299,7 +286,6 @@ def page_data(expl: Explanation, title: str, rows: Table | None = None) -> dict[
                 "dx": f"dy{i - 1}" if i > 0 else "dinput",
             }
         )
-    image = np.ascontiguousarray(expl.image, np.uint8)
     absolute, relative = rows.differences[n]
     return {
         "title": title,
@@ -307,10 +293,7 @@ def page_data(expl: Explanation, title: str, rows: Table | None = None) -> dict[
         "label": expl.label,
         "loss": f"{a.loss:.4g}",
         "dtype": str(expl.dtype),
-        "image": {
-            "shape": list(image.shape),
-            "data": base64.b64encode(image.tobytes()).decode("ascii"),
-        },
+        "image": _array(expl.image, "u1"),
         "arrays": arrays,
         "layers": layers,
         "input": rows.forward[0]._asdict(),

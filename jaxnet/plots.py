@@ -2,8 +2,8 @@
 6), the confusion matrix (figs. 3, 7), learning curves (fig. 4), per-layer gradients, and any grid
 of images (:func:`plot_images`, also ``experiments.predict --figure``).
 
-Each function draws one figure, writes it to ``path`` (parent folders are created) and returns
-``path`` as a :class:`~pathlib.Path`. No pyplot: each figure is a
+Each function draws one figure with the given ``title``, writes it to ``path`` (parent folders
+are created) and returns ``path`` as a :class:`~pathlib.Path`. No pyplot: each figure is a
 :class:`matplotlib.figure.Figure` given its own Agg canvas, so nothing touches matplotlib's global
 state or needs a display. Writes go through :func:`jaxnet.io.atomic_write`: an interrupted run
 leaves the old file or none, never half a PNG.
@@ -90,11 +90,7 @@ def plot_kernels(
 
     Args:
         w: HWIO kernel ``(KH, KW, C_in, C_out)``, ``C_in`` 1 or 3; NumPy or JAX array.
-        path: where to write the PNG.
         title: the figure's title; a line describing the shape and colour scale is added.
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
         ValueError: ``w`` is not 4-d, has an empty axis, ``C_in`` is not 1 or 3, or ``w`` holds
@@ -194,11 +190,6 @@ def plot_images(
             ``[0, 1]`` (:func:`draw_image`).
         titles: ``N`` titles, one per image.
         captions: ``N`` captions; one longer than 18 characters shows only its end.
-        path: where to write the PNG.
-        title: the figure's title.
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
     """
     fig, axes = _tiles(len(images), (1.7, 2.15), margin=(0.0, 0.6), min_width=4.5)
     for ax, image, above, below in zip(axes.flat, images, titles, captions, strict=False):
@@ -233,14 +224,9 @@ def plot_misclassified(
         labels: int ``(N,)``, the true classes.
         predictions: int ``(N,)``, the predicted classes.
         class_names: ``K`` names, in class-index order.
-        path: where to write the PNG.
         max_images: at most this many images are drawn (``>= 1``).
         mean: ``None``, or the scalar / ``(C,)`` training mean that float ``images`` had
             subtracted (``jaxnet.training.data.channel_mean``).
-        title: the figure's title.
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
         ValueError: ``images`` is not ``(N, H, W, 1 or 3)``, ``labels`` or ``predictions`` is not
@@ -287,11 +273,6 @@ def plot_confusion_matrix(
     Args:
         confusion: ``(K, K)`` counts, rows = true class, columns = predicted class.
         class_names: ``K`` names, in class-index order.
-        path: where to write the PNG.
-        title: the figure's title.
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
         ValueError: ``confusion`` is not ``(K, K)`` finite non-negative counts, or
@@ -404,11 +385,6 @@ def plot_learning_curves(
 
     Args:
         history: ``T >= 1`` rows (``Iterable[Mapping]``); unsorted iterations are sorted.
-        path: where to write the PNG.
-        title: the figure's title.
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
         ValueError: the history is empty, lacks ``iteration``/``train_loss``/``train_accuracy``

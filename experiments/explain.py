@@ -4,20 +4,15 @@
     python -m experiments.explain runs/mnist my_digit.png --class 7
     python -m experiments.explain runs/cifar10_modified --index 3 --out cat.png
 
-As the seed's MATLAB ``evaluate(..., verbose)`` does, it prints, and draws in one figure:
-
-- forward, layer by layer: each layer's output shape and range, a few channels as images (the
-  four with the most energy), the logits as bars;
-- backward, layer by layer, from the loss of the true label (``--class`` for another; for an
-  image file without ``--class``, the network's own answer): the gradient each layer receives
-  (dL/dy) and passes on (dL/dx), computed by the analytic rules, beside the worst absolute and
-  relative difference from JAX autodiff of the same forward functions;
-- the input gradient (saliency) map, ``max over channels |dL/dx|``, over the image.
-
-``--html [PATH]`` also writes all of it as one self-contained page to step through in a browser,
-every layer both ways with its rule beside its numbers (:mod:`experiments.explain_page`; PATH
-defaults to the figure's with ``.html``). The table, the figure and the page come from one
-:class:`Explanation`, and the page's numbers are the table's (:func:`table`).
+As the seed's MATLAB ``evaluate(..., verbose)`` does, it prints each layer's output shape and
+range, then, backward from the loss of the true label (``--class`` for another; for an image file
+without ``--class``, the network's own answer), the gradient each layer receives (dL/dy) and
+passes on (dL/dx) through the analytic rules, beside the worst absolute and relative difference
+from JAX autodiff of the same forward functions. The figure draws the four channels of each
+output with the most energy, the same channels of each dL/dy, the logits as bars, and the
+saliency map ``max over channels |dL/dx|``. ``--html [PATH]`` also writes it all as one page to
+step through in a browser (:mod:`experiments.explain_page`). The table, the figure and the page
+come from one :class:`Explanation`, and the page's numbers are the table's (:func:`table`).
 
 Every layer's dL/dy comes from one ``jax.grad`` call: a zero *probe* is added to each layer's
 output, ``y_i = layer_i(y_{i-1}) + p_i``, and the loss is differentiated with respect to the
@@ -123,18 +118,10 @@ def _gradient(arch: Any, rules: str) -> Callable:
 
 
 def walk(arch: Any, params: dict, x: Any, label: int, rules: str) -> Walk:
-    """Forward and backward through ``arch`` for one prepared image, one jax.grad call.
-
-    Args:
-        arch: the network.
-        params: its parameters, in the dtype of ``x``.
-        x: one prepared image ``(1, H, W, C)``, floating point.
-        label: the class whose softmax cross-entropy is differentiated, in ``[0, K)``.
-        rules: ``"analytic"`` (:mod:`jaxnet.layers`) or ``"autodiff"`` (:mod:`jaxnet.autodiff`).
-
-    Returns:
-        The :class:`Walk`, as NumPy arrays.
-    """
+    """Forward and backward through ``arch`` for one prepared image ``x`` ``(1, H, W, C)``, in
+    one jax.grad call: the loss of ``label`` with the ``rules`` ``"analytic"``
+    (:mod:`jaxnet.layers`) or ``"autodiff"`` (:mod:`jaxnet.autodiff`); ``params`` in the dtype of
+    ``x``. The :class:`Walk` holds NumPy arrays."""
     import jax
     import jax.numpy as jnp
 
@@ -157,9 +144,6 @@ def explain(
         label: the class whose loss is differentiated; ``None``: the network's answer.
         dtype: ``np.float64`` (the parameters are widened; x64 is on for the call) or
             ``np.float32``.
-
-    Returns:
-        The :class:`Explanation`.
     """
     import jax
     import jax.numpy as jnp
@@ -282,13 +266,8 @@ def table(expl: Explanation) -> Table:
 
 
 def format_table(expl: Explanation, title: str, rows: Table | None = None) -> str:
-    """The forward and backward tables, as the command prints them.
-
-    Args:
-        expl: the explanation.
-        title: the first line.
-        rows: :func:`table` of ``expl``, if already computed (the page shows the same rows).
-    """
+    """The forward and backward tables, as the command prints them, under ``title``; ``rows``
+    is :func:`table` of ``expl`` if already computed (the page shows the same rows)."""
     rows = table(expl) if rows is None else rows
     lines = [title, "", "forward", FORWARD.format("layer", "type", "output", "min", "max")]
     lines += [FORWARD.format(*r) for r in rows.forward]
@@ -351,16 +330,8 @@ def _draw(ax: Any, y: np.ndarray, *, signed: bool = False, labels: Any = None, c
 
 
 def plot_explanation(expl: Explanation, title: str, path: str | Path) -> Path:
-    """The figure: input, saliency and answer; each layer's output; each layer's dL/dy.
-
-    Args:
-        expl: the explanation.
-        title: the figure's title.
-        path: the PNG to write.
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
-    """
+    """Write the figure, titled ``title``, as a PNG to ``path`` (returned as a Path): input,
+    saliency and answer; each layer's output; each layer's dL/dy."""
     from matplotlib.figure import Figure
 
     from jaxnet.plots import draw_image, save_figure

@@ -4,20 +4,13 @@
     python -m experiments.explain runs/cifar10_modified cat.jpg --html cat.html
 
 The page is one file: its CSS, script and data are inline, nothing is fetched, and it opens from
-disk by double-click. It shows, for the one image of an :class:`~experiments.explain.Explanation`:
-
-- a diagram of the network (input, each layer with its output shape, the loss); clicking a box,
-  the ``<`` / ``>`` buttons or the arrow keys move through the steps;
-- **forward**, one step per layer: the layer's output ``(H, W, C)`` with every channel as a small
-  image (click one to enlarge it; hovering a pixel shows its position and value), its shape and
-  range as the table prints them; a vector output as bars; at the end the logits and softmax;
-- **backward**, one step per layer, from the loss of the chosen class: the gradient the layer
-  receives (``dL/dy``) and passes on (``dL/dx``), and for conv and dense layers ``dL/dW`` and
-  ``dL/db``, in a diverging colour map centred on zero (red > 0, blue < 0, limits ``+-max|.|``
-  of each array); beside them the layer's rule in MathML (rendered by the browser itself, with
-  the report's equation number where the report numbers it) and the worst absolute and relative
-  difference of the rule from autodiff, the strings of the printed table;
-- last, the saliency map ``max over channels |dL/dx|`` over the input, and the top classes.
+disk by double-click. For the one image of an :class:`~experiments.explain.Explanation` it steps
+through a diagram of the network (click, ``<`` / ``>`` or the arrow keys): forward, each layer's
+output, every channel as an image; backward from the loss of the chosen class, what each layer
+receives (dL/dy) and passes on (dL/dx) and, for conv and dense, dL/dW and dL/db (colour maps
+centred on zero), beside the layer's rule in MathML (the report's equation number) and its worst
+difference from autodiff; last, the saliency map and the top classes (as
+docs/guides/predict-and-explain.md shows).
 
 One computation feeds the printed table and the page: the page's rows are
 :func:`experiments.explain.table` of the same explanation (the strings it prints, and the float

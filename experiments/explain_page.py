@@ -236,12 +236,8 @@ def _array(a: np.ndarray, dtype: str = "<f4") -> dict[str, Any]:
 
 
 def page_data(expl: Explanation, title: str, rows: Table | None = None) -> dict[str, Any]:
-    """Everything the page shows, as JSON-ready data.
-
-    Args:
-        expl: the explanation.
-        title: the page's heading (the table's first line).
-        rows: :func:`experiments.explain.table` of ``expl``, if already computed.
+    """Everything the page shows, as JSON-ready data, under ``title`` (the table's first line);
+    ``rows`` is :func:`experiments.explain.table` of ``expl``, if already computed.
 
     Returns:
         A dict: ``title``, ``classes``, ``label``, ``loss``, ``dtype``, ``image`` (uint8

@@ -13,11 +13,9 @@ resized to 32x32 RGB), then prepared exactly as in training (:func:`jaxnet.step.
 One line per image gives the top classes and their probabilities; ``--json`` prints a JSON list
 instead; ``--figure`` draws every image as the network saw it, with its top class.
 
-Errors are one line each on stderr and exit status 2: a missing run folder or params file, a
-``config.json`` value that is missing or wrong (each is checked once, in :func:`load_run`, and
-the line names its key), a params file that does not fit the network ``config.json`` names, a
-file that is not an image.
-The other images in the same call still get their answers.
+Errors are one line each on stderr and exit status 2: a run folder that cannot be used
+(:func:`load_run` names the file and key), a file that is not an image. The other images in
+the same call still get their answers.
 """
 
 from __future__ import annotations

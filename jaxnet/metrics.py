@@ -60,11 +60,9 @@ def confusion_matrix(labels: Any, predictions: Any, num_classes: int) -> np.ndar
         int64 ``(K, K)``, rows = true class, columns = predicted; sums to ``N`` (zeros for none).
 
     Raises:
-        TypeError: ``num_classes`` is not an int, or ``labels``/``predictions`` are not integer
-            arrays.
-        ValueError: ``labels`` or ``predictions`` is not 1-d, their lengths differ,
-            ``num_classes < 1``, or a value lies outside ``[0, num_classes)`` (the message names
-            the first offending index and value).
+        TypeError: ``num_classes`` or a class is not an integer.
+        ValueError: a shape other than these, ``num_classes < 1``, or a class outside
+            ``[0, num_classes)`` (the message names the first such index and value).
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
         raise TypeError(f"num_classes must be an int, got {num_classes!r}")
@@ -192,9 +190,8 @@ def per_class_table(confusion: Any, class_names: Sequence[str], digits: int = 3)
         digits: decimals printed for precision, recall and accuracy (fractions in [0, 1]).
 
     Raises:
-        ValueError: ``confusion`` is not ``(K, K)`` non-negative counts, or ``class_names`` does
-            not have ``K`` entries.
-        TypeError: ``class_names`` is a single string.
+        ValueError, TypeError: as :func:`precision_recall`, or ``class_names`` is not ``K``
+            names (a single string is not).
     """
     c, names, precision, recall, support = _per_class(confusion, class_names)
     lines = ["| Class | Precision | Recall | Support |", "|---|---:|---:|---:|"]

@@ -93,8 +93,7 @@ def plot_kernels(
         title: the figure's title; a line describing the shape and colour scale is added.
 
     Raises:
-        ValueError: ``w`` is not 4-d, has an empty axis, ``C_in`` is not 1 or 3, or ``w`` holds
-            NaN or infinity.
+        ValueError: ``w`` has another shape, an empty axis, NaN or infinity.
     """
     w = np.asarray(w, dtype=np.float64)
     if w.ndim != 4:
@@ -229,11 +228,9 @@ def plot_misclassified(
             subtracted (``jaxnet.training.data.channel_mean``).
 
     Raises:
-        ValueError: ``images`` is not ``(N, H, W, 1 or 3)``, ``labels`` or ``predictions`` is not
-            ``(N,)``, a class index is outside ``[0, K)``, ``max_images < 1``, or ``mean`` is
-            given for uint8 images or has the wrong shape.
-        TypeError: ``images`` is neither uint8 nor float, a class array is not integer, or
-            ``max_images`` is not an int.
+        ValueError: a shape other than these, a class index outside ``[0, K)``,
+            ``max_images < 1``, or a ``mean`` for uint8 images.
+        TypeError: a dtype other than these, or ``max_images`` not an int.
     """
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
@@ -264,20 +261,15 @@ def plot_confusion_matrix(
     path: str | os.PathLike[str],
     title: str = "Confusion matrix",
 ) -> Path:
-    """Draw the confusion matrix as an image with the count written in each cell.
+    """Draw a ``(K, K)`` confusion matrix as an image with the count written in each cell.
 
     Rows are the true class (y axis, "true"), columns the predicted class (x axis,
-    "predicted"), as :func:`jaxnet.metrics.confusion_matrix` returns it. Colour is the count on a
-    linear scale; the title adds the accuracy and the number of samples.
-
-    Args:
-        confusion: ``(K, K)`` counts, rows = true class, columns = predicted class.
-        class_names: ``K`` names, in class-index order.
+    "predicted"), as :func:`jaxnet.metrics.confusion_matrix` returns it; ``class_names`` gives
+    the ``K`` classes in index order. Colour is the count on a linear scale; the title adds the
+    accuracy and the number of samples.
 
     Raises:
-        ValueError: ``confusion`` is not ``(K, K)`` finite non-negative counts, or
-            ``class_names`` does not have ``K`` entries.
-        TypeError: ``confusion`` is not numeric, or ``class_names`` is a single string.
+        ValueError, TypeError: as :func:`jaxnet.metrics.per_class_table`.
     """
     c = metrics._check_confusion(confusion)
     k = c.shape[0]
@@ -373,18 +365,15 @@ def plot_learning_curves(
 ) -> Path:
     """Draw loss and accuracy against iteration, train and validation, in two panels.
 
-    ``history`` is a list of rows, one dict per logging interval, exactly as ``history.csv``
-    holds them, so ``list(csv.DictReader(f))`` can be passed straight in (numeric strings are
-    parsed). Keys: ``iteration``, ``train_loss``, ``train_accuracy`` (the moving averages),
-    ``val_loss``, ``val_accuracy``, and, for a run that averages its weights,
+    ``history`` is ``T >= 1`` rows, one mapping per logging interval in any order, exactly as
+    ``history.csv`` holds them, so ``list(csv.DictReader(f))`` can be passed straight in (numeric
+    strings are parsed). Keys: ``iteration``, ``train_loss``, ``train_accuracy`` (the moving
+    averages), ``val_loss``, ``val_accuracy``, and, for a run that averages its weights,
     ``val_loss_averaged`` and ``val_accuracy_averaged`` (drawn beside); other keys are ignored.
     A validation value may be NaN, ``None``, ``""`` or missing on rows where no validation ran:
     validation is drawn as markers joined through the rows where it exists. Accuracy is plotted
     as given (a fraction in ``[0, 1]`` from :func:`jaxnet.step.evaluate`). The loss axis is
     logarithmic when every loss is positive, so late progress stays visible.
-
-    Args:
-        history: ``T >= 1`` rows (``Iterable[Mapping]``); unsorted iterations are sorted.
 
     Raises:
         ValueError: the history is empty, lacks ``iteration``/``train_loss``/``train_accuracy``

@@ -41,16 +41,6 @@ from experiments.explain import Explanation, Table, format_table, table
 TEMPLATE = "explain_page.html"
 DATA_MARK = "__EXPLAIN_DATA__"  # the template's placeholder for the JSON
 
-# The report's equation numbers of each kind's rule (cited in jaxnet/layers/*.py); the report
-# gives the convolution's and max pooling's rules no number.
-EQUATIONS = {
-    "dense": "eqs. 17, 21, 24",
-    "relu": "eq. 25",
-    "loss": "eq. 29",
-    "conv": "jaxnet/layers/conv.py",
-    "pool": "jaxnet/layers/pool.py",
-}
-
 
 # ---------------------------------------------------------------------------------------------
 # MathML: each rule written with the arrays named as the page names them
@@ -182,13 +172,15 @@ def _conv_rule(layer: Any) -> str:
     )  # fmt: skip
 
 
-_RULES: dict[str, Callable[[Any], str]] = {
-    "dense": _dense_rule,
-    "relu": _relu_rule,
-    "pool": _pool_rule,
-    "conv": _conv_rule,
+_RULES: dict[str, tuple[Callable[[Any], str], str]] = {
+    "dense": (_dense_rule, "eqs. 17, 21, 24"),
+    "relu": (_relu_rule, "eq. 25"),
+    "pool": (_pool_rule, "jaxnet/layers/pool.py"),
+    "conv": (_conv_rule, "jaxnet/layers/conv.py"),
 }
-"""The backward rule of each layer kind, in MathML with a note (the loss's: :func:`loss_html`)."""
+"""Each layer kind's backward rule (MathML with a note; the loss's: :func:`loss_html`) and where
+the report numbers it (cited in jaxnet/layers/*.py); the report gives the convolution's and max
+pooling's rules no number, so their code stands in."""
 
 
 def rule_html(layer: Any) -> str:
@@ -199,10 +191,9 @@ def rule_html(layer: Any) -> str:
     so the batch size ``N`` is 1. Indices: ``h, w`` a position in ``x``, ``i, j`` one in ``y``,
     ``c`` an input channel, ``o`` an output channel, ``u, v`` a kernel offset.
     """
-    rule = _RULES.get(layer.kind)
-    if rule is None:
+    if layer.kind not in _RULES:
         raise ValueError(f"no rule written for layer kind {layer.kind!r}")
-    return rule(layer)
+    return _RULES[layer.kind][0](layer)
 
 
 def loss_html() -> str:
@@ -267,7 +258,7 @@ def page_data(expl: Explanation, title: str, rows: Table | None = None) -> dict[
                 "shape": list(arch.output_shapes[i]),
                 "params": bool(params),
                 "rule": rule_html(layer),
-                "equation": EQUATIONS[layer.kind],
+                "equation": _RULES[layer.kind][1],
                 "forward": rows.forward[i + 1]._asdict(),
                 "backward": backward[layer.name]._asdict(),
                 "absolute": absolute,
@@ -292,7 +283,7 @@ def page_data(expl: Explanation, title: str, rows: Table | None = None) -> dict[
             "absolute_value": absolute,
             "relative_value": relative,
             "rule": loss_html(),
-            "equation": EQUATIONS["loss"],
+            "equation": "eq. 29",
         },
         "probabilities": [float(p) for p in expl.probabilities],
         "saliency": _array(np.abs(a.dinput[0]).max(axis=-1)),

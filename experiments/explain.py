@@ -310,7 +310,9 @@ def _rotation(names: Sequence[str]) -> int:
     return 0 if max(map(len, names)) <= 2 else 60
 
 
-def _draw(ax: Any, y: np.ndarray, *, signed: bool = False, labels: Any = None, cmap="viridis"):
+def _draw(
+    ax: Any, y: np.ndarray, *, signed: bool = False, labels: Any = None, cmap: str = "viridis"
+) -> None:
     """A vector as bars, red > 0 and blue < 0; an ``(H, W)`` array as an image, ``signed`` on a
     diverging map centred on zero."""
     ax.set_xticks([])

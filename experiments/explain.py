@@ -4,15 +4,13 @@
     python -m experiments.explain runs/mnist my_digit.png --class 7
     python -m experiments.explain runs/cifar10_modified --index 3 --out cat.png
 
-As the seed's MATLAB ``evaluate(..., verbose)`` does, it prints each layer's output shape and
-range, then, backward from the loss of the true label (``--class`` for another; for an image file
-without ``--class``, the network's own answer), the gradient each layer receives (dL/dy) and
-passes on (dL/dx) through the analytic rules, beside the worst absolute and relative difference
-from JAX autodiff of the same forward functions. The figure draws the four channels of each
-output with the most energy, the same channels of each dL/dy, the logits as bars, and the
-saliency map ``max over channels |dL/dx|``. ``--html [PATH]`` also writes it all as one page to
-step through in a browser (:mod:`experiments.explain_page`). The table, the figure and the page
-come from one :class:`Explanation`, and the page's numbers are the table's (:func:`table`).
+As the seed's MATLAB ``evaluate(..., verbose)`` does, it prints each layer's output forward,
+then, backward from the loss of the true label (``--class`` for another; for an image file, the
+network's answer), the gradient each layer receives (dL/dy) and passes on (dL/dx) through the
+analytic rules, beside their worst difference from JAX autodiff of the same forward functions. It
+draws the same in one figure, with the saliency map ``max over channels |dL/dx|``; ``--html``
+also writes a page to step through (:mod:`experiments.explain_page`). The table, the figure and
+the page come from one :class:`Explanation`, and the page's numbers are :func:`table`'s.
 
 Every layer's dL/dy comes from one ``jax.grad`` call: a zero *probe* is added to each layer's
 output, ``y_i = layer_i(y_{i-1}) + p_i``, and the loss is differentiated with respect to the

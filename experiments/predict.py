@@ -4,14 +4,11 @@
     python -m experiments.predict runs/cifar10_modified cat.jpg --json
     python -m experiments.predict runs/mnist *.png --figure sheet.png --invert auto
 
-The run folder is one written by ``python -m experiments.mnist`` or ``experiments.cifar10`` (on
-their data sets or on ``--image-dir``): its ``config.json`` names the network, the input scale
-and mean the network was trained with and the class names (its number of outputs);
-``params.npz`` holds the trained parameters. Each image is converted the way the training data
-looks (:mod:`jaxnet.images`: an MNIST digit centred in 28x28, light on dark; a CIFAR-10 picture
-resized to 32x32 RGB), then prepared exactly as in training (:func:`jaxnet.step.preprocess`).
-One line per image gives the top classes and their probabilities; ``--json`` prints a JSON list
-instead; ``--figure`` draws every image as the network saw it, with its top class.
+The run folder is one written by ``python -m experiments.mnist`` or ``experiments.cifar10``
+(:mod:`experiments.trained_run` reads it). Each image is converted the way the training data looks
+(:mod:`jaxnet.images`), then prepared exactly as in training. One line per image gives the top
+classes and their probabilities; ``--json`` prints a JSON list instead; ``--figure`` draws every
+image as the network saw it, with its top class.
 
 Errors are one line each on stderr and exit status 2: a run folder that cannot be used
 (:func:`load_run` names the file and key), a file that is not an image. The other images in

@@ -93,7 +93,7 @@ def plot_kernels(
         title: the figure's title; a line describing the shape and colour scale is added.
 
     Raises:
-        ValueError: ``w`` has another shape, an empty axis, NaN or infinity.
+        ValueError: ``w`` is not ``(KH, KW, 1 or 3, C_out)``, has an empty axis, NaN or infinity.
     """
     w = np.asarray(w, dtype=np.float64)
     if w.ndim != 4:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -60,8 +61,14 @@ def _d(of: str, sub: str = "") -> str:
     return f"<msub>{frac}<mrow>{sub}</mrow></msub>" if sub else frac
 
 
-def _idx(*names: str) -> str:
-    return "<mo>,</mo>".join(f"<mi>{n}</mi>" if n.isalpha() else f"<mn>{n}</mn>" for n in names)
+def _idx(text: str) -> str:
+    """An index expression such as ``h+u,w+v,o`` or ``2i+u``: letters are ``<mi>``, numbers
+    ``<mn>``, anything else an operator ``<mo>``."""
+    tokens = re.findall(r"[a-z]|\d+|.", text)
+    return "".join(
+        f"<mi>{t}</mi>" if t.isalpha() else f"<mn>{t}</mn>" if t.isdigit() else f"<mo>{t}</mo>"
+        for t in tokens
+    )
 
 
 def _eq(number: str) -> str:
@@ -123,8 +130,8 @@ def _relu_rule(layer: Any) -> str:
 def _pool_rule(layer: Any) -> str:
     (kh, kw), (sh, sw) = layer.window, layer.stride
     return _math(
-        _d("x", _idx("h", "w", "c")) + _mo("=") + _cases(
-            (_d("y", _idx("i", "j", "c")),
+        _d("x", _idx("h,w,c")) + _mo("=") + _cases(
+            (_d("y", _idx("i,j,c")),
              "<mtext>if (h, w) is the first maximum of window (i, j)</mtext>"),
             ("<mn>0</mn>", "<mtext>otherwise</mtext>"),
         ),
@@ -138,37 +145,27 @@ def _pool_rule(layer: Any) -> str:
 def _conv_rule(layer: Any) -> str:
     (ph, pw), (sh, sw) = layer.padding, layer.stride
     kh, kw = layer.kh, layer.kw
-    at_hw = "<mi>h</mi><mo>+</mo><mi>u</mi><mo>,</mo><mi>w</mi><mo>+</mo><mi>v</mi><mo>,</mo>"
-    dyt = _d("y\u0303", at_hw + "<mi>o</mi>")  # x̃, ỹ, as the notes write them
-    flipped = (
-        f"<msub><mi>W</mi><mrow><mn>{kh - 1}</mn><mo>−</mo><mi>u</mi><mo>,</mo>"
-        f"<mn>{kw - 1}</mn><mo>−</mo><mi>v</mi><mo>,</mo><mi>c</mi><mo>,</mo><mi>o</mi>"
-        "</mrow></msub>"
-    )
+    dyt = _d("y\u0303", _idx("h+u,w+v,o"))  # x̃, ỹ, as the notes write them
+    flipped = f"<msub><mi>W</mi><mrow>{_idx(f'{kh - 1}−u,{kw - 1}−v,c,o')}</mrow></msub>"
     strided = sh != 1 or sw != 1
-    at = (
-        f"<mn>{sh}</mn><mi>i</mi><mo>+</mo><mi>u</mi><mo>,</mo><mn>{sw}</mn><mi>j</mi>"
-        if strided
-        else "<mi>i</mi><mo>+</mo><mi>u</mi><mo>,</mo><mi>j</mi>"
-    )
-    xt = _mi("x\u0303")
-    xi = f"<msub>{xt}<mrow>{at}<mo>+</mo><mi>v</mi><mo>,</mo><mi>c</mi></mrow></msub>"
+    at = f"{sh}i+u,{sw}j+v,c" if strided else "i+u,j+v,c"
+    xi = f"<msub>{_mi('x̃')}<mrow>{_idx(at)}</mrow></msub>"
     dilated = f" dilated by ({sh}, {sw}) (s − 1 zeros between entries) and" if strided else ""
     far = " (plus r = (H + 2p − k) mod s on the far side)" if strided else ""
     return _math(
-        _d("x", _idx("h", "w", "c")) + _mo("=") + _sum(_idx("u", "v", "o")) + dyt
+        _d("x", _idx("h,w,c")) + _mo("=") + _sum(_idx("u,v,o")) + dyt
         + _mo("&#x2062;") + flipped,
     ) + _note(
         f"∂L/∂ỹ is ∂L/∂y{dilated} zero-padded by ({kh - 1 - ph}, {kw - 1 - pw}) = k − 1 − p"
         f"{far}: the full correlation of ∂L/∂y with the kernel flipped in both axes, "
         "input and output channels swapped (a transposed convolution)."
     ) + _math(
-        _d("W", _idx("u", "v", "c", "o")) + _mo("=") + _sum(_idx("i", "j")) + xi
-        + _mo("&#x2062;") + _d("y", _idx("i", "j", "o")),
+        _d("W", _idx("u,v,c,o")) + _mo("=") + _sum(_idx("i,j")) + xi
+        + _mo("&#x2062;") + _d("y", _idx("i,j,o")),
     ) + _note(
         f"x̃ is x zero-padded by ({ph}, {pw}): the correlation of the input with ∂L/∂y."
     ) + _math(
-        _d("b", _idx("o")) + _mo("=") + _sum(_idx("i", "j")) + _d("y", _idx("i", "j", "o")),
+        _d("b", _idx("o")) + _mo("=") + _sum(_idx("i,j")) + _d("y", _idx("i,j,o")),
     )  # fmt: skip
 
 

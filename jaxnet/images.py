@@ -84,13 +84,13 @@ def _eight_bit(image: Image.Image) -> Image.Image:
     """``image`` with 8 bits per channel: 16- and 32-bit grey is scaled (Pillow would clip)."""
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
         grey = np.asarray(image, np.float64) / 257.0  # 65535 -> 255
-        return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), "L")
-    if image.mode == "F":
-        grey = np.asarray(image, np.float64)
-        if grey.size and np.nanmax(grey) <= 1.0:
+    elif image.mode == "F":
+        grey = np.nan_to_num(np.asarray(image, np.float64))
+        if grey.size and grey.max() <= 1.0:
             grey = grey * 255.0
-        return Image.fromarray(np.clip(np.rint(np.nan_to_num(grey)), 0, 255).astype(np.uint8))
-    return image
+    else:
+        return image
+    return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), "L")
 
 
 def _opaque(image: Image.Image) -> Image.Image:

@@ -175,20 +175,19 @@ def differences(expl: Explanation) -> list[tuple[float, float]]:
     """
     from jaxnet.gradcheck import relative_error
 
+    def worst(pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
+        absolute = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in pairs)
+        return absolute, relative_error([x for x, _ in pairs], [y for _, y in pairs])
+
     a, b = expl.analytic, expl.autodiff
     out = []
     for i, layer in enumerate(expl.run.arch.layers):
         pairs = [(a.dx(i), b.dx(i))]
         if layer.name in a.dparams:
             pairs += [(a.dparams[layer.name][k], b.dparams[layer.name][k]) for k in ("w", "b")]
-        out.append(_diff(pairs, relative_error))
-    out.append(_diff([(a.dy[-1], b.dy[-1])], relative_error))
+        out.append(worst(pairs))
+    out.append(worst([(a.dy[-1], b.dy[-1])]))
     return out
-
-
-def _diff(pairs, relative_error) -> tuple[float, float]:
-    absolute = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in pairs)
-    return absolute, relative_error([x for x, _ in pairs], [y for _, y in pairs])
 
 
 def _shape(a: np.ndarray) -> str:

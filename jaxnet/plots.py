@@ -297,10 +297,6 @@ def plot_confusion_matrix(
     return save_figure(fig, path)
 
 
-def _plain(value: float, _pos: int | None = None) -> str:
-    return f"{value:g}"
-
-
 def _as_float(key: str, index: int, value: Any) -> float:
     if value is None or (isinstance(value, str) and value.strip() == ""):
         return math.nan
@@ -401,8 +397,8 @@ def plot_learning_curves(
         ax.set_yscale("log")
         # ticks at 1, 2, 5 x 10^n, labelled as plain numbers (0.05, 0.1, 0.2, ...)
         ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
-        ax.yaxis.set_major_formatter(FuncFormatter(_plain))
-        ax.yaxis.set_minor_formatter(FuncFormatter(_plain))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         return "loss (log scale)"
 
     panels = (("loss", "Loss"), ("accuracy", "Accuracy"))

@@ -4,22 +4,13 @@
     python -m experiments.explain runs/mnist my_digit.png --class 7
     python -m experiments.explain runs/cifar10_modified --index 3 --out cat.png
 
-As the seed's MATLAB ``evaluate(..., verbose)`` does, it prints, and draws in one figure:
-
-- forward, layer by layer: each layer's output shape and range, a few channels as images (the
-  four with the most energy), the logits as bars;
-- backward, layer by layer, from the loss of the true label (``--class`` for another; for an
-  image file without ``--class``, the network's own answer): the gradient each layer receives
-  (dL/dy) and passes on (dL/dx), computed by the analytic rules, beside the worst absolute and
-  relative difference from JAX autodiff of the same forward functions;
-- the input gradient (saliency) map, ``max over channels |dL/dx|``, over the image.
-
-``--html [PATH]`` also writes all of it as one self-contained page to step through in a browser,
-every layer both ways with its rule beside its numbers (:mod:`experiments.explain_page`; PATH
-defaults to the figure's with ``.html``). The table, the figure and the page come from one
-:class:`Explanation`, and the page's numbers are the table's (:func:`table`). An ``--html`` path
-that cannot be written (a folder, under a regular file, a read-only folder) is one line and exit
-status 2 before any work.
+As the seed's MATLAB ``evaluate(..., verbose)`` does, it prints each layer's output forward,
+then, backward from the loss of the true label (``--class`` for another; for an image file, the
+network's answer), the gradient each layer receives (dL/dy) and passes on (dL/dx) through the
+analytic rules, beside their worst difference from JAX autodiff of the same forward functions. It
+draws the same in one figure, with the saliency map ``max over channels |dL/dx|``; ``--html``
+also writes a page to step through (:mod:`experiments.explain_page`). The table, the figure and
+the page come from one :class:`Explanation`, and the page's numbers are :func:`table`'s.
 
 Every layer's dL/dy comes from one ``jax.grad`` call: a zero *probe* is added to each layer's
 output, ``y_i = layer_i(y_{i-1}) + p_i``, and the loss is differentiated with respect to the
@@ -52,6 +43,8 @@ from experiments.trained_run import RunError, TrainedRun, load_run, network_inpu
 
 CHANNELS = 4  # channels drawn per layer
 POSITIVE, NEGATIVE = "#b2182b", "#2166ac"  # the ends of RdBu_r, for bars too
+FORWARD = "  {:<9}{:<26}{:<11}{:>10}{:>10}"  # the printed tables' columns: the header's and rows'
+BACKWARD = "  {:<9}{:<16}{:>11}  {:<17}{:>11}{:>11}{:>11}"
 
 
 @dataclass(frozen=True)
@@ -123,18 +116,10 @@ def _gradient(arch: Any, rules: str) -> Callable:
 
 
 def walk(arch: Any, params: dict, x: Any, label: int, rules: str) -> Walk:
-    """Forward and backward through ``arch`` for one prepared image, one jax.grad call.
-
-    Args:
-        arch: the network.
-        params: its parameters, in the dtype of ``x``.
-        x: one prepared image ``(1, H, W, C)``, floating point.
-        label: the class whose softmax cross-entropy is differentiated, in ``[0, K)``.
-        rules: ``"analytic"`` (:mod:`jaxnet.layers`) or ``"autodiff"`` (:mod:`jaxnet.autodiff`).
-
-    Returns:
-        The :class:`Walk`, as NumPy arrays.
-    """
+    """Forward and backward through ``arch`` for one prepared image ``x`` ``(1, H, W, C)``, in
+    one jax.grad call: the loss of ``label`` with the ``rules`` ``"analytic"``
+    (:mod:`jaxnet.layers`) or ``"autodiff"`` (:mod:`jaxnet.autodiff`); ``params`` in the dtype of
+    ``x``. The :class:`Walk` holds NumPy arrays."""
     import jax
     import jax.numpy as jnp
 
@@ -157,9 +142,6 @@ def explain(
         label: the class whose loss is differentiated; ``None``: the network's answer.
         dtype: ``np.float64`` (the parameters are widened; x64 is on for the call) or
             ``np.float32``.
-
-    Returns:
-        The :class:`Explanation`.
     """
     import jax
     import jax.numpy as jnp
@@ -193,20 +175,19 @@ def differences(expl: Explanation) -> list[tuple[float, float]]:
     """
     from jaxnet.gradcheck import relative_error
 
+    def worst(pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
+        absolute = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in pairs)
+        return absolute, relative_error([x for x, _ in pairs], [y for _, y in pairs])
+
     a, b = expl.analytic, expl.autodiff
     out = []
     for i, layer in enumerate(expl.run.arch.layers):
         pairs = [(a.dx(i), b.dx(i))]
         if layer.name in a.dparams:
             pairs += [(a.dparams[layer.name][k], b.dparams[layer.name][k]) for k in ("w", "b")]
-        out.append(_diff(pairs, relative_error))
-    out.append(_diff([(a.dy[-1], b.dy[-1])], relative_error))
+        out.append(worst(pairs))
+    out.append(worst([(a.dy[-1], b.dy[-1])]))
     return out
-
-
-def _diff(pairs, relative_error) -> tuple[float, float]:
-    absolute = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in pairs)
-    return absolute, relative_error([x for x, _ in pairs], [y for _, y in pairs])
 
 
 def _shape(a: np.ndarray) -> str:
@@ -263,73 +244,39 @@ def table(expl: Explanation) -> Table:
     names = expl.run.class_names
     kinds = [row.kind for row in parameter_rows(arch)]
     rows = [("input", "image * scale - mean", expl.x)]
-    rows += [
-        (layer.name, kind, y) for layer, kind, y in zip(arch.layers, kinds, a.outputs, strict=True)
-    ]
-    forward = [
-        ForwardRow(name, kind, _shape(y), f"{y.min():.4g}", f"{y.max():.4g}")
-        for name, kind, y in rows
-    ]
+    rows += zip([layer.name for layer in arch.layers], kinds, a.outputs, strict=True)
+    forward = [ForwardRow(n, k, _shape(y), f"{y.min():.4g}", f"{y.max():.4g}") for n, k, y in rows]
     top = np.argsort(-expl.probabilities, kind="stable")[:3]
     answer = ", ".join(f"{names[c]} {expl.probabilities[c]:.2%}" for c in top)
 
     diffs = differences(expl)
-    dz = a.dy[-1]
-    backward = [
-        BackwardRow(
-            "loss",
-            "-",
-            "-",
-            _shape(dz),
-            f"{np.abs(dz).max():.3e}",
-            f"{diffs[-1][0]:.1e}",
-            f"{diffs[-1][1]:.1e}",
-        )
-    ]
+
+    def backward_row(name: str, dy: np.ndarray | None, dx: np.ndarray, diff: tuple) -> BackwardRow:
+        receives = ("-", "-") if dy is None else (_shape(dy), f"{np.abs(dy).max():.3e}")
+        passes = (_shape(dx), f"{np.abs(dx).max():.3e}")
+        return BackwardRow(name, *receives, *passes, f"{diff[0]:.1e}", f"{diff[1]:.1e}")
+
+    backward = [backward_row("loss", None, a.dy[-1], diffs[-1])]
     for i in reversed(range(len(arch.layers))):
-        dy, dx = a.dy[i], a.dx(i)
-        backward.append(
-            BackwardRow(
-                arch.layers[i].name,
-                _shape(dy),
-                f"{np.abs(dy).max():.3e}",
-                _shape(dx),
-                f"{np.abs(dx).max():.3e}",
-                f"{diffs[i][0]:.1e}",
-                f"{diffs[i][1]:.1e}",
-            )
-        )
+        backward.append(backward_row(arch.layers[i].name, a.dy[i], a.dx(i), diffs[i]))
     return Table(forward, answer, backward, diffs)
 
 
 def format_table(expl: Explanation, title: str, rows: Table | None = None) -> str:
-    """The forward and backward tables, as the command prints them.
-
-    Args:
-        expl: the explanation.
-        title: the first line.
-        rows: :func:`table` of ``expl``, if already computed (the page shows the same rows).
-    """
+    """The forward and backward tables, as the command prints them, under ``title``; ``rows``
+    is :func:`table` of ``expl`` if already computed (the page shows the same rows)."""
     rows = table(expl) if rows is None else rows
-    lines = [title, "", "forward"]
-    lines.append(f"  {'layer':<9}{'type':<26}{'output':<11}{'min':>10}{'max':>10}")
-    for r in rows.forward:
-        lines.append(f"  {r.name:<9}{r.kind:<26}{r.shape:<11}{r.min:>10}{r.max:>10}")
+    lines = [title, "", "forward", FORWARD.format("layer", "type", "output", "min", "max")]
+    lines += [FORWARD.format(*r) for r in rows.forward]
     lines += [f"  softmax: {rows.answer}", ""]
     lines.append(
         f"backward from the loss of class {expl.run.class_names[expl.label]} "
         f"(L = {expl.analytic.loss:.4g}): analytic "
         f"rules, and their worst difference from autodiff ({expl.dtype})"
     )
-    lines.append(
-        f"  {'layer':<9}{'receives dL/dy':<16}{'max|dL/dy|':>11}  {'passes on dL/dx':<17}"
-        f"{'max|dL/dx|':>11}{'abs diff':>11}{'rel diff':>11}"
-    )
-    for r in rows.backward:
-        lines.append(
-            f"  {r.name:<9}{r.receives:<16}{r.dy_max:>11}  {r.passes:<17}{r.dx_max:>11}"
-            f"{r.absolute:>11}{r.relative:>11}"
-        )
+    header = ("layer", "receives dL/dy", "max|dL/dy|", "passes on dL/dx", "max|dL/dx|")
+    lines.append(BACKWARD.format(*header, "abs diff", "rel diff"))
+    lines += [BACKWARD.format(*r) for r in rows.backward]
     lines.append(
         "  diff: over what the layer's rule computes, dL/dx (and dL/dW, dL/db for conv and "
         "dense); relative to max |autodiff|"
@@ -360,8 +307,11 @@ def _rotation(names: Sequence[str]) -> int:
     return 0 if max(map(len, names)) <= 2 else 60
 
 
-def _draw(ax: Any, y: np.ndarray, channels: Any, signed: bool, labels: Any = None) -> None:
-    """An image output as a mosaic of channels, a vector as bars."""
+def _draw(
+    ax: Any, y: np.ndarray, *, signed: bool = False, labels: Any = None, cmap: str = "viridis"
+) -> None:
+    """A vector as bars, red > 0 and blue < 0; an ``(H, W)`` array as an image, ``signed`` on a
+    diverging map centred on zero."""
     ax.set_xticks([])
     ax.set_yticks([])
     if y.ndim == 1:
@@ -371,29 +321,19 @@ def _draw(ax: Any, y: np.ndarray, channels: Any, signed: bool, labels: Any = Non
         if labels is not None and len(y) <= 10:
             ax.set_xticks(np.arange(len(y)), labels, fontsize=6, rotation=_rotation(labels))
         ax.tick_params(axis="y", labelsize=6)
-        return
-    tile = _mosaic(y, channels)
-    if signed:
-        m = float(np.nanmax(np.abs(tile))) or 1.0
-        ax.imshow(tile, cmap="RdBu_r", vmin=-m, vmax=m, interpolation="nearest")
+    elif signed:
+        m = float(np.nanmax(np.abs(y))) or 1.0
+        ax.imshow(y, cmap="RdBu_r", vmin=-m, vmax=m, interpolation="nearest")
     else:
-        ax.imshow(tile, cmap="viridis", interpolation="nearest")
+        ax.imshow(y, cmap=cmap, interpolation="nearest")
 
 
 def plot_explanation(expl: Explanation, title: str, path: str | Path) -> Path:
-    """The figure: input, saliency and answer; each layer's output; each layer's dL/dy.
-
-    Args:
-        expl: the explanation.
-        title: the figure's title.
-        path: the PNG to write.
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
-    """
+    """Write the figure, titled ``title``, as a PNG to ``path`` (returned as a Path): input,
+    saliency and answer; each layer's output; each layer's dL/dy."""
     from matplotlib.figure import Figure
 
-    from jaxnet.plots import save_figure
+    from jaxnet.plots import draw_image, save_figure
 
     arch, a = expl.run.arch, expl.analytic
     names = expl.run.class_names
@@ -402,27 +342,14 @@ def plot_explanation(expl: Explanation, title: str, path: str | Path) -> Path:
     top, middle, bottom = fig.subfigures(3, 1, height_ratios=(1.25, 1.0, 1.0))
 
     ax_image, ax_saliency, ax_probs = top.subplots(1, 3, width_ratios=(1, 1, 1.6))
-    image = expl.image
-    if image.shape[-1] == 1:
-        ax_image.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-    else:
-        ax_image.imshow(image, interpolation="nearest")
+    draw_image(ax_image, expl.image)
     ax_image.set_title("input, as the network sees it", fontsize=8)
-    saliency = np.abs(a.dinput[0]).max(axis=-1)
-    ax_saliency.imshow(saliency, cmap="magma", interpolation="nearest")
+    _draw(ax_saliency, np.abs(a.dinput[0]).max(axis=-1), cmap="magma")
     ax_saliency.set_title("saliency: max over channels |dL/dx|", fontsize=8)
-    for ax in (ax_image, ax_saliency):
-        ax.set_xticks([])
-        ax.set_yticks([])
     k = len(names)
     ax_probs.bar(np.arange(k), expl.probabilities, color="C0")
     ax_probs.bar([expl.label], [expl.probabilities[expl.label]], color="C1")
-    ax_probs.set_xticks(
-        np.arange(k),
-        names,
-        fontsize=7,
-        rotation=_rotation(names),
-    )
+    ax_probs.set_xticks(np.arange(k), names, fontsize=7, rotation=_rotation(names))
     ax_probs.set_ylim(0, 1)
     ax_probs.tick_params(axis="y", labelsize=7)
     ax_probs.set_title(f"softmax; orange: class {names[expl.label]}, L = {a.loss:.3g}", fontsize=8)
@@ -432,13 +359,16 @@ def plot_explanation(expl: Explanation, title: str, path: str | Path) -> Path:
     bwd_axes = bottom.subplots(1, n, squeeze=False)[0]
     for i, layer in enumerate(arch.layers):
         y, dy = a.outputs[i][0], a.dy[i][0]
-        channels = _channels(y) if y.ndim == 3 else None
-        labels = names if i == n - 1 else None
-        _draw(fwd_axes[i], y, channels, signed=False, labels=labels)
-        _draw(bwd_axes[i], dy, channels, signed=True, labels=labels)
-        shown = "" if channels is None else "\nch " + " ".join(map(str, channels))
-        fwd_axes[i].set_title(f"{layer.name}  {'x'.join(map(str, y.shape))}{shown}", fontsize=7)
+        title = f"{layer.name}  {'x'.join(map(str, y.shape))}"
         bwd_axes[i].set_title(f"{layer.name}: max {np.abs(dy).max():.1e}", fontsize=7)
+        if y.ndim == 3:  # an image output: its strongest channels, the same ones both ways
+            channels = _channels(y)
+            title += "\nch " + " ".join(map(str, channels))
+            y, dy = _mosaic(y, channels), _mosaic(dy, channels)
+        fwd_axes[i].set_title(title, fontsize=7)
+        labels = names if i == n - 1 else None
+        _draw(fwd_axes[i], y, labels=labels)
+        _draw(bwd_axes[i], dy, signed=True, labels=labels)
     middle.suptitle("forward: each layer's output (logits as bars)", fontsize=9)
     bottom.suptitle(
         "backward: the gradient dL/dy each layer receives (analytic rules; red > 0, blue < 0)",
@@ -461,48 +391,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = run_parser("experiments.explain", __doc__)
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--index", type=int, default=None, help="a test-set image, by index")
+    which.add_argument("--index", type=int, help="a test-set image, by index")
     which.add_argument(
-        "image",
-        type=Path,
-        nargs="?",
-        default=None,
-        metavar="IMAGE",
-        help="an image file (PNG, JPEG)",
+        "image", type=Path, nargs="?", metavar="IMAGE", help="an image file (PNG, JPEG)"
     )
     p.add_argument(
         "--class",
         dest="label",
-        default=None,
         metavar="C",
         help="the class whose loss is differentiated, by name or index (default: "
         "the true label of a test image, the network's answer for a file)",
     )
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help="the figure (default: RUN_DIR/explain-<index or file name>.png)",
-    )
+    figure = "the figure (default: RUN_DIR/explain-<index or file name>.png)"
+    p.add_argument("--out", type=Path, metavar="PATH", help=figure)
     p.add_argument(
         "--html",
         type=Path,
         nargs="?",
         const=True,
-        default=None,
         metavar="PATH",
         help="also write a page to step through in a browser (experiments.explain_page), one "
         "self-contained HTML file; PATH defaults to the figure's with .html",
     )
     for flag, kwargs in DATA_FLAGS.items():
         p.add_argument(flag, **kwargs)
-    p.add_argument(
-        "--invert",
-        choices=INVERT,
-        default="auto",
-        help="for a digit image file: light on dark (see experiments.predict)",
-    )
+    invert = "for a digit image file: light on dark (see experiments.predict)"
+    p.add_argument("--invert", choices=INVERT, default="auto", help=invert)
     p.add_argument(
         "--float32",
         action="store_true",
@@ -518,20 +432,12 @@ def _test_image(run: TrainedRun, args: argparse.Namespace) -> tuple[np.ndarray, 
 
     folder = run.image_folder
     if folder is not None:  # a run on --image-dir: its test split, as it was drawn
-        dataset = datasets.load_image_folder(
-            folder["path"],
-            folder["size"],
-            folder["channels"],
-            centre=folder["centre"],
-            test_fraction=folder["test_fraction"],
-            seed=folder["seed"],
-            progress=False,
-            log=lambda line: None,
-        )
-    elif run.arch.input_shape[2] == 1:
-        dataset = datasets.load_mnist(args.data_dir, verify=not args.no_verify)
+        split = {key: folder[key] for key in ("centre", "test_fraction", "seed")}
+        shape = (folder["path"], folder["size"], folder["channels"])
+        dataset = datasets.load_image_folder(*shape, **split, progress=False, log=lambda _: None)
     else:
-        dataset = datasets.load_cifar10(args.data_dir, verify=not args.no_verify)
+        load = datasets.load_mnist if run.arch.input_shape[2] == 1 else datasets.load_cifar10
+        dataset = load(args.data_dir, verify=not args.no_verify)
     n = len(dataset.test_labels)
     if not 0 <= args.index < n:
         raise ValueError(f"--index {args.index} is outside the test set's 0 .. {n - 1}")

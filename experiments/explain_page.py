@@ -4,36 +4,24 @@
     python -m experiments.explain runs/cifar10_modified cat.jpg --html cat.html
 
 The page is one file: its CSS, script and data are inline, nothing is fetched, and it opens from
-disk by double-click. It shows, for the one image of an :class:`~experiments.explain.Explanation`:
-
-- a diagram of the network (input, each layer with its output shape, the loss); clicking a box,
-  the ``<`` / ``>`` buttons or the arrow keys move through the steps;
-- **forward**, one step per layer: the layer's output ``(H, W, C)`` with every channel as a small
-  image (click one to enlarge it; hovering a pixel shows its position and value), its shape and
-  range as the table prints them; a vector output as bars; at the end the logits and softmax;
-- **backward**, one step per layer, from the loss of the chosen class: the gradient the layer
-  receives (``dL/dy``) and passes on (``dL/dx``), and for conv and dense layers ``dL/dW`` and
-  ``dL/db``, in a diverging colour map centred on zero (red > 0, blue < 0, limits ``+-max|.|``
-  of each array); beside them the layer's rule in MathML (rendered by the browser itself, with
-  the report's equation number where the report numbers it) and the worst absolute and relative
-  difference of the rule from autodiff, the strings of the printed table;
-- last, the saliency map ``max over channels |dL/dx|`` over the input, and the top classes.
+disk by double-click. For the one image of an :class:`~experiments.explain.Explanation` it steps
+through a diagram of the network (click, ``<`` / ``>`` or the arrow keys): forward, each layer's
+output, every channel as an image; backward from the loss of the chosen class, what each layer
+receives (dL/dy) and passes on (dL/dx) and, for conv and dense, dL/dW and dL/db (colour maps
+centred on zero), beside the layer's rule in MathML (the report's equation number) and its worst
+difference from autodiff; last, the saliency map and the top classes (as
+docs/guides/predict-and-explain.md shows).
 
 One computation feeds the printed table and the page: the page's rows are
 :func:`experiments.explain.table` of the same explanation (the strings it prints, and the float
 differences beside them), and the printed table itself is on the page under "the table".
 
 Data: every array is stored as little-endian float32 in base64 (values shown on hover to four
-significant digits; the walk itself is float64), decoded only when a step first shows it. The
-input image is stored as its uint8 pixels. The size depends on the network, not on the weights
-or the image: 510,814 bytes (0.49 MiB) for the MNIST network
-(``python -m experiments.explain runs/mnist --index 18 --html``, a 300-step run) and 1,096,651
-bytes (1.05 MiB) for the CIFAR-10 Table 3 network
-(``python -m experiments.explain runs/cifar10_modified --index 3 --html``, a 200-step run),
-under the 5 MB the page is allowed; tests/experiments/test_explain_page.py holds it there.
-
-The HTML, CSS and script are the package data file ``explain_page.html``; :func:`render_page`
-puts the data into it as JSON.
+significant digits; the walk itself is float64), decoded only when a step first shows it; the
+input image as its uint8 pixels. So the size depends on the network, not on the weights or the
+image (measured in docs/guides/predict-and-explain.md), under the 5 MB the page is allowed. The
+HTML, CSS and script are the package data file ``explain_page.html``; :func:`render_page` puts
+the data into it as JSON.
 """
 
 from __future__ import annotations
@@ -41,6 +29,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -52,16 +41,6 @@ from experiments.explain import Explanation, Table, format_table, table
 
 TEMPLATE = "explain_page.html"
 DATA_MARK = "__EXPLAIN_DATA__"  # the template's placeholder for the JSON
-
-# The report's equation numbers of each kind's rule (cited in jaxnet/layers/*.py); the report
-# gives the convolution's and max pooling's rules no number.
-EQUATIONS = {
-    "dense": "eqs. 17, 21, 24",
-    "relu": "eq. 25",
-    "loss": "eq. 29",
-    "conv": "jaxnet/layers/conv.py",
-    "pool": "jaxnet/layers/pool.py",
-}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,8 +61,14 @@ def _d(of: str, sub: str = "") -> str:
     return f"<msub>{frac}<mrow>{sub}</mrow></msub>" if sub else frac
 
 
-def _idx(*names: str) -> str:
-    return "<mo>,</mo>".join(f"<mi>{n}</mi>" if n.isalpha() else f"<mn>{n}</mn>" for n in names)
+def _idx(text: str) -> str:
+    """An index expression such as ``h+u,w+v,o`` or ``2i+u``: letters are ``<mi>``, numbers
+    ``<mn>``, anything else an operator ``<mo>``."""
+    tokens = re.findall(r"[a-z]|\d+|.", text)
+    return "".join(
+        f"<mi>{t}</mi>" if t.isalpha() else f"<mn>{t}</mn>" if t.isdigit() else f"<mo>{t}</mo>"
+        for t in tokens
+    )
 
 
 def _eq(number: str) -> str:
@@ -145,8 +130,8 @@ def _relu_rule(layer: Any) -> str:
 def _pool_rule(layer: Any) -> str:
     (kh, kw), (sh, sw) = layer.window, layer.stride
     return _math(
-        _d("x", _idx("h", "w", "c")) + _mo("=") + _cases(
-            (_d("y", _idx("i", "j", "c")),
+        _d("x", _idx("h,w,c")) + _mo("=") + _cases(
+            (_d("y", _idx("i,j,c")),
              "<mtext>if (h, w) is the first maximum of window (i, j)</mtext>"),
             ("<mn>0</mn>", "<mtext>otherwise</mtext>"),
         ),
@@ -160,53 +145,39 @@ def _pool_rule(layer: Any) -> str:
 def _conv_rule(layer: Any) -> str:
     (ph, pw), (sh, sw) = layer.padding, layer.stride
     kh, kw = layer.kh, layer.kw
-    tilde = "<mi>{}\u0303</mi>"  # x̃, ỹ, as the notes write them
-    dyt = (
-        "<msub><mfrac><mrow><mi>∂</mi><mi>L</mi></mrow><mrow><mi>∂</mi>"
-        + tilde.format("y")
-        + "</mrow></mfrac><mrow><mi>h</mi><mo>+</mo><mi>u</mi><mo>,</mo><mi>w</mi><mo>+</mo>"
-        + "<mi>v</mi><mo>,</mo><mi>o</mi></mrow></msub>"
-    )  # fmt: skip
-    flipped = (
-        f"<msub><mi>W</mi><mrow><mn>{kh - 1}</mn><mo>−</mo><mi>u</mi><mo>,</mo>"
-        f"<mn>{kw - 1}</mn><mo>−</mo><mi>v</mi><mo>,</mo><mi>c</mi><mo>,</mo><mi>o</mi>"
-        "</mrow></msub>"
-    )
+    dyt = _d("y\u0303", _idx("h+u,w+v,o"))  # x̃, ỹ, as the notes write them
+    flipped = f"<msub><mi>W</mi><mrow>{_idx(f'{kh - 1}−u,{kw - 1}−v,c,o')}</mrow></msub>"
     strided = sh != 1 or sw != 1
-    at = (
-        f"<mn>{sh}</mn><mi>i</mi><mo>+</mo><mi>u</mi><mo>,</mo><mn>{sw}</mn><mi>j</mi>"
-        if strided
-        else "<mi>i</mi><mo>+</mo><mi>u</mi><mo>,</mo><mi>j</mi>"
-    )
-    xi = (
-        f"<msub>{tilde.format('x')}<mrow>{at}<mo>+</mo><mi>v</mi><mo>,</mo><mi>c</mi></mrow></msub>"
-    )
+    at = f"{sh}i+u,{sw}j+v,c" if strided else "i+u,j+v,c"
+    xi = f"<msub>{_mi('x̃')}<mrow>{_idx(at)}</mrow></msub>"
     dilated = f" dilated by ({sh}, {sw}) (s − 1 zeros between entries) and" if strided else ""
     far = " (plus r = (H + 2p − k) mod s on the far side)" if strided else ""
     return _math(
-        _d("x", _idx("h", "w", "c")) + _mo("=") + _sum(_idx("u", "v", "o")) + dyt
+        _d("x", _idx("h,w,c")) + _mo("=") + _sum(_idx("u,v,o")) + dyt
         + _mo("&#x2062;") + flipped,
     ) + _note(
         f"∂L/∂ỹ is ∂L/∂y{dilated} zero-padded by ({kh - 1 - ph}, {kw - 1 - pw}) = k − 1 − p"
         f"{far}: the full correlation of ∂L/∂y with the kernel flipped in both axes, "
         "input and output channels swapped (a transposed convolution)."
     ) + _math(
-        _d("W", _idx("u", "v", "c", "o")) + _mo("=") + _sum(_idx("i", "j")) + xi
-        + _mo("&#x2062;") + _d("y", _idx("i", "j", "o")),
+        _d("W", _idx("u,v,c,o")) + _mo("=") + _sum(_idx("i,j")) + xi
+        + _mo("&#x2062;") + _d("y", _idx("i,j,o")),
     ) + _note(
         f"x̃ is x zero-padded by ({ph}, {pw}): the correlation of the input with ∂L/∂y."
     ) + _math(
-        _d("b", _idx("o")) + _mo("=") + _sum(_idx("i", "j")) + _d("y", _idx("i", "j", "o")),
+        _d("b", _idx("o")) + _mo("=") + _sum(_idx("i,j")) + _d("y", _idx("i,j,o")),
     )  # fmt: skip
 
 
-_RULES: dict[str, Callable[[Any], str]] = {
-    "dense": _dense_rule,
-    "relu": _relu_rule,
-    "pool": _pool_rule,
-    "conv": _conv_rule,
+_RULES: dict[str, tuple[Callable[[Any], str], str]] = {
+    "dense": (_dense_rule, "eqs. 17, 21, 24"),
+    "relu": (_relu_rule, "eq. 25"),
+    "pool": (_pool_rule, "jaxnet/layers/pool.py"),
+    "conv": (_conv_rule, "jaxnet/layers/conv.py"),
 }
-"""The backward rule of each layer kind, in MathML with a note (the loss's: :func:`loss_html`)."""
+"""Each layer kind's backward rule (MathML with a note; the loss's: :func:`loss_html`) and where
+the report numbers it (cited in jaxnet/layers/*.py); the report gives the convolution's and max
+pooling's rules no number, so their code stands in."""
 
 
 def rule_html(layer: Any) -> str:
@@ -217,10 +188,9 @@ def rule_html(layer: Any) -> str:
     so the batch size ``N`` is 1. Indices: ``h, w`` a position in ``x``, ``i, j`` one in ``y``,
     ``c`` an input channel, ``o`` an output channel, ``u, v`` a kernel offset.
     """
-    rule = _RULES.get(layer.kind)
-    if rule is None:
+    if layer.kind not in _RULES:
         raise ValueError(f"no rule written for layer kind {layer.kind!r}")
-    return rule(layer)
+    return _RULES[layer.kind][0](layer)
 
 
 def loss_html() -> str:
@@ -241,25 +211,21 @@ def loss_html() -> str:
 # The data
 
 
-def _array(a: np.ndarray) -> dict[str, Any]:
-    """``{"shape", "data"}``: one image's array (batch axis dropped) as base64 float32."""
-    a = np.asarray(a, "<f4")
-    return {
-        "shape": list(a.shape),
-        "data": base64.b64encode(np.ascontiguousarray(a).tobytes()).decode("ascii"),
-        "absmax": float(np.max(np.abs(a))) if a.size else 0.0,
-        "min": float(a.min()) if a.size else 0.0,
-        "max": float(a.max()) if a.size else 0.0,
-    }
+def _array(a: np.ndarray, dtype: str = "<f4") -> dict[str, Any]:
+    """One image's array (batch axis dropped): its shape, its values in base64 (little-endian
+    float32, or uint8 for the image) and, for float32, its range."""
+    a = np.ascontiguousarray(a, dtype)
+    out = {"shape": list(a.shape), "data": base64.b64encode(a.tobytes()).decode("ascii")}
+    if dtype == "<f4":
+        out["absmax"] = float(np.max(np.abs(a))) if a.size else 0.0
+        out["min"] = float(a.min()) if a.size else 0.0
+        out["max"] = float(a.max()) if a.size else 0.0
+    return out
 
 
 def page_data(expl: Explanation, title: str, rows: Table | None = None) -> dict[str, Any]:
-    """Everything the page shows, as JSON-ready data.
-
-    Args:
-        expl: the explanation.
-        title: the page's heading (the table's first line).
-        rows: :func:`experiments.explain.table` of ``expl``, if already computed.
+    """Everything the page shows, as JSON-ready data, under ``title`` (the table's first line);
+    ``rows`` is :func:`experiments.explain.table` of ``expl``, if already computed.
 
     Returns:
         A dict: ``title``, ``classes``, ``label``, ``loss``, ``dtype``, ``image`` (uint8
@@ -279,9 +245,7 @@ def page_data(expl: Explanation, title: str, rows: Table | None = None) -> dict[
         arrays[f"dy{i}"] = _array(a.dy[i][0])
         params = sorted(a.dparams.get(layer.name, {}))
         for k in params:
-            arrays[f"d{k.upper() if k == 'w' else k}:{layer.name}"] = _array(
-                a.dparams[layer.name][k]
-            )
+            arrays[f"d{'W' if k == 'w' else k}:{layer.name}"] = _array(a.dparams[layer.name][k])
         absolute, relative = rows.differences[i]
         layers.append(
             {
@@ -291,7 +255,7 @@ def page_data(expl: Explanation, title: str, rows: Table | None = None) -> dict[
                 "shape": list(arch.output_shapes[i]),
                 "params": bool(params),
                 "rule": rule_html(layer),
-                "equation": EQUATIONS[layer.kind],
+                "equation": _RULES[layer.kind][1],
                 "forward": rows.forward[i + 1]._asdict(),
                 "backward": backward[layer.name]._asdict(),
                 "absolute": absolute,
@@ -299,7 +263,6 @@ def page_data(expl: Explanation, title: str, rows: Table | None = None) -> dict[
                 "dx": f"dy{i - 1}" if i > 0 else "dinput",
             }
         )
-    image = np.ascontiguousarray(expl.image, np.uint8)
     absolute, relative = rows.differences[n]
     return {
         "title": title,
@@ -307,10 +270,7 @@ def page_data(expl: Explanation, title: str, rows: Table | None = None) -> dict[
         "label": expl.label,
         "loss": f"{a.loss:.4g}",
         "dtype": str(expl.dtype),
-        "image": {
-            "shape": list(image.shape),
-            "data": base64.b64encode(image.tobytes()).decode("ascii"),
-        },
+        "image": _array(expl.image, "u1"),
         "arrays": arrays,
         "layers": layers,
         "input": rows.forward[0]._asdict(),
@@ -320,7 +280,7 @@ def page_data(expl: Explanation, title: str, rows: Table | None = None) -> dict[
             "absolute_value": absolute,
             "relative_value": relative,
             "rule": loss_html(),
-            "equation": EQUATIONS["loss"],
+            "equation": "eq. 29",
         },
         "probabilities": [float(p) for p in expl.probabilities],
         "saliency": _array(np.abs(a.dinput[0]).max(axis=-1)),

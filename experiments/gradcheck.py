@@ -80,10 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         default=gradcheck.TOLERANCE,
         help="largest relative error accepted (default: %(default)g)",
     )
-    parser.add_argument("--data-dir", default=None, help="the data root (default: $JAXNET_DATA)")
-    parser.add_argument(
-        "--steps", type=int, default=300, help="training steps before the second real-data row"
-    )
+    parser.add_argument("--data-dir", help="the data root (default: $JAXNET_DATA)")
+    steps = "training steps before the second real-data row"
+    parser.add_argument("--steps", type=int, default=300, help=steps)
     parser.add_argument("--batch", type=int, default=64, help="real-data batch size")
     args = parser.parse_args(argv)
     with jax.enable_x64(True):

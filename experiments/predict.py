@@ -4,30 +4,22 @@
     python -m experiments.predict runs/cifar10_modified cat.jpg --json
     python -m experiments.predict runs/mnist *.png --figure sheet.png --invert auto
 
-The run folder is one written by ``python -m experiments.mnist`` or ``experiments.cifar10`` (on
-their data sets or on ``--image-dir``): its ``config.json`` names the network, the input scale
-and mean the network was trained with and the class names (its number of outputs);
-``params.npz`` holds the trained parameters. Each image is converted the way the training data
-looks (:mod:`jaxnet.images`: an MNIST digit centred in 28x28, light on dark; a CIFAR-10 picture
-resized to 32x32 RGB), then prepared exactly as in training (:func:`jaxnet.step.preprocess`).
-One line per image gives the top classes and their probabilities; ``--json`` prints a JSON list
-instead; ``--figure`` draws every image as the network saw it, with its top class.
+The run folder is one written by ``python -m experiments.mnist`` or ``experiments.cifar10``
+(:mod:`experiments.trained_run` reads it). Each image is converted the way the training data looks
+(:mod:`jaxnet.images`), then prepared exactly as in training. One line per image gives the top
+classes and their probabilities; ``--json`` prints a JSON list instead; ``--figure`` draws every
+image as the network saw it, with its top class.
 
-Errors are one line each on stderr and exit status 2: a missing run folder or params file, a
-``config.json`` value that is missing or wrong (each is checked once, in :func:`load_run`, and
-the line names its key), a params file that does not fit the network ``config.json`` names, a
-file that is not an image.
-The other images in the same call still get their answers.
+Errors are one line each on stderr and exit status 2: a run folder that cannot be used
+(:func:`load_run` names the file and key), a file that is not an image. The other images in
+the same call still get their answers.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,45 +27,6 @@ import numpy as np
 
 from experiments.console import error, run_parser, say
 from experiments.trained_run import RunError, load_run, probabilities
-
-
-def contact_sheet(
-    images: np.ndarray, titles: Sequence[str], labels: Sequence[str], path: str | os.PathLike[str]
-) -> Path:
-    """Draw each image as the network sees it, titled with its answer, in a near-square grid.
-
-    Args:
-        images: uint8 ``(N, H, W, C)``, ``C`` 1 (grey) or 3 (RGB), ``N >= 1``.
-        titles: ``N`` titles (the top class and its probability).
-        labels: ``N`` captions under the tiles (the file names).
-        path: the PNG to write.
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
-    """
-    from matplotlib.figure import Figure
-
-    from jaxnet.plots import save_figure
-
-    n = len(images)
-    cols = math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    fig = Figure(figsize=(max(1.6 * cols, 3.0), 1.95 * rows + 0.4))
-    fig.set_layout_engine("constrained")
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for ax in axes.flat[n:]:
-        ax.set_axis_off()
-    for ax, image, title, label in zip(axes.flat, images, titles, labels, strict=False):
-        if image.shape[-1] == 1:
-            ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-        else:
-            ax.imshow(image, interpolation="nearest")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_title(title, fontsize=9, pad=3)
-        ax.set_xlabel(label if len(label) <= 18 else "…" + label[-17:], fontsize=7, labelpad=2)
-    fig.suptitle("As the network sees them, with its answer", fontsize=10)
-    return save_figure(fig, path)
 
 
 def _positive_int(text: str) -> int:
@@ -148,13 +101,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         say(json.dumps(results, indent=2))
     if args.figure is not None and good:
+        from jaxnet.plots import plot_images
+
         answers = [results[i]["classes"][0] for i in good]
         try:
-            contact_sheet(
+            plot_images(
                 np.stack([converted[i] for i in good]),
                 [f"{a['class']} ({a['probability']:.0%})" for a in answers],
                 [args.images[i].name for i in good],
                 args.figure,
+                "As the network sees them, with its answer",
             )
         except OSError as err:  # found only when written: a full disk
             return error(f"--figure {args.figure}: {err.strerror or err}", 1)

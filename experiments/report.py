@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+from experiments.console import error
 from experiments.run_folder import FIGURES
 from jaxnet.io import write_text
 
@@ -57,9 +58,9 @@ def _load(run: Path) -> tuple[dict, dict]:
         raise ValueError(f"{run}: cannot read its config.json or metrics.json ({err})") from None
 
 
-def _seed_accuracy(config: dict) -> float | None:
-    """The seed report's accuracy for the run's network, None for a run on one's own images."""
-    return None if "image_folder" in config else SEED_ACCURACY.get(config.get("architecture"))
+def _seed_network(config: dict) -> str | None:
+    """The run's network, as the seed report has it; None for a run on one's own images."""
+    return None if "image_folder" in config else config.get("architecture")
 
 
 def render(runs: list[Path], out: Path) -> str:
@@ -78,9 +79,10 @@ def render(runs: list[Path], out: Path) -> str:
     for run, config, metrics in loaded:
         arch = config.get("architecture", "?")
         fit = config.get("fit", {})
+        seed = SEED_ACCURACY.get(_seed_network(config))
         lines.append(
             f"| `{run.name}` | {arch} | {config.get('preset', '?')} "
-            f"| **{_pct(metrics.get('test_accuracy'))}** | {_pct(_seed_accuracy(config))} "
+            f"| **{_pct(metrics.get('test_accuracy'))}** | {_pct(seed)} "
             f"| {metrics.get('parameter_count', '?')} "
             f"| {fit.get('iterations', '?')} x {fit.get('batch_size', '?')} "
             f"| {metrics.get('train_time_s', 0):.0f} s | {metrics.get('device', '?')} |"
@@ -92,16 +94,16 @@ def render(runs: list[Path], out: Path) -> str:
         lines.append(
             f"Test accuracy **{_pct(metrics.get('test_accuracy'))}** (test loss "
             f"{metrics.get('test_loss', float('nan')):.4f}); "
-            f"{'' if 'image_folder' in config else SEED_NOTES.get(arch, '')}"
+            f"{SEED_NOTES.get(_seed_network(config), '')}"
         )
-        lines.append("")
-        lines.append(
+        lines += [
+            "",
             f"Settings: `{json.dumps(config.get('fit', {}), sort_keys=True)}`. Hardware: "
             f"{env.get('device', '?')} ({env.get('processor', '?')}), "
             f"{env.get('cpu_count', '?')} CPU cores, "
             f"{env.get('platform', '?')}; jax {env.get('jax', '?')}. Training took "
-            f"{metrics.get('train_time_s', 0):.0f} s."
-        )
+            f"{metrics.get('train_time_s', 0):.0f} s.",
+        ]
         for table in ("parameters.md", "per_class.md"):
             if (run / table).exists():
                 lines += ["", (run / table).read_text().rstrip()]
@@ -115,23 +117,16 @@ def render(runs: list[Path], out: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.report", description=__doc__)
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="folder of run folders")
-    parser.add_argument(
-        "--out", type=Path, default=None, help="report file (default: RUNS/report.md)"
-    )
+    parser.add_argument("--out", type=Path, help="report file (default: RUNS/report.md)")
     args = parser.parse_args(argv)
     out = args.out if args.out is not None else args.runs / "report.md"
     runs = find_runs(args.runs)
     if not runs:
-        print(
-            f"error: no finished runs (metrics.json and config.json) under {args.runs}",
-            file=sys.stderr,
-        )
-        return 1
+        return error(f"no finished runs (metrics.json and config.json) under {args.runs}", 1)
     try:
         text = render(runs, out)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return error(str(err), 1)
     write_text(out, text)
     print(f"wrote {out} ({len(runs)} runs)")
     return 0

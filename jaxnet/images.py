@@ -1,18 +1,10 @@
 """Image files turned into uint8 arrays shaped like the training data (MNIST digits, CIFAR-10).
 
-- :func:`open_image`: a PNG, JPEG or any other format Pillow reads, fully decoded and turned
-  upright by its EXIF orientation; anything that is not an image is an :class:`ImageFileError`
-  naming the file.
-- :func:`to_digit`: a picture of one digit as MNIST shows digits: grey, light on dark, the digit
-  scaled into a 20x20 box and placed in 28x28 with its centre of mass at the centre.
-- :func:`to_colour`: an RGB picture at the network's size (CIFAR-10: 32x32).
-- :func:`to_grey`: the same plain resize to one grey channel (an image folder of grey pictures
-  that are not digits to centre).
-- :func:`converter`: the conversion a network's input shape calls for (one of the three).
-- :func:`read`: a file, with that conversion.
-
-The result is uint8, exactly what the data loaders give, so the network's own preprocessing
-(:func:`jaxnet.step.preprocess`, with the run's scale and mean) applies unchanged.
+:func:`read` opens a file (:func:`open_image`) and converts it as the network's input shape calls
+for (:func:`converter`): :func:`to_digit` (one digit as MNIST shows digits), :func:`to_colour`
+(CIFAR-10's RGB) or :func:`to_grey` (a plain grey resize). The result is uint8, exactly what the
+data loaders give, so the network's own preprocessing (:func:`jaxnet.step.preprocess`, with the
+run's scale and mean) applies unchanged.
 
 MNIST's own preprocessing (LeCun, Cortes and Burges, "The MNIST database of handwritten
 digits"): the NIST binary digits were size-normalised to fit a 20x20 box keeping their aspect
@@ -58,20 +50,12 @@ class ImageFileError(Exception):
 
 
 def open_image(path: str | os.PathLike[str]) -> Image.Image:
-    """Read an image file whole: decoded, turned upright by its EXIF orientation tag.
-
-    Args:
-        path: a PNG, JPEG, or any other format Pillow reads.
-
-    Returns:
-        The decoded :class:`PIL.Image.Image`, in the file's own mode (``L``, ``RGB``,
-        ``RGBA``, ``P``, ``I;16``, ...).
+    """Read an image file whole (PNG, JPEG, any format Pillow reads): decoded, turned upright by
+    its EXIF orientation tag, in the file's own mode (``L``, ``RGB``, ``RGBA``, ``P``, ...).
 
     Raises:
-        ImageFileError: the file is missing, is a folder, cannot be opened (the system's reason:
-            a symlink loop, permission denied), is not an image, is truncated or damaged (a
-            decoder's error), or is too large for Pillow's decompression-bomb limit; one line
-            naming the file.
+        ImageFileError: one line naming the file and why: missing, a folder, refused by the
+            system (its reason), not an image, damaged or truncated, or too large to read safely.
     """
     path = Path(path)
     try:
@@ -100,13 +84,13 @@ def _eight_bit(image: Image.Image) -> Image.Image:
     """``image`` with 8 bits per channel: 16- and 32-bit grey is scaled (Pillow would clip)."""
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
         grey = np.asarray(image, np.float64) / 257.0  # 65535 -> 255
-        return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), "L")
-    if image.mode == "F":
-        grey = np.asarray(image, np.float64)
-        if grey.size and np.nanmax(grey) <= 1.0:
+    elif image.mode == "F":
+        grey = np.nan_to_num(np.asarray(image, np.float64))
+        if grey.size and grey.max() <= 1.0:
             grey = grey * 255.0
-        return Image.fromarray(np.clip(np.rint(np.nan_to_num(grey)), 0, 255).astype(np.uint8))
-    return image
+    else:
+        return image
+    return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), "L")
 
 
 def _opaque(image: Image.Image) -> Image.Image:
@@ -206,33 +190,20 @@ def to_digit(image: Image.Image, invert: str = "auto", size: int = 28, box: int 
 
 
 def to_colour(image: Image.Image, size: tuple[int, int] = (32, 32)) -> np.ndarray:
-    """An RGB picture resized to the network's input, as CIFAR-10's images are.
+    """An RGB picture resized to the network's input, as CIFAR-10's images are: uint8
+    ``(height, width, 3)`` for ``size = (height, width)``.
 
-    The whole picture is resized (anti-aliased, Lanczos) to ``size``, its aspect ratio not
-    kept; grey pictures get three equal channels, transparency is laid over the background it
-    implies (see :func:`to_digit`).
-
-    Args:
-        image: a Pillow image of any size and mode.
-        size: ``(height, width)`` of the result (CIFAR-10: ``(32, 32)``).
-
-    Returns:
-        uint8 ``(height, width, 3)``.
+    The whole picture (a Pillow image of any size and mode) is resized (anti-aliased, Lanczos),
+    its aspect ratio not kept; grey pictures get three equal channels, transparency is laid over
+    the background it implies (see :func:`to_digit`).
     """
     return _resized(image, size, "RGB")
 
 
 def to_grey(image: Image.Image, size: tuple[int, int] = (28, 28)) -> np.ndarray:
-    """A grey picture resized to the network's input: :func:`to_colour`'s plain resize, one
-    channel (ITU-R 601 luma), with no digit centring (that is :func:`to_digit`).
-
-    Args:
-        image: a Pillow image of any size and mode.
-        size: ``(height, width)`` of the result (MNIST: ``(28, 28)``).
-
-    Returns:
-        uint8 ``(height, width, 1)``.
-    """
+    """A grey picture resized to the network's input, uint8 ``(height, width, 1)``:
+    :func:`to_colour`'s plain resize, one channel (ITU-R 601 luma), with no digit centring (that
+    is :func:`to_digit`)."""
     return _resized(image, size, "L")[..., None]
 
 
@@ -249,9 +220,10 @@ def converter(
     input_shape: tuple[int, int, int], invert: str = "auto", centre: bool = True
 ) -> Callable[[Image.Image], np.ndarray]:
     """The conversion for a network of ``input_shape`` ``(H, W, C)``: :func:`to_colour` for
-    ``C = 3``; for ``C = 1`` :func:`to_digit` (MNIST's centring, ``H == W``) or, with
-    ``centre=False``, :func:`to_grey`. Every caller that turns a picture into a network's input
-    (:func:`read`, :func:`jaxnet.datasets.load_image_folder`) takes it from here.
+    ``C = 3``; for ``C = 1`` :func:`to_digit` (MNIST's centring in a box ``20/28`` of the side,
+    ``H == W``; ``invert`` is for digits only) or, with ``centre=False``, :func:`to_grey`. Every
+    caller that turns a picture into a network's input (:func:`read`,
+    :func:`jaxnet.datasets.load_image_folder`) takes it from here.
 
     Raises:
         ValueError: a bad ``invert`` or an input shape none of the three makes.
@@ -277,17 +249,8 @@ def read(
     invert: str = "auto",
     centre: bool = True,
 ) -> np.ndarray:
-    """Read an image file and convert it for a network of ``input_shape``.
-
-    Args:
-        path: an image file.
-        input_shape: the network's ``(H, W, C)``: ``(S, S, 1)`` gives :func:`to_digit` (the
-            digit's box ``20/28`` of the side, as MNIST's), ``(H, W, 3)`` :func:`to_colour`.
-        invert: for digits, ``"auto"``, ``"yes"`` or ``"no"`` (checked, then unused, for colour).
-        centre: for one channel, a digit (True) or :func:`to_grey`'s plain resize (False).
-
-    Returns:
-        uint8 of shape ``input_shape``.
+    """Read an image file and convert it for a network of ``input_shape`` (:func:`converter`
+    of ``input_shape``, ``invert`` and ``centre``); returns uint8 of shape ``input_shape``.
 
     Raises:
         ImageFileError: the file is not a readable image, or it holds no digit.

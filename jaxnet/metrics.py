@@ -57,15 +57,12 @@ def confusion_matrix(labels: Any, predictions: Any, num_classes: int) -> np.ndar
         num_classes: ``K >= 1``.
 
     Returns:
-        int64 ``(K, K)``: entry ``[i, j]`` counts samples of true class ``i`` predicted as ``j``
-        (rows = true, columns = predicted). Sums to ``N``; all zeros when ``N == 0``.
+        int64 ``(K, K)``, rows = true class, columns = predicted; sums to ``N`` (zeros for none).
 
     Raises:
-        TypeError: ``num_classes`` is not an int, or ``labels``/``predictions`` are not integer
-            arrays.
-        ValueError: ``labels`` or ``predictions`` is not 1-d, their lengths differ,
-            ``num_classes < 1``, or a value lies outside ``[0, num_classes)`` (the message names
-            the first offending index and value).
+        TypeError: ``num_classes`` or a class is not an integer.
+        ValueError: a shape other than these, ``num_classes < 1``, or a class outside
+            ``[0, num_classes)`` (the message names the first such index and value).
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
         raise TypeError(f"num_classes must be an int, got {num_classes!r}")
@@ -80,8 +77,7 @@ def confusion_matrix(labels: Any, predictions: Any, num_classes: int) -> np.ndar
             f"{p.shape[0]} predictions"
         )
     for name, arr in (("labels", y), ("predictions", p)):
-        wrong = out_of_range(arr, k)
-        if wrong:
+        if wrong := out_of_range(arr, k):
             raise ValueError(f"{name}: {wrong} for num_classes={k}")
     counts = np.bincount(y * k + p, minlength=k * k)
     return counts.reshape(k, k).astype(np.int64)
@@ -101,16 +97,10 @@ def _check_confusion(confusion: Any) -> np.ndarray:
 
 
 def precision_recall(confusion: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class precision and recall from a confusion matrix.
-
-    Args:
-        confusion: ``(K, K)`` counts, rows = true class, columns = predicted class (as returned by
-            :func:`confusion_matrix`).
+    """Per-class precision and recall of a ``(K, K)`` confusion matrix (rows = true class).
 
     Returns:
-        ``(precision, recall)``, each float64 ``(K,)``. ``precision[k] = C[k, k] / C[:, k].sum()``
-        (NaN when class ``k`` is never predicted); ``recall[k] = C[k, k] / C[k, :].sum()`` (NaN
-        when class ``k`` never occurs in the labels).
+        ``(precision, recall)``, each float64 ``(K,)``, NaN where ``0 / 0`` (module docstring).
 
     Raises:
         ValueError: ``confusion`` is not square ``(K, K)`` with ``K >= 1``, or holds a negative
@@ -128,13 +118,8 @@ def precision_recall(confusion: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def accuracy(confusion: Any) -> float:
-    """Overall accuracy: the trace over the total.
-
-    Args:
-        confusion: ``(K, K)`` counts, rows = true class, columns = predicted class.
-
-    Returns:
-        ``C.trace() / C.sum()`` as a Python float; NaN for an all-zero matrix (no samples).
+    """Overall accuracy of a confusion matrix: ``C.trace() / C.sum()`` as a Python float; NaN
+    for an all-zero matrix (no samples).
 
     Raises:
         ValueError, TypeError: as :func:`precision_recall`.
@@ -147,6 +132,15 @@ def accuracy(confusion: Any) -> float:
 def _nanmean(x: np.ndarray) -> float:
     finite = x[~np.isnan(x)]
     return float(finite.mean()) if finite.size else math.nan
+
+
+def _per_class(
+    confusion: Any, class_names: Sequence[str]
+) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """The checked matrix and names, and per class precision, recall and support."""
+    c = _check_confusion(confusion)
+    precision, recall = precision_recall(c)
+    return c, _check_names(class_names, c.shape[0]), precision, recall, c.sum(axis=1)
 
 
 def _check_names(class_names: Sequence[str], k: int) -> list[str]:
@@ -195,18 +189,11 @@ def per_class_table(confusion: Any, class_names: Sequence[str], digits: int = 3)
         class_names: ``K`` names, in class-index order. ``|`` in a name is escaped.
         digits: decimals printed for precision, recall and accuracy (fractions in [0, 1]).
 
-    Returns:
-        The table, one line per row, ending in a newline (plus the note, when there is one).
-
     Raises:
-        ValueError: ``confusion`` is not ``(K, K)`` non-negative counts, or ``class_names`` does
-            not have ``K`` entries.
-        TypeError: ``class_names`` is a single string.
+        ValueError, TypeError: as :func:`precision_recall`, or ``class_names`` is not ``K``
+            names (a single string is not).
     """
-    c = _check_confusion(confusion)
-    precision, recall = precision_recall(c)
-    names = _check_names(class_names, c.shape[0])
-    support = c.sum(axis=1)
+    c, names, precision, recall, support = _per_class(confusion, class_names)
     lines = ["| Class | Precision | Recall | Support |", "|---|---:|---:|---:|"]
     for name, p, r, s in zip(names, precision, recall, support, strict=True):
         lines.append(
@@ -218,34 +205,22 @@ def per_class_table(confusion: Any, class_names: Sequence[str], digits: int = 3)
         f" | **{_fmt(mr, digits)}** | **{_count(support.sum())}** |"
     )
     notes = []
-    never_predicted = [n for n, p in zip(names, precision, strict=True) if math.isnan(p)]
-    absent = [n for n, r in zip(names, recall, strict=True) if math.isnan(r)]
-    if never_predicted:
-        notes.append(
-            f"precision is n/a (0/0) for the classes never predicted ({', '.join(never_predicted)})"
-        )
-    if absent:
-        notes.append(
-            f"recall is n/a (0/0) for the classes absent from the labels ({', '.join(absent)})"
-        )
-    text = "\n".join(lines) + "\n"
+    for value, values, which in (
+        ("precision", precision, "never predicted"),
+        ("recall", recall, "absent from the labels"),
+    ):
+        if missing := [n for n, v in zip(names, values, strict=True) if math.isnan(v)]:
+            notes.append(f"{value} is n/a (0/0) for the classes {which} ({', '.join(missing)})")
     if notes:
-        text += (
-            "\nNote: "
-            + "; ".join(notes)
-            + "; each macro average is over the classes where its value is defined.\n"
-        )
-    return text
+        notes.append("each macro average is over the classes where its value is defined.")
+        lines += ["", "Note: " + "; ".join(notes)]
+    return "\n".join(lines) + "\n"
 
 
 def summary(confusion: Any, class_names: Sequence[str]) -> dict[str, Any]:
     """Every metric of a confusion matrix as a JSON-ready dict (for ``metrics.json``).
 
     NaN (``0 / 0``) becomes ``None``, so ``json.dumps(..., allow_nan=False)`` accepts the result.
-
-    Args:
-        confusion: ``(K, K)`` counts, rows = true class, columns = predicted class.
-        class_names: ``K`` names, in class-index order.
 
     Returns:
         A dict with the keys ``"accuracy"``, ``"macro_precision"``, ``"macro_recall"`` (floats),
@@ -256,16 +231,13 @@ def summary(confusion: Any, class_names: Sequence[str]) -> dict[str, Any]:
     Raises:
         ValueError, TypeError: as :func:`per_class_table`.
     """
-    c = _check_confusion(confusion)
-    precision, recall = precision_recall(c)
-    names = _check_names(class_names, c.shape[0])
+    c, names, precision, recall, support = _per_class(confusion, class_names)
     if len(set(names)) != len(names):
         raise ValueError(f"class_names must be distinct, got {names}")
 
     def clean(x: float) -> float | None:
         return None if math.isnan(x) else float(x)
 
-    support = c.sum(axis=1)
     return {
         "accuracy": clean(accuracy(c)),
         "macro_precision": clean(_nanmean(precision)),

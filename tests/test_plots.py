@@ -119,6 +119,17 @@ def test_plot_misclassified_validation(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(("dtype", "channels"), [(np.uint8, 3), (np.float32, 1)])
+def test_plot_images_uint8_or_float_with_long_captions(tmp_path, dtype, channels):
+    images = np.random.default_rng(0).integers(0, 256, (5, 20, 30, channels)).astype(dtype)
+    if dtype == np.float32:
+        images /= 255.0
+    captions = ["a.png", "a_file_name_longer_than_eighteen_characters.png", "c", "d", "e"]
+    path = tmp_path / "sheet.png"
+    titles = [f"class {i}" for i in range(5)]
+    check_png(path, plots.plot_images(images, titles, captions, path, "As the network sees them"))
+
+
 def test_plot_confusion_matrix(tmp_path):
     labels, preds = _predictions(500, 10, wrong=120)
     c = confusion_matrix(labels, preds, 10)

@@ -1,7 +1,5 @@
 """``python -m experiments.benchmark``."""
 
-import sys
-
 from experiments.benchmark.run import main
 
-sys.exit(main())
+raise SystemExit(main())

@@ -5,22 +5,23 @@ from __future__ import annotations
 
 import itertools
 import statistics
-import time
 from typing import Any
 
 import jax
 import numpy as np
 
+from experiments.benchmark.timing import repeat, seconds
 from jaxnet import architectures
+from jaxnet.training import FitConfig, TrainData, fit, initial_state, make_fit_step
+from jaxnet.training.data import epoch_batches
 
 EPOCH_IMAGES = {False: 58000, True: 4096}  # MNIST's 60000 less a 2000-image validation split
 STEPS_PER_CALL = 8  # the epoch check's second fit run: steps per compiled call
 
 
-def _epoch_config(steps: int, epochs: int, batch: int):
-    """The default MNIST experiment's settings for ``epochs + 1`` epochs of ``steps`` steps."""
-    from jaxnet.training import FitConfig
-
+def _fit_config(batch: int, steps: int, epochs: int) -> FitConfig:
+    """The default MNIST experiment's settings (batch 64, cosine schedule, random shifts of up to
+    2 pixels) at ``batch``, for ``epochs + 1`` epochs of ``steps`` steps, a history row each."""
     return FitConfig(
         iterations=(epochs + 1) * steps,
         batch_size=batch,
@@ -38,33 +39,17 @@ def _epoch_config(steps: int, epochs: int, batch: int):
     )
 
 
-def _random_training_set(arch: Any, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``n`` random uint8 images of ``arch``'s shape, random labels, and their mean."""
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (n, *arch.input_shape), dtype=np.uint8)
-    labels = rng.integers(0, arch.num_classes, n).astype(np.int32)
-    return images, labels, np.array([images.mean() / 255.0], np.float32)
-
-
 def bench_epoch(
     quick: bool = False, batch: int = 64, epochs: int = 2, steps_per_call: int = STEPS_PER_CALL
 ) -> dict[str, Any]:
     """Full MNIST epochs through :func:`jaxnet.training.fit` against steps x step time.
 
-    The settings are the default MNIST experiment's (batch 64, cosine schedule, random shifts
-    of up to 2 pixels); the images are random uint8 of MNIST's shape (58000 training images,
-    as after the experiment's 2000-image validation split; 4096 with ``quick``). ``fit`` runs
-    ``epochs + 1`` epochs, logging once per epoch, and the last ``epochs`` are timed from its
-    history (the first one holds the compilation). The step time comes from the same jitted
-    fit step that ``fit`` builds, called in a tight loop for one epoch's worth of steps right
-    before and right after the ``fit`` calls (so all see the same load). ``fit`` runs twice:
-    one step per call, then ``steps_per_call`` steps per compiled call.
-
-    Args:
-        quick: a small data set.
-        batch: images per step.
-        epochs: timed epochs, >= 1.
-        steps_per_call: the second ``fit`` run's steps per call (``fit(steps_per_call=)``).
+    :func:`_fit_config`'s settings on random uint8 images of MNIST's shape
+    (``EPOCH_IMAGES[quick]`` of them). ``fit`` runs ``epochs + 1`` epochs; the last ``epochs``
+    are timed from its history (the first holds the compilation). It runs twice: one step per
+    call, then ``steps_per_call`` steps per compiled call. The step time is that of the jitted
+    fit step ``fit`` builds, called in a tight loop for one epoch's worth of steps right before
+    and right after the ``fit`` runs (so all see the same load).
 
     Returns:
         ``epoch_s`` (mean of the timed epochs, each in ``epochs_s``), ``steps``, ``step_ms``,
@@ -72,29 +57,21 @@ def bench_epoch(
         the same for ``steps_per_call`` steps per call, with ``speedup`` (one step per call's
         epoch time over this one's).
     """
-    from jaxnet.training import TrainData, fit, initial_state, make_fit_step
-    from jaxnet.training.data import epoch_batches
-
     arch = architectures.mnist()
     n = EPOCH_IMAGES[quick]
     steps = n // batch
-    images, labels, mean = _random_training_set(arch, n)
-    config = _epoch_config(steps, epochs, batch)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, *arch.input_shape), dtype=np.uint8)
+    labels = rng.integers(0, arch.num_classes, n).astype(np.int32)
+    mean = np.array([images.mean() / 255.0], np.float32)
+    config = _fit_config(batch, steps, epochs)
+    step, state, i = make_fit_step(arch, config, mean), initial_state(arch, config), 0
+    on_device = jax.device_put((images, labels, epoch_batches(n, batch, config.seed, 0)))
 
-    step = make_fit_step(arch, config, mean)
-    images_dev, labels_dev = jax.device_put(images), jax.device_put(labels)
-    order = jax.device_put(epoch_batches(n, batch, config.seed, 0))
-    holder = {"state": initial_state(arch, config), "i": 0}
-
-    def tight_loop(k: int) -> float:
-        state, i = holder["state"], holder["i"]
-        start = time.perf_counter()
-        for _ in range(k):
-            state = step(state, images_dev, labels_dev, order, np.int32(i))
-            i += 1
-        jax.block_until_ready(state)
-        holder.update(state=state, i=i)
-        return time.perf_counter() - start
+    def call() -> Any:
+        nonlocal state, i
+        state, i = step(state, *on_device, np.int32(i)), i + 1
+        return state
 
     def fit_epochs(k: int) -> list[float]:
         no_images = np.zeros((0, *arch.input_shape), np.uint8)
@@ -104,11 +81,11 @@ def bench_epoch(
         marks = [elapsed[e * steps] for e in range(1, epochs + 2)]
         return [b - a for a, b in itertools.pairwise(marks)]
 
+    tight_loop = repeat(call, jax.block_until_ready)
     tight_loop(1)  # compile
-    before = tight_loop(steps)
-    epochs_s = fit_epochs(1)
-    several_s = fit_epochs(steps_per_call)
-    after = tight_loop(steps)
+    before = seconds(tight_loop, steps)
+    epochs_s, several_s = fit_epochs(1), fit_epochs(steps_per_call)
+    after = seconds(tight_loop, steps)
 
     epoch_s, several_epoch_s = statistics.mean(epochs_s), statistics.mean(several_s)
     step_s = (before + after) / (2 * steps)

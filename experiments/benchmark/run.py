@@ -1,5 +1,5 @@
-"""``python -m experiments.benchmark``: the machine's facts, each group timed, the whole run, the
-flags."""
+"""``python -m experiments.benchmark``: each group timed, whole steps and per layer; the whole
+run; the flags."""
 
 from __future__ import annotations
 
@@ -22,33 +22,28 @@ from experiments.benchmark.case import (
     DEFAULT_NETS,
     TORCH_FORMAT,
     Case,
+    Method,
     Peers,
     Plan,
     import_peers,
     step_flops,
 )
 from experiments.benchmark.epoch import bench_epoch
-from experiments.benchmark.methods import (
-    MATMUL_N,
-    Method,
-    matmul_runners,
-    ratio_pairs,
-    step_methods,
-)
-from experiments.benchmark.pieces import layer_times
+from experiments.benchmark.methods import MATMUL_N, matmul_runners, ratio_pairs, step_methods
 from experiments.benchmark.tables import format_table
 from experiments.benchmark.timing import (
     FULL,
     LAYERS_FULL,
     LAYERS_QUICK,
     QUICK,
-    Runner,
     Settings,
     interleaved,
     median_ratio,
+    seconds,
 )
 from experiments.machine import cpu_model, load_average
 from jaxnet import allocator, architectures, io, parallel
+from jaxnet.network import parameter_rows
 
 
 def one_line(error: BaseException) -> str:
@@ -57,77 +52,84 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0][:160] if text else '(no message)'}"
 
 
+def layer_times(case: Case, methods: Sequence[Method], settings: Settings) -> dict[str, list]:
+    """Every piece of every method's step (those with ``layers``) timed on its own, in
+    interleaved windows: ``{method: [row, ...]}``, a row per piece in step order (``input``,
+    each layer, ``loss``, ``update``) with ``layer``, ``kind``, ``forward_ms`` and
+    ``backward_ms`` (``None`` for input and update), medians over the rounds."""
+    runners = {
+        f"{method.name}|{row}|{phase}": run
+        for method in methods
+        if method.layers is not None
+        for (row, phase), run in method.layers(case).items()
+    }
+    for run in runners.values():
+        run(1)  # compile
+    kinds = {"input": "uint8 -> float", "loss": "softmax cross-entropy", "update": "optimizer"}
+    kinds.update({row.layer: row.kind for row in parameter_rows(case.arch)})
+    out: dict[str, list] = {}
+    for key, (_, times) in interleaved(runners, settings).items():
+        method, row, phase = key.split("|")
+        rows = out.setdefault(method, [])
+        if not rows or rows[-1]["layer"] != row:
+            rows.append({"layer": row, "kind": kinds[row], "forward_ms": None, "backward_ms": None})
+        rows[-1][f"{phase}_ms"] = statistics.median(times) * 1e3
+    return out
+
+
 def bench_group(
     case: Case, methods: Sequence[Method], settings: Settings, layer_settings: Settings | None
 ) -> dict[str, Any]:
     """Time every method (and the matrix product) on one network and batch size.
-
-    Args:
-        case: the network, batch and peers.
-        methods: the rows (:func:`step_methods`), the reference first.
-        settings: rounds and seconds per window.
-        layer_settings: the same for :func:`layer_times`; ``None`` leaves them out.
 
     Returns:
         The group's JSON record: ``net``, ``batch``, ``flops_per_step``, ``methods`` (per
         method ``images_per_s``, ``step_ms``, ``gflops``, ``compile_s``, ``calls_per_window``,
         ``window_step_s``), ``failed`` (optional method -> why), ``matmul_gflops`` (per
         library), ``ratios`` (``"a/b"``: how many times as fast ``a`` ran as ``b``) and
-        ``layers`` (:func:`layer_times`, or ``None``).
+        ``layers`` (:func:`layer_times` with ``layer_settings``, or ``None``).
     """
-    runners: dict[str, Runner] = {}
-    first: dict[str, float] = {}
-    failed: dict[str, str] = {}
+    runners, first, failed = {}, {}, {}
     for method in methods:
         try:
-            run = method.build(case)
-            if run is None:
-                continue
-            start = time.perf_counter()
-            run(1)
-            first[method.name] = time.perf_counter() - start
+            if (run := method.build(case)) is not None:
+                first[method.name] = seconds(run)
+                runners[method.name] = run
         except Exception as error:
             if not method.optional:
                 raise
             failed[method.name] = one_line(error)
-            continue
-        runners[method.name] = run
-    runners.update(matmul_runners(case.peers))
-    timed = interleaved(runners, settings)
-
+    timed = interleaved({**runners, **matmul_runners(case.peers)}, settings)
     flops = step_flops(case.arch, case.batch)
     records = {}
     for name in first:
-        calls, seconds = timed[name]
-        step_s = statistics.median(seconds)
+        calls, times = timed[name]
+        step_s = statistics.median(times)
         records[name] = {
             "images_per_s": case.batch / step_s,
             "step_ms": step_s * 1e3,
             "gflops": flops / step_s / 1e9,
             "compile_s": max(first[name] - step_s, 0.0),
             "calls_per_window": calls,
-            "window_step_s": seconds,
+            "window_step_s": times,
         }
-    matmul = {
-        name.removeprefix("matmul_"): 2 * MATMUL_N**3 / statistics.median(timed[name][1]) / 1e9
-        for name in timed
-        if name.startswith("matmul_")
-    }
-    ratios = {
-        f"{a}/{b}": median_ratio(timed[a][1], timed[b][1]) for a, b in ratio_pairs(list(first))
-    }
-    layers = None
-    if layer_settings is not None:
-        layers = layer_times(case, [m for m in methods if m.name in first], layer_settings)
     return {
         "net": case.arch.name,
         "batch": case.batch,
         "flops_per_step": flops,
         "methods": records,
         "failed": failed,
-        "matmul_gflops": matmul,
-        "ratios": ratios,
-        "layers": layers,
+        "matmul_gflops": {
+            name.removeprefix("matmul_"): 2 * MATMUL_N**3 / statistics.median(times) / 1e9
+            for name, (_, times) in timed.items()
+            if name.startswith("matmul_")
+        },
+        "ratios": {
+            f"{a}/{b}": median_ratio(timed[a][1], timed[b][1]) for a, b in ratio_pairs(list(first))
+        },
+        "layers": None
+        if layer_settings is None
+        else layer_times(case, [m for m in methods if m.name in first], layer_settings),
     }
 
 
@@ -137,11 +139,9 @@ def run_benchmark(
     log: Callable[[str], None] = print,
     reuse_freed_memory: bool = False,
 ) -> dict[str, Any]:
-    """Run the whole benchmark and return its JSON record.
+    """Run the whole benchmark (default: the full ``Plan()`` with every peer installed).
 
     Args:
-        plan: what to time (default: ``Plan()``, the full run).
-        peers: the optional libraries (default: :func:`import_peers`, all that are installed).
         log: called with one line of progress per group.
         reuse_freed_memory: recorded in the metadata: whether the caller made glibc keep
             freed memory (:func:`jaxnet.allocator.reuse_freed_memory`).
@@ -210,42 +210,28 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train-step throughput of jaxnet (analytic rules, autodiff), PyTorch and "
         "Equinox, and where the time goes per layer.",
     )
-    parser.add_argument("--quick", action="store_true", help="fewer, shorter windows")
-    parser.add_argument(
-        "--batches", type=int, nargs="+", default=list(DEFAULT_BATCHES), metavar="B"
-    )
-    parser.add_argument("--nets", nargs="+", default=list(DEFAULT_NETS), metavar="NET")
-    parser.add_argument("--json", type=Path, default=Path("benchmark.json"), metavar="PATH")
-    parser.add_argument("--windows", type=int, default=None, help="timed rounds per group")
-    parser.add_argument("--window-s", type=float, default=None, help="seconds per window")
-    parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
-    parser.add_argument("--no-equinox", action="store_true", help="leave Equinox out")
-    parser.add_argument(
-        "--no-torch-compile",
-        action="store_true",
-        help="leave torch.compile out (left out with --quick: ~30 s to compile each shape)",
-    )
-    parser.add_argument(
-        "--torch-variants",
-        action="store_true",
-        help="also time the PyTorch formulations not kept (hand-written update, contiguous "
-        "memory, foreach SGD)",
-    )
-    parser.add_argument("--no-layers", action="store_true", help="skip the per-layer times")
-    parser.add_argument("--no-epoch", action="store_true", help="skip the full-epoch check")
-    parser.add_argument(
-        "--reuse-freed-memory",
-        action="store_true",
-        help="make glibc keep freed memory for reuse (jaxnet.allocator.reuse_freed_memory()) "
-        "before timing, for every method alike",
-    )
-    parser.add_argument(
-        "--devices",
-        type=int,
-        default=1,
-        help="also time the analytic rules data-parallel over N devices (on CPU: N virtual "
-        "devices, made before JAX starts)",
-    )
+    add = parser.add_argument
+    add("--quick", action="store_true", help="fewer, shorter windows")
+    add("--batches", type=int, nargs="+", default=list(DEFAULT_BATCHES), metavar="B")
+    add("--nets", nargs="+", default=list(DEFAULT_NETS), metavar="NET")
+    add("--json", type=Path, default=Path("benchmark.json"), metavar="PATH")
+    add("--windows", type=int, default=None, help="timed rounds per group")
+    add("--window-s", type=float, default=None, help="seconds per window")
+    for flag, text in (
+        ("--no-torch", "leave PyTorch out"),
+        ("--no-equinox", "leave Equinox out"),
+        ("--no-torch-compile", "leave torch.compile out (left out with --quick: ~30 s to "
+         "compile each shape)"),
+        ("--torch-variants", "also time the PyTorch formulations not kept (hand-written "
+         "update, contiguous memory, foreach SGD)"),
+        ("--no-layers", "skip the per-layer times"),
+        ("--no-epoch", "skip the full-epoch check"),
+        ("--reuse-freed-memory", "make glibc keep freed memory for reuse "
+         "(jaxnet.allocator.reuse_freed_memory()) before timing, for every method alike"),
+    ):  # fmt: skip
+        add(flag, action="store_true", help=text)
+    add("--devices", type=int, default=1, help="also time the analytic rules data-parallel "
+        "over N devices (on CPU: N virtual devices, made before JAX starts)")  # fmt: skip
     return parser
 
 
@@ -259,11 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     reuse = allocator.reuse_freed_memory() if args.reuse_freed_memory else False
     if jax.device_count() < args.devices:
         parser.error(f"--devices {args.devices}: JAX sees only {jax.device_count()} device(s)")
-
-    base = QUICK if args.quick else FULL
+    base, layer_settings = (QUICK, LAYERS_QUICK) if args.quick else (FULL, LAYERS_FULL)
     settings = Settings(
-        windows=args.windows if args.windows is not None else base.windows,
-        window_s=args.window_s if args.window_s is not None else base.window_s,
+        windows=base.windows if args.windows is None else args.windows,
+        window_s=base.window_s if args.window_s is None else args.window_s,
     )
     if settings.windows < 1 or not settings.window_s > 0:
         parser.error("--windows must be >= 1 and --window-s > 0")
@@ -273,7 +258,6 @@ def main(argv: list[str] | None = None) -> int:
         nets = tuple(architectures.get(name).name for name in args.nets)
     except ValueError as error:
         parser.error(str(error))
-    layer_settings = LAYERS_QUICK if args.quick else LAYERS_FULL
     if args.windows is not None or args.window_s is not None:  # shorter pieces, same rounds
         layer_settings = replace(settings, window_s=settings.window_s / 8)
     plan = Plan(
@@ -287,8 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         epoch=not args.no_epoch,
         quick=args.quick,
     )
-    log = partial(print, file=sys.stderr, flush=True)
     peers = import_peers(use_torch=not args.no_torch, use_equinox=not args.no_equinox)
+    log = partial(print, file=sys.stderr, flush=True)
     result = run_benchmark(plan, peers, log, reuse_freed_memory=reuse)
     print(format_table(result), end="")
     io.write_text(args.json, json.dumps(result, indent=1) + "\n")

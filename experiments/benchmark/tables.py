@@ -1,5 +1,4 @@
-"""The benchmark's record as Markdown for the terminal: set-up, one row per method, the targets,
-where time goes, the epoch check."""
+"""The benchmark's record as Markdown for the terminal."""
 
 from __future__ import annotations
 
@@ -8,24 +7,22 @@ from typing import Any
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """The benchmark as Markdown: set-up, one row per method, targets, layers, the epoch check."""
+    """Set-up, one row per method, the targets, the other ratios, where time goes, the epoch
+    check, and a note when other processes loaded the machine."""
     meta, groups = result["meta"], result["groups"]
-    ref = meta["reference"]
-    lines = [
-        f"CPU: {meta['cpu']}, {meta['threads']} threads (XLA and PyTorch); jax {meta['jax']}, "
-        f"torch {meta['torch'] or 'not installed'}, equinox {meta['equinox'] or 'not installed'}"
-        f"; load average {_fmt(meta['load_average_start'])} -> {_fmt(meta['load_average_end'])}"
-        "; malloc: "
-        + ("freed memory kept for reuse" if meta.get("reuse_freed_memory") else "glibc defaults"),
-        f"PyTorch: {meta['pytorch_formulation']}",
-        f"Equinox: {meta['equinox_formulation']}",
-        *meta["notes"],
-    ]
+    ref, load = meta["reference"], meta["load_average_start"]
+    malloc = "freed memory kept for reuse" if meta.get("reuse_freed_memory") else "glibc defaults"
     matmul = ", ".join(
         f"{lib} {statistics.median(g['matmul_gflops'][lib] for g in groups):.0f}"
         for lib in groups[0]["matmul_gflops"]
     )
-    lines += [
+    lines = [
+        f"CPU: {meta['cpu']}, {meta['threads']} threads (XLA and PyTorch); jax {meta['jax']}, "
+        f"torch {meta['torch'] or 'not installed'}, equinox {meta['equinox'] or 'not installed'}"
+        f"; load average {_fmt(load)} -> {_fmt(meta['load_average_end'])}; malloc: {malloc}",
+        f"PyTorch: {meta['pytorch_formulation']}",
+        f"Equinox: {meta['equinox_formulation']}",
+        *meta["notes"],
         f"float32 {meta['matmul_n']}^3 matrix product, GFLOP/s: {matmul}; "
         f"ceiling {result['ceiling_gflops']:.0f}",
         "",
@@ -44,13 +41,18 @@ def format_table(result: dict[str, Any]) -> str:
     for g in groups:
         for name, why in g["failed"].items():
             lines.append(f"{name} on {g['net']} at batch {g['batch']}: failed, {why}")
-    lines += ["", *_targets(result)]
+    lines += ["", *_targets(ref, groups)]
     for g in groups:
-        lines += _other_ratios(g, ref)
-        if g["layers"]:
-            lines += ["", *format_layers(g)]
+        others = []
+        for key, ratio in g["ratios"].items():
+            a, b = key.split("/", 1)
+            if a != ref:  # the reference against each method is in the table above
+                others.append(
+                    f"{g['net']} at batch {g['batch']}: {a} ran {ratio:.2f}x as fast as {b}"
+                )
+        lines += ["", *others] if others else []
+        lines += ["", *format_layers(g)] if g["layers"] else []
     lines += _epoch_lines(result.get("epoch"))
-    load = meta["load_average_start"]
     if load is not None and load > meta["threads"]:
         lines += [
             "",
@@ -60,15 +62,14 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _targets(result: dict[str, Any]) -> list[str]:
+def _targets(ref: str, groups: list[dict[str, Any]]) -> list[str]:
     """The issue's targets per group: the reference against PyTorch and Equinox, % of ceiling."""
-    ref = result["meta"]["reference"]
     lines = [
         f"| targets: {ref} | batch | / PyTorch (>= 1.0) | / Equinox (>= 1.5) "
         "| % of ceiling (CIFAR-10 >= 45%) |",
         "|---|---:|---:|---:|---:|",
     ]
-    for g in result["groups"]:
+    for g in groups:
         cells = []
         for peer, target in (("PyTorch", 1.0), ("Equinox", 1.5)):
             r = g["ratios"].get(f"{ref}/{peer}")
@@ -81,45 +82,32 @@ def _targets(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _other_ratios(group: dict[str, Any], ref: str) -> list[str]:
-    """Lines for the ratios that are not the reference against a method."""
-    lines = []
-    for key, ratio in group["ratios"].items():
-        a, b = key.split("/", 1)
-        if a != ref:
-            lines.append(
-                f"{group['net']} at batch {group['batch']}: {a} ran {ratio:.2f}x as fast as {b}"
-            )
-    return ["", *lines] if lines else []
-
-
 def format_layers(group: dict[str, Any]) -> list[str]:
     """Where time goes in one group: forward / backward ms of every piece, per method."""
-    names = list(group["layers"])
-    lines = [
+    layers = group["layers"]
+    names = list(layers)
+
+    def row(label: str, cells: list[str]) -> str:
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    def fwd_bwd(piece: dict[str, Any]) -> str:
+        backward = piece["backward_ms"]
+        return f"{piece['forward_ms']:.3f}" + ("" if backward is None else f" / {backward:.3f}")
+
+    sums = [sum((r["forward_ms"] or 0) + (r["backward_ms"] or 0) for r in layers[n]) for n in names]
+    return [
         f"where time goes, {group['net']} at batch {group['batch']} (ms, forward / backward, "
         "each piece on its own):",
         "",
-        "| piece | " + " | ".join(names) + " |",
+        row("piece", names),
         "|---|" + "---:|" * len(names),
+        *(
+            row(f"{piece['layer']} ({piece['kind']})", [fwd_bwd(layers[n][i]) for n in names])
+            for i, piece in enumerate(layers[names[0]])
+        ),
+        row("sum of the pieces", [f"{s:.2f}" for s in sums]),
+        row("whole step", [f"{group['methods'][n]['step_ms']:.2f}" for n in names]),
     ]
-    rows = group["layers"][names[0]]
-    for i, row in enumerate(rows):
-        cells = [_fwd_bwd(group["layers"][name][i]) for name in names]
-        lines.append(f"| {row['layer']} ({row['kind']}) | " + " | ".join(cells) + " |")
-    sums = [
-        sum((r["forward_ms"] or 0) + (r["backward_ms"] or 0) for r in group["layers"][name])
-        for name in names
-    ]
-    lines.append("| sum of the pieces | " + " | ".join(f"{s:.2f}" for s in sums) + " |")
-    steps = [group["methods"][name]["step_ms"] for name in names]
-    lines.append("| whole step | " + " | ".join(f"{s:.2f}" for s in steps) + " |")
-    return lines
-
-
-def _fwd_bwd(row: dict[str, Any]) -> str:
-    backward = row["backward_ms"]
-    return f"{row['forward_ms']:.3f}" + ("" if backward is None else f" / {backward:.3f}")
 
 
 def _epoch_lines(epoch: dict[str, Any] | None) -> list[str]:

@@ -1,14 +1,12 @@
 """The network in Equinox, as its users write it (Equinox's "CNN on MNIST" example).
 
-An ``eqx.Module`` holding a list of layers, ``eqx.nn.Conv2d`` / ``jax.nn.relu`` /
-``eqx.nn.MaxPool2d`` / ``jnp.ravel`` / ``eqx.nn.Linear``, applied to one ``(C, H, W)`` image and
-mapped over the batch with ``jax.vmap``; the loss is
-``optax.softmax_cross_entropy_with_integer_labels``; one ``eqx.filter_jit`` step takes
+An ``eqx.Module`` holding a list of layers (``eqx.nn.Conv2d``, ``jax.nn.relu``,
+``eqx.nn.MaxPool2d``, ``jnp.ravel``, ``eqx.nn.Linear``) applied to one ``(C, H, W)`` image and
+mapped over the batch with ``jax.vmap``; the loss
+``optax.softmax_cross_entropy_with_integer_labels``; one ``eqx.filter_jit`` step of
 ``eqx.filter_value_and_grad``, the optimizer update and ``eqx.apply_updates``. The optimizer
-is jaxnet's own :func:`jaxnet.momentum` (the seed's rule), and the uint8 images are scaled
-inside the step, as jaxnet's step does, so the two do the same work.
-
-Equinox's layers are NCHW (kernels ``(C_out, C_in, KH, KW)``, conv biases ``(C_out, 1, 1)``);
+is jaxnet's own :func:`jaxnet.momentum` and the uint8 images are scaled inside the step, as
+jaxnet's step does, so the two do the same work.
 ``eqx.nn.MaxPool2d`` is ``lax.reduce_window``, whose gradient XLA runs as select-and-scatter.
 """
 
@@ -21,54 +19,35 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from experiments.peers import nchw_weights
+from experiments.peers import nchw_layers
 from jaxnet.network import Architecture, Conv, Dense, MaxPool
 
 
 class CNN(eqx.Module):
-    """The architecture's layers in Equinox, with jaxnet's weights.
+    """The architecture's layers in Equinox, with jaxnet's weights (:func:`jaxnet.init`)."""
 
-    Attributes:
-        layers: Equinox modules and plain functions, applied in order to one image.
-    """
-
-    layers: list
+    layers: list  # Equinox modules and plain functions, applied in order to one image
 
     def __init__(self, arch: Architecture, params: dict) -> None:
-        """Build the layers of ``arch`` and load jaxnet's ``params`` into them.
-
-        Args:
-            arch: the network.
-            params: jaxnet's params for it (:func:`jaxnet.init`).
-        """
-        weights = nchw_weights(arch, params)
-        keys = iter(jax.random.split(jax.random.PRNGKey(0), len(arch.layers)))
         self.layers = []
-        shape = arch.input_shape
-        for layer, out_shape in zip(arch.layers, arch.output_shapes, strict=True):
-            key = next(keys)
+        key = jax.random.PRNGKey(0)  # Equinox's own initial weights are replaced by jaxnet's
+        for layer, flatten, weights in nchw_layers(arch, params):
             if isinstance(layer, Conv):
                 module = eqx.nn.Conv2d(
                     layer.c_in, layer.c_out, (layer.kh, layer.kw), layer.stride,
                     layer.padding, key=key,
                 )  # fmt: skip
             elif isinstance(layer, Dense):
-                if len(shape) == 3:
-                    self.layers.append(jnp.ravel)
                 module = eqx.nn.Linear(layer.n_in, layer.n_out, key=key)
             elif isinstance(layer, MaxPool):
                 module = eqx.nn.MaxPool2d(layer.window, layer.stride)
             else:
                 module = jax.nn.relu
-            if layer.name in weights:
-                w, b = weights[layer.name]
-                module = eqx.tree_at(
-                    lambda m: (m.weight, m.bias),
-                    module,
-                    (jnp.asarray(w), jnp.asarray(b).reshape(module.bias.shape)),
-                )
-            self.layers.append(module)
-            shape = out_shape
+            if weights is not None:  # a conv bias is (C_out, 1, 1) in Equinox
+                w, b = (jnp.asarray(a) for a in weights)
+                bias = b.reshape(module.bias.shape)
+                module = eqx.tree_at(lambda m: (m.weight, m.bias), module, (w, bias))
+            self.layers += [jnp.ravel, module] if flatten else [module]
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Logits ``(num_classes,)`` of one float image ``x (C, H, W)``."""
@@ -84,26 +63,17 @@ def loss(model: CNN, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def make_train_step(
-    optimizer: optax.GradientTransformation,
-    mean: float,
-    scale: float = 1 / 255,
-    donate: str = "none",
+    optimizer: optax.GradientTransformation, mean: float, scale: float = 1 / 255
 ) -> Callable:
-    """One jitted train step, as in Equinox's examples.
-
-    Args:
-        optimizer: e.g. :func:`jaxnet.momentum`; its state is
-            ``optimizer.init(eqx.filter(model, eqx.is_array))``.
-        mean: subtracted after scaling, as jaxnet's ``make_train_step(mean=)``.
-        scale: applied to the uint8 pixels first.
-        donate: ``eqx.filter_jit``'s ``donate`` (``"none"``, its default, or ``"all"``).
+    """One jitted train step, as in Equinox's examples (``x * scale - mean`` inside it).
 
     Returns:
-        ``step(model, opt_state, x, y) -> (model, opt_state, {"loss", "accuracy"})`` for
-        uint8 ``x (N, C, H, W)`` and integer ``y (N,)``.
+        ``step(model, opt_state, x, y) -> (model, opt_state, {"loss", "accuracy"})`` for uint8
+        ``x (N, C, H, W)``, integer ``y (N,)`` and
+        ``opt_state = optimizer.init(eqx.filter(model, eqx.is_array))``.
     """
 
-    @eqx.filter_jit(donate=donate)
+    @eqx.filter_jit
     def step(model, opt_state, x, y):
         x = x.astype(jnp.float32) * scale - mean
         (value, logits), grads = eqx.filter_value_and_grad(loss, has_aux=True)(model, x, y)

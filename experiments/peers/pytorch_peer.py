@@ -1,14 +1,10 @@
 """The network in PyTorch, as its users write it: ``nn.Sequential``, ``torch.optim.SGD``.
 
-- :func:`sequential`: ``nn.Conv2d`` / ``nn.ReLU`` / ``nn.MaxPool2d`` / ``nn.Flatten`` /
-  ``nn.Linear`` in the architecture's order, with jaxnet's initial weights, in
-  ``channels_last`` memory (the faster format here; see ``docs/performance.md``).
-- :func:`sgd`: ``torch.optim.SGD(momentum=mu, dampening=mu, weight_decay=lambda)``, PyTorch's
-  default update (a for-loop over the parameters on CPU, the faster one here).
-- :func:`make_train_step`: uint8 images scaled inside the step, ``zero_grad(set_to_none=True)``,
-  ``nn.CrossEntropyLoss``, ``backward``, ``optimizer.step()``, the batch accuracy.
-- :func:`hand_written_step`: the benchmark's earlier PyTorch runner (``F.*`` calls and the
-  seed's update written out by hand), kept to show that the code above is at least as fast.
+:func:`sequential`, :func:`sgd` and :func:`make_train_step` are the formulation the benchmark
+keeps: ``channels_last`` memory and PyTorch's default SGD update (a for-loop over the
+parameters on CPU), each the faster one here (``docs/performance.md``).
+:func:`hand_written_step`, the benchmark's earlier runner, is kept to show that they are at
+least as fast.
 
 The optimizer against the seed's rule ``m = mu*m + (1-mu)*g; w -= alpha*(m + lambda*w)``:
 ``dampening=mu`` gives the same moving average, but PyTorch adds the weight decay to the
@@ -30,11 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experiments.peers import nchw_weights
+from experiments.peers import nchw_layers
 from jaxnet.network import Architecture, Conv, Dense, MaxPool
 
 Step = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-"""``step(x, y) -> (loss, accuracy)`` for uint8 images ``x (N, C, H, W)`` and labels ``y (N,)``."""
+"""``step(x, y) -> (loss, accuracy)`` for uint8 images ``x (N, C, H, W)`` in the model's memory
+format and int64 labels ``y (N,)``; both results are of the batch before the update."""
 
 
 def sequential(
@@ -43,62 +40,33 @@ def sequential(
     device: str = "cpu",
     memory_format: torch.memory_format = torch.channels_last,
 ) -> nn.Sequential:
-    """The network as an ``nn.Sequential`` with jaxnet's weights.
-
-    Args:
-        arch: the network.
-        params: jaxnet's params for it (:func:`jaxnet.init`).
-        device: ``"cpu"`` or ``"cuda"``.
-        memory_format: of the convolution kernels (``torch.channels_last`` or
-            ``torch.contiguous_format``); feed images in the same format.
-
-    Returns:
-        A module mapping float images ``(N, C, H, W)`` to logits ``(N, num_classes)``.
-    """
-    weights = nchw_weights(arch, params)
+    """The network with jaxnet's weights, float images ``(N, C, H, W)`` -> logits, its kernels
+    in ``memory_format`` (feed images in the same format)."""
     modules: list[nn.Module] = []
-    shape = arch.input_shape
-    for layer, out_shape in zip(arch.layers, arch.output_shapes, strict=True):
+    for layer, flatten, weights in nchw_layers(arch, params):
         if isinstance(layer, Conv):
             module = nn.Conv2d(
                 layer.c_in, layer.c_out, (layer.kh, layer.kw), layer.stride, layer.padding
             )
         elif isinstance(layer, Dense):
-            if len(shape) == 3:
-                modules.append(nn.Flatten())
             module = nn.Linear(layer.n_in, layer.n_out)
         elif isinstance(layer, MaxPool):
             module = nn.MaxPool2d(layer.window, layer.stride)
         else:
             module = nn.ReLU()
-        if layer.name in weights:
-            w, b = weights[layer.name]
+        if weights is not None:
             with torch.no_grad():
-                module.weight.copy_(torch.from_numpy(w))
-                module.bias.copy_(torch.from_numpy(b))
-        modules.append(module)
-        shape = out_shape
+                module.weight.copy_(torch.from_numpy(weights[0]))
+                module.bias.copy_(torch.from_numpy(weights[1]))
+        modules += [nn.Flatten(), module] if flatten else [module]
     return nn.Sequential(*modules).to(device=device, memory_format=memory_format)
 
 
 def sgd(
-    model: nn.Module,
-    lr: float,
-    momentum: float,
-    weight_decay: float,
-    foreach: bool | None = None,
+    model: nn.Module, lr: float, momentum: float, weight_decay: float, foreach: bool | None = None
 ) -> torch.optim.SGD:
-    """``torch.optim.SGD`` with ``dampening=momentum``: the seed's moving average of gradients.
-
-    Args:
-        model: the parameters' owner.
-        lr, momentum, weight_decay: ``alpha``, ``mu``, ``lambda``.
-        foreach: ``True``: one multi-tensor update; ``False``: a loop over the parameters;
-            ``None``: PyTorch's default (the loop on CPU, foreach on CUDA).
-
-    Returns:
-        The optimizer; see the module docstring for how it differs from the seed's rule.
-    """
+    """``torch.optim.SGD`` with ``dampening=momentum``, the seed's moving average of gradients
+    (see above for how it differs); ``foreach=None`` is PyTorch's default update."""
     return torch.optim.SGD(
         model.parameters(),
         lr=lr,
@@ -112,18 +80,8 @@ def sgd(
 def make_train_step(
     model: nn.Module, optimizer: torch.optim.Optimizer, mean: float, scale: float = 1 / 255
 ) -> Step:
-    """One train step as a PyTorch user writes it.
-
-    Args:
-        model: maps float images ``(N, C, H, W)`` to logits (``sequential``, or it compiled).
-        optimizer: over ``model``'s parameters.
-        mean: subtracted after scaling, as jaxnet's ``make_train_step(mean=)``.
-        scale: applied to the uint8 pixels first.
-
-    Returns:
-        ``step(x, y) -> (loss, accuracy)``, uint8 ``x (N, C, H, W)`` in the model's memory
-        format, int64 ``y (N,)``; both results are tensors of the batch before the update.
-    """
+    """One train step as a PyTorch user writes it, ``x * scale - mean`` inside it; ``model`` may
+    be :func:`sequential`'s or it compiled."""
     loss_fn = nn.CrossEntropyLoss()
 
     def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,37 +107,29 @@ def hand_written_step(
     scale: float = 1 / 255,
     device: str = "cpu",
 ) -> tuple[Step, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
-    """The benchmark's earlier PyTorch step: ``F.*`` calls and the seed's update by hand.
+    """The benchmark's earlier PyTorch step: ``F.*`` calls on ``channels_last`` weights, and the
+    seed's update written out, one parameter at a time.
 
-    Weights in ``channels_last``; the update is jaxnet's, ``m = mu*m + (1-mu)*g;
-    w -= lr*(m + wd*w)``, one parameter at a time.
-
-    Args:
-        arch: the network.
-        params: jaxnet's params.
-        lr, momentum, weight_decay: ``alpha``, ``mu``, ``lambda``.
-        mean, scale: as :func:`make_train_step`.
-        device: ``"cpu"`` or ``"cuda"``.
-
-    Returns:
-        ``(step, weights)``: ``step(x, y) -> (loss, accuracy)`` as :func:`make_train_step`
-        (``x`` channels_last), and the tensors it updates, ``{layer name: (w, b)}`` (NCHW).
+    Returns ``(step, weights)``: the step as :func:`make_train_step`'s, and the tensors it
+    updates, ``{layer name: (w, b)}``.
     """
-    weights = {}
-    for name, (w, b) in nchw_weights(arch, params).items():
-        tw = torch.from_numpy(w).to(device)
-        if tw.dim() == 4:
-            tw = tw.contiguous(memory_format=torch.channels_last)
-        weights[name] = (tw.requires_grad_(True), torch.from_numpy(b).to(device).requires_grad_())
+    layers, weights = [], {}
+    for layer, _, pair in nchw_layers(arch, params):
+        if pair is not None:
+            w, b = (torch.from_numpy(a).to(device) for a in pair)
+            if w.dim() == 4:
+                w = w.contiguous(memory_format=torch.channels_last)
+            weights[layer.name] = (w.requires_grad_(), b.requires_grad_())
+        layers.append((layer, weights.get(layer.name)))
     flat = [t for pair in weights.values() for t in pair]
     moments = [torch.zeros_like(p) for p in flat]
 
     def forward(h: torch.Tensor) -> torch.Tensor:
-        for layer in arch.layers:
+        for layer, pair in layers:
             if isinstance(layer, Conv):
-                h = F.conv2d(h, *weights[layer.name], stride=layer.stride, padding=layer.padding)
+                h = F.conv2d(h, *pair, stride=layer.stride, padding=layer.padding)
             elif isinstance(layer, Dense):
-                h = F.linear(h.flatten(1), *weights[layer.name])
+                h = F.linear(h.flatten(1), *pair)
             elif isinstance(layer, MaxPool):
                 h = F.max_pool2d(h, layer.window, layer.stride)
             else:
@@ -200,17 +150,11 @@ def hand_written_step(
     return step, weights
 
 
-def images(x: np.ndarray, device: str = "cpu", memory_format=torch.channels_last) -> torch.Tensor:
-    """uint8 NHWC images ``(N, H, W, C)`` as the NCHW tensor a PyTorch step takes.
-
-    Args:
-        x: the images.
-        device: where the tensor lives.
-        memory_format: ``torch.channels_last`` (NHWC in memory, as ``x`` already is) or
-            ``torch.contiguous_format``.
-
-    Returns:
-        ``(N, C, H, W)`` uint8.
-    """
-    t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)
-    return t.to(device).contiguous(memory_format=memory_format)
+def batch(
+    x: np.ndarray, y: np.ndarray, device: str = "cpu", memory_format=torch.channels_last
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 NHWC images and their labels as a PyTorch step takes them: uint8 ``(N, C, H, W)``
+    in ``memory_format`` (``channels_last`` is NHWC in memory, as ``x`` already is) and int64."""
+    images = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)
+    labels = torch.from_numpy(y.astype(np.int64))
+    return images.to(device).contiguous(memory_format=memory_format), labels.to(device)

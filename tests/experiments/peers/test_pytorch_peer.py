@@ -20,7 +20,8 @@ def test_pytorch_computes_jaxnet_loss_with_the_same_weights(net):
     x, y = peers.batch_with_ties(arch)
     params, _, loss_j, logits_j = peers.jaxnet_on_the_batch(arch, x, y)
     model = torch_peer.sequential(arch, params)
-    logits_t = model(torch_peer.images(x).float() / 255 - MEAN).detach().numpy()
+    images, _ = torch_peer.batch(x, y)
+    logits_t = model(images.float() / 255 - MEAN).detach().numpy()
     np.testing.assert_allclose(logits_t, logits_j, rtol=1e-5, atol=1e-5)
     loss_t = torch.nn.functional.cross_entropy(
         torch.from_numpy(logits_t), torch.from_numpy(y).long()
@@ -52,9 +53,7 @@ def test_pytorch_steps_update_like_jaxnet_or_as_documented(net, weight_decay):
     model = torch_peer.sequential(arch, params)
     optimizer = torch_peer.sgd(model, peers.LR, peers.MU, weight_decay)
     zero_momentum(optimizer)
-    loss, _ = torch_peer.make_train_step(model, optimizer, MEAN)(
-        torch_peer.images(x), torch_peer.torch.from_numpy(y.astype(np.int64))
-    )
+    loss, _ = torch_peer.make_train_step(model, optimizer, MEAN)(*torch_peer.batch(x, y))
     pairs = [m for m in model if hasattr(m, "weight")]
     got = {
         layer.name: (m.weight.detach().numpy(), m.bias.detach().numpy())
@@ -69,6 +68,6 @@ def test_pytorch_steps_update_like_jaxnet_or_as_documented(net, weight_decay):
     step, weights = torch_peer.hand_written_step(
         arch, params, peers.LR, peers.MU, weight_decay, mean=MEAN
     )
-    step(torch_peer.images(x), torch_peer.torch.from_numpy(y.astype(np.int64)))
+    step(*torch_peer.batch(x, y))
     got = {name: tuple(t.detach().numpy() for t in pair) for name, pair in weights.items()}
     peers.assert_same_params(got, expected)

@@ -478,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     expl = explain(run, image, label, np.float32 if args.float32 else np.float64)
     title = f"{run.folder}: {what}"
     rows = table(expl)
-    say(format_table(expl, title, rows))
+    text = format_table(expl, title, rows)
+    say(text)
     try:
         plot_explanation(expl, title, out)
     except OSError as err:
@@ -486,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"figure: {out}")
     if page is not None:
         try:
-            explain_page.write_page(expl, title, page, rows)
+            explain_page.write_page(expl, title, page, rows=rows, text=text)
         except OSError as err:
             return error(f"--html {page}: {err.strerror or err}", 1)
         say(f"page: {page}")

@@ -33,11 +33,12 @@ import re
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from experiments.explain import Explanation, Table, format_table, table
+if TYPE_CHECKING:  # the command (experiments.explain) imports this module, not the other way
+    from experiments.explain import Explanation, Table
 
 TEMPLATE = "explain_page.html"
 DATA_MARK = "__EXPLAIN_DATA__"  # the template's placeholder for the JSON
@@ -223,9 +224,10 @@ def _array(a: np.ndarray, dtype: str = "<f4") -> dict[str, Any]:
     return out
 
 
-def page_data(expl: Explanation, title: str, rows: Table | None = None) -> dict[str, Any]:
-    """Everything the page shows, as JSON-ready data, under ``title`` (the table's first line);
-    ``rows`` is :func:`experiments.explain.table` of ``expl``, if already computed.
+def page_data(expl: Explanation, title: str, rows: Table, text: str) -> dict[str, Any]:
+    """Everything the page shows, as JSON-ready data, under ``title``: ``rows`` is
+    :func:`experiments.explain.table` of ``expl`` and ``text`` the printed table
+    (:func:`experiments.explain.format_table`), shown on the page as it is printed.
 
     Returns:
         A dict: ``title``, ``classes``, ``label``, ``loss``, ``dtype``, ``image`` (uint8
@@ -234,7 +236,6 @@ def page_data(expl: Explanation, title: str, rows: Table | None = None) -> dict[
         ``layers`` (name, kind, description, output shape, rule, equation, forward and backward
         rows), ``input`` and ``loss`` rows, ``probabilities``, ``saliency`` and ``table``.
     """
-    rows = table(expl) if rows is None else rows
     arch, a = expl.run.arch, expl.analytic
     n = len(arch.layers)
     arrays = {"x": _array(expl.x[0]), "dinput": _array(a.dinput[0])}
@@ -284,20 +285,20 @@ def page_data(expl: Explanation, title: str, rows: Table | None = None) -> dict[
         },
         "probabilities": [float(p) for p in expl.probabilities],
         "saliency": _array(np.abs(a.dinput[0]).max(axis=-1)),
-        "table": format_table(expl, title, rows),
+        "table": text,
     }
 
 
-def render_page(expl: Explanation, title: str, rows: Table | None = None) -> str:
+def render_page(expl: Explanation, title: str, rows: Table, text: str) -> str:
     """The page as one HTML string: the template with :func:`page_data` inlined as JSON."""
     template = resources.files("experiments").joinpath(TEMPLATE).read_text(encoding="utf-8")
-    data = json.dumps(page_data(expl, title, rows), separators=(",", ":"), allow_nan=False)
+    data = json.dumps(page_data(expl, title, rows, text), separators=(",", ":"), allow_nan=False)
     # "</" would end the <script> element early; "<\/" is the same JSON string.
     return template.replace(DATA_MARK, data.replace("</", "<\\/"), 1)
 
 
 def write_page(
-    expl: Explanation, title: str, path: str | os.PathLike[str], rows: Table | None = None
+    expl: Explanation, title: str, path: str | os.PathLike[str], *, rows: Table, text: str
 ) -> Path:
     """Write :func:`render_page` to ``path`` atomically (UTF-8); returns ``path`` as a Path.
 
@@ -306,4 +307,4 @@ def write_page(
     """
     from jaxnet.io import write_text
 
-    return write_text(path, render_page(expl, title, rows))
+    return write_text(path, render_page(expl, title, rows, text))

@@ -50,7 +50,9 @@ def built(request, tmp_path_factory):
     run = trained_run.load_run(folder)
     expl = explain.explain(run, image_for(run.arch), label=3)
     rows = explain.table(expl)
-    page = explain_page.render_page(expl, "a title", rows)
+    page = explain_page.render_page(
+        expl, "a title", rows, explain.format_table(expl, "a title", rows)
+    )
     return run, expl, rows, page
 
 
@@ -118,7 +120,9 @@ def test_the_cifar10_table3_page_weighs_at_most_5_mb(tmp_path):
     folder = write_run(tmp_path / "run", "cifar10_modified")
     run = trained_run.load_run(folder)
     expl = explain.explain(run, image_for(run.arch), label=0)
-    path = explain_page.write_page(expl, "title", tmp_path / "page.html")
+    rows = explain.table(expl)
+    text = explain.format_table(expl, "title", rows)
+    path = explain_page.write_page(expl, "title", tmp_path / "page.html", rows=rows, text=text)
     assert path.stat().st_size <= 5 * MB
     assert architectures.get("cifar10_modified").name == run.arch.name
 
@@ -127,7 +131,9 @@ def test_markup_in_names_cannot_end_the_data_early(tmp_path):
     names = ["</script><b>x</b>", *(str(d) for d in range(1, 10))]
     folder = write_run(tmp_path / "run", "mnist", class_names=names)
     run = trained_run.load_run(folder)
-    page = explain_page.render_page(explain.explain(run, image_for(run.arch), 0), "</script>")
+    expl = explain.explain(run, image_for(run.arch), 0)
+    rows = explain.table(expl)
+    page = explain_page.render_page(expl, "</script>", rows, explain.format_table(expl, "", rows))
     assert page.count("</script>") == 2
     data = data_of(page)
     assert data["classes"][0] == names[0] and data["title"] == "</script>"

@@ -17,7 +17,8 @@ import sys
 from typing import Any
 
 from experiments import image_dir
-from experiments.cli import Experiment, Preset, main
+from experiments.cli import main
+from experiments.command import Experiment, Preset
 from experiments.report import SEED_ACCURACY
 
 

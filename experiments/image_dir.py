@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.cli import Experiment, Refused, unchangeable
+from experiments.command import Experiment, Refused, unchangeable
 
 DEFAULT_TEST_FRACTION = 0.2
 
@@ -109,7 +109,7 @@ def load(args: argparse.Namespace, size: int, channels: int) -> tuple[Any, dict]
     Raises:
         jaxnet.datasets.ImageFolderError: the folder is not usable, or has changed since the
             resumed run started (other images per class).
-        experiments.cli.Refused: ``--test-fraction`` or ``--centre`` without an image folder, or
+        experiments.command.Refused: ``--test-fraction`` or ``--centre`` without an image folder, or
             given with ``--resume`` with another value than the run's.
     """
     from jaxnet.datasets import ImageFolderError, load_image_folder

@@ -64,7 +64,7 @@ def test_every_preset_builds_a_valid_config():
     import argparse
 
     from experiments import mnist
-    from experiments.cli import build_parser, fit_config
+    from experiments.command import build_parser, fit_config
 
     experiments = [mnist.EXPERIMENT] + [cifar10.experiment(a) for a in cifar10.PRESETS]
     for exp in experiments:

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from experiments import mnist
-from experiments.cli import build_parser, fit_config
+from experiments.command import build_parser, fit_config
 from jaxnet.training import FitConfig
 
 
@@ -112,7 +112,7 @@ def test_each_preset_has_its_own_default_folder():
     from pathlib import Path
 
     from experiments import cifar10
-    from experiments.cli import default_out
+    from experiments.command import default_out
 
     assert default_out(mnist.EXPERIMENT, "best") == Path("runs/mnist")
     assert default_out(mnist.EXPERIMENT, "seed") == Path("runs/mnist_seed")

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from jaxnet.training.config import FitConfig
+from jaxnet.training.config import FitConfig, nonnegative_int, positive_int
 
 
 class ConfigError(ValueError):
@@ -113,11 +113,13 @@ def _from_json(record: dict[str, Any], where: Path) -> RunConfig:
         fit = FitConfig(**{k: v for k, v in settings.items() if k in names})
     except (TypeError, ValueError) as err:  # a setting missing or out of range
         raise ConfigError(f"{where}: the settings in fit are damaged ({err})") from None
-    if not _is_int(record.get("val_size")) or record["val_size"] < 0:
-        raise bad("val_size", "an integer >= 0")
     limit = record.get("train_limit")
-    if limit is not None and not (_is_int(limit) and limit > 0):
-        raise bad("train_limit", "a positive integer or null")
+    try:  # the checks the flags and the presets pass
+        nonnegative_int("val_size", record.get("val_size"))
+        if limit is not None:
+            positive_int("train_limit", limit)
+    except ValueError as err:
+        raise ConfigError(f"{where}: {err}") from None
     names = record.get("class_names")
     if not (isinstance(names, list) and len(names) >= 2 and all(isinstance(n, str) for n in names)):
         raise ConfigError(
@@ -151,10 +153,6 @@ def _from_json(record: dict[str, Any], where: Path) -> RunConfig:
         image_folder=_image_folder(record.get("image_folder"), where),
         resumed=tuple(resumed),
     )
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _finite_number(value: Any) -> bool:

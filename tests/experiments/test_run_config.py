@@ -52,7 +52,7 @@ def test_the_input_record_is_the_settings_scale_and_the_mean():
     ("change", "message"),
     [
         ({"preset": 3}, "preset must be a string, got 3"),
-        ({"train_limit": 0}, "train_limit must be a positive integer or null, got 0"),
+        ({"train_limit": 0}, "train_limit must be a positive integer, got 0"),
         ({"val_size": True}, "val_size must be an integer >= 0, got True"),
         ({"idx_dir": 1}, "idx_dir must be a string or null, got 1"),
         ({"resumed": {}}, "resumed must be a list of JSON objects"),

@@ -2,6 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import references as ref
 from jax.test_util import check_grads
 from layer_helpers import normal, rel_err
 
@@ -28,8 +29,7 @@ def make(config, dtype=jnp.float64):
 @pytest.mark.parametrize("config", CONFIGS, ids=IDS)
 def test_forward_matches_numpy(x64, config):
     x, w, b = make(config)
-    ref = np.asarray(x).reshape(x.shape[0], -1) @ np.asarray(w).T + np.asarray(b)
-    assert rel_err(dense(x, w, b), ref) < 1e-13
+    assert rel_err(dense(x, w, b), ref.dense(x, w, b)) < 1e-13
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=IDS)
@@ -69,7 +69,7 @@ def test_float32_close_to_float64():
 @pytest.mark.parametrize(
     ("shapes", "error", "match"),
     [
-        (((2, 5), (3, 4), (3,)), ValueError, r"w must have shape \(M, 5\)"),
+        (((2, 5), (3, 4), (3,)), ValueError, r"w must have shape \(3, 5\) to match x"),
         (((2, 5), (3, 5), (4,)), ValueError, r"b must have shape \(3,\)"),
         (((2, 5), (15,), (3,)), ValueError, r"w must have shape \(M, D\)"),
         (((), (3, 1), (3,)), ValueError, "x must have shape"),

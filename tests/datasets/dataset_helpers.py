@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from data_files import CIFAR_CLASSES
 
-from jaxnet.datasets import FileSpec
+from jaxnet.datasets import DataError, FileSpec
 
 
 def closed_port() -> int:
@@ -168,9 +168,16 @@ def expected_cifar(batches) -> tuple[np.ndarray, ...]:
     return train_x, train_y, batches[5][0], batches[5][1].astype(np.int32)
 
 
-def assert_one_line(err: pytest.ExceptionInfo) -> str:
+def refused(load, *fragments: str, starts: Path | str = "") -> str:
+    """The message of the :class:`DataError` that ``load()`` raises, checked: one line,
+    starting with ``starts`` (the file at fault) and holding every fragment."""
+    with pytest.raises(DataError) as err:
+        load()
     message = str(err.value)
     assert "\n" not in message and message.strip() == message
+    assert message.startswith(str(starts)), message
+    for fragment in fragments:
+        assert fragment in message, message
     return message
 
 

@@ -42,40 +42,23 @@ from jaxnet._validate import IntOrPair, int_at_least, int_pair, window_outputs
 Params = Mapping[str, jax.Array]
 """One layer's parameters, ``{"w": ..., "b": ...}``."""
 
-# ---------------------------------------------------------------------------------------------
-# Which layer functions: the analytic rules or autodiff
-# ---------------------------------------------------------------------------------------------
-
 _OPS = {"analytic": analytic, "autodiff": autodiff}
 RULES = tuple(_OPS)
 """The accepted values of every ``rules`` argument."""
 
 
 def layer_ops(rules: str) -> ModuleType:
-    """The layer functions a network runs with: :mod:`jaxnet.layers` or :mod:`jaxnet.autodiff`.
+    """The layer functions a network runs with: :mod:`jaxnet.layers` for ``rules="analytic"``
+    (each layer's hand-derived ``custom_vjp`` rule), :mod:`jaxnet.autodiff` for ``"autodiff"``
+    (JAX differentiates the forward passes itself); ValueError for any other ``rules``.
 
     Both modules hold ``conv2d``, ``dense``, ``maxpool2d``, ``relu`` and
     ``softmax_cross_entropy`` with the same forward passes; they differ only in how the gradient
     is found.
-
-    Args:
-        rules: ``"analytic"`` (each layer's hand-derived ``custom_vjp`` rule) or ``"autodiff"``
-            (JAX differentiates the forward passes itself).
-
-    Returns:
-        The module.
-
-    Raises:
-        ValueError: any other ``rules``.
     """
     if rules not in _OPS:
         raise ValueError(f"rules must be one of {RULES}, got {rules!r}")
     return _OPS[rules]
-
-
-# ---------------------------------------------------------------------------------------------
-# Layer specs
-# ---------------------------------------------------------------------------------------------
 
 
 def _shape_str(shape: tuple[int, ...]) -> str:
@@ -112,12 +95,11 @@ class Layer(abc.ABC):
             raise TypeError(f"{owner}: name must be a non-empty str or None, got {self.name!r}")
         if self.name:
             owner = f"{owner} {self.name!r}"
-        for attr, minimum in self._ints.items():
-            value = int_at_least(f"{owner}: {attr}", getattr(self, attr), minimum)
-            object.__setattr__(self, attr, value)
-        for attr, minimum in self._pairs.items():
-            value = int_pair(f"{owner}: {attr}", getattr(self, attr), minimum)
-            object.__setattr__(self, attr, value)
+        checks = [(int_at_least, self._ints), (int_pair, self._pairs)]
+        for check, minimums in checks:
+            for attr, minimum in minimums.items():
+                value = check(f"{owner}: {attr}", getattr(self, attr), minimum)
+                object.__setattr__(self, attr, value)
 
     def _where(self) -> str:
         """How an error message names the layer: ``layer 'conv1' (Conv)``."""
@@ -346,11 +328,6 @@ class Dense(Layer):
         return ops.dense(x, params["w"], params["b"])
 
 
-# ---------------------------------------------------------------------------------------------
-# Architecture
-# ---------------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class Architecture:
     """A network as static data: its layers in order, its input shape and its number of classes.
@@ -426,11 +403,6 @@ class Architecture:
     def parametrised(self) -> tuple[Layer, ...]:
         """The layers that have parameters (conv and dense), in order; the params dict's keys."""
         return tuple(layer for layer in self.layers if layer.param_shapes())
-
-
-# ---------------------------------------------------------------------------------------------
-# Parameters
-# ---------------------------------------------------------------------------------------------
 
 
 def init(
@@ -533,11 +505,6 @@ def parameter_table(arch: Architecture) -> str:
         )
     lines.append(f"| **total** | | | **{sum(row.params for row in rows)}** |")
     return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------------------------------------
-# Forward pass
-# ---------------------------------------------------------------------------------------------
 
 
 def _check_params(arch: Architecture, params: dict) -> None:

@@ -4,7 +4,7 @@ import pytest
 import references as ref
 from jax import lax
 from jax.test_util import check_grads
-from layer_helpers import normal, rel_err
+from layer_helpers import assert_float32_grads_close_to_float64, normal, rel_err
 
 from jaxnet import autodiff, conv2d
 
@@ -85,17 +85,9 @@ def test_jit_and_vmap(x64, compare_rules, config):
 @pytest.mark.parametrize("config", CONFIGS[::2], ids=IDS[::2])
 def test_float32_close_to_float64(config):
     args32, padding, stride = make(config, jnp.float32)
-
-    def loss(*a):
-        return jnp.sum(jnp.sin(conv2d(*a, padding, stride)))
-
-    g32 = jax.grad(loss, (0, 1, 2))(*args32)
-    with jax.enable_x64(True):
-        args64 = tuple(a.astype(jnp.float64) for a in args32)
-        g64 = jax.grad(loss, (0, 1, 2))(*args64)
-    for a, b in zip(g32, g64, strict=True):
-        assert a.dtype == jnp.float32
-        assert rel_err(a, b) < 1e-4
+    assert_float32_grads_close_to_float64(
+        lambda *a: jnp.sum(jnp.sin(conv2d(*a, padding, stride))), args32
+    )
 
 
 @pytest.mark.parametrize(

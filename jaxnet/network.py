@@ -95,11 +95,12 @@ class Layer(abc.ABC):
             raise TypeError(f"{owner}: name must be a non-empty str or None, got {self.name!r}")
         if self.name:
             owner = f"{owner} {self.name!r}"
-        checks = [(int_at_least, self._ints), (int_pair, self._pairs)]
-        for check, minimums in checks:
-            for attr, minimum in minimums.items():
-                value = check(f"{owner}: {attr}", getattr(self, attr), minimum)
-                object.__setattr__(self, attr, value)
+        for attr, minimum in self._ints.items():
+            value = int_at_least(f"{owner}: {attr}", getattr(self, attr), minimum)
+            object.__setattr__(self, attr, value)
+        for attr, minimum in self._pairs.items():
+            value = int_pair(f"{owner}: {attr}", getattr(self, attr), minimum)
+            object.__setattr__(self, attr, value)
 
     def _where(self) -> str:
         """How an error message names the layer: ``layer 'conv1' (Conv)``."""

@@ -83,18 +83,12 @@ def window_outputs(
     padding: tuple[int, int] = (0, 0),
     stride: tuple[int, int] = (1, 1),
 ) -> tuple[int, int]:
-    """Where a sliding window fits: the output ``(Ho, Wo)`` of a convolution or a pooling layer.
+    """The output ``(Ho, Wo)`` of a convolution or a pooling layer on an input ``size`` ``(H, W)``.
 
     Per axis ``floor((size + 2 padding - k) / stride) + 1``: the places a window of ``k`` takes
-    sliding by ``stride`` over the input zero-padded by ``padding`` on each side.
-
-    Args:
-        what: the layer as the message should name it (``"conv2d"``, ``"layer 'conv1' (Conv)"``).
-        size: the input's ``(H, W)``.
-        window, padding, stride: ``(kh, kw)``, ``(ph, pw)`` and ``(sh, sw)``.
-
-    Raises:
-        ValueError: the padded input is smaller than the window on some axis (no output).
+    sliding by ``stride`` over the input zero-padded by ``padding`` on each side. ValueError,
+    naming the layer as ``what`` (``"conv2d"``, ``"layer 'conv1' (Conv)"``), where the padded
+    input is smaller than the window on some axis (no output).
     """
     if any(s + 2 * p < k for s, k, p in zip(size, window, padding, strict=True)):
         padded = f" with padding {padding}" if any(padding) else ""

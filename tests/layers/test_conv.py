@@ -75,11 +75,13 @@ def test_check_grads_finite_differences(x64, config):
 def test_jit_and_vmap(x64, compare_rules, config):
     (x, w, b), padding, stride = make(config)
     xs = jnp.stack([x, 2.0 * x, -x])  # an extra leading axis for vmap
-
-    def batched(rule):
-        return jax.jit(jax.vmap(lambda x, w, b: rule(x, w, b, padding, stride), (0, None, None)))
-
-    compare_rules(batched(conv2d), batched(autodiff.conv2d), (xs, w, b), (0, 1, 2))
+    compare_rules(
+        lambda x, w, b: conv2d(x, w, b, padding, stride),
+        lambda x, w, b: autodiff.conv2d(x, w, b, padding, stride),
+        (xs, w, b),
+        (0, 1, 2),
+        vmap=(0, None, None),
+    )
 
 
 @pytest.mark.parametrize("config", CONFIGS[::2], ids=IDS[::2])

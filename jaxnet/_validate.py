@@ -4,8 +4,8 @@ Used wherever a Python int enters the library (layer specs, the layers' padding,
 window), so every such mistake reads alike: ``TypeError`` for a value that is not an int,
 ``ValueError`` for one that is too small, each naming the argument and what it got. Also the
 one search for class labels out of range (:func:`out_of_range`), for data files and metrics,
-and the one output-size formula of a sliding window (:func:`window_outputs`), for the layer
-specs, max pooling and the oneDNN kernels.
+and the one output size of a sliding window, with its check (:func:`window_outputs`), for the
+layer specs, the convolution and pooling layers and the oneDNN kernels.
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
+
+IntOrPair = int | tuple[int, int]
+"""An int ``k`` (meaning ``(k, k)``) or a pair: padding, stride, a window."""
 
 
 def out_of_range(values: np.ndarray, num_classes: int) -> str | None:
@@ -73,10 +76,26 @@ def int_pair(name: str, value: object, minimum: int) -> tuple[int, int]:
     return (int_at_least(name, items[0], minimum), int_at_least(name, items[1], minimum))
 
 
-def window_outputs(size: int, k: int, padding: int = 0, stride: int = 1) -> int:
-    """How many places a window of ``k`` takes sliding by ``stride`` over ``size + 2 padding``.
+def window_outputs(
+    what: str,
+    size: tuple[int, int],
+    window: tuple[int, int],
+    padding: tuple[int, int] = (0, 0),
+    stride: tuple[int, int] = (1, 1),
+) -> tuple[int, int]:
+    """The output ``(Ho, Wo)`` of a convolution or a pooling layer on an input ``size`` ``(H, W)``.
 
-    ``floor((size + 2 padding - k) / stride) + 1``: the output height (or width) of a
-    convolution or a pooling layer. The caller checks that ``size + 2 padding >= k``.
+    Per axis ``floor((size + 2 padding - k) / stride) + 1``: the places a window of ``k`` takes
+    sliding by ``stride`` over the input zero-padded by ``padding`` on each side. ValueError,
+    naming the layer as ``what`` (``"conv2d"``, ``"layer 'conv1' (Conv)"``), where the padded
+    input is smaller than the window on some axis (no output).
     """
-    return (size + 2 * padding - k) // stride + 1
+    if any(s + 2 * p < k for s, k, p in zip(size, window, padding, strict=True)):
+        padded = f" with padding {padding}" if any(padding) else ""
+        raise ValueError(
+            f"{what}: its {window[0]}x{window[1]} window{padded} leaves no output on a "
+            f"{size[0]}x{size[1]} input"
+        )
+    return tuple(
+        (s + 2 * p - k) // st + 1 for s, k, p, st in zip(size, window, padding, stride, strict=True)
+    )

@@ -1,14 +1,14 @@
 """The seed's three networks, as :class:`jaxnet.network.Architecture` values.
 
 - :func:`mnist`: the report's Table 1 (28x28x1 in, 10 classes).
-
-Each takes ``num_classes`` (default 10): the last dense layer's outputs, for an image folder
-with another number of classes; nothing else about the network changes.
 - :func:`cifar10_baseline`: the assignment's CIFAR-10 starter network (32x32x3 in).
 - :func:`cifar10_modified`: the report's Table 3 (32x32x3 in).
 
-Look one up by name with :func:`get` (``"mnist"``, ``"cifar10_baseline"`` or ``"baseline"``,
-``"cifar10_modified"`` or ``"modified"``).
+Each takes ``num_classes`` (default 10, the report's): the last dense layer's outputs, for an
+image folder with another number of classes; nothing else about the network changes. Each
+returns the architecture named after its function. Look one up by name with :func:`get`
+(``"mnist"``, ``"cifar10_baseline"`` or ``"baseline"``, ``"cifar10_modified"`` or
+``"modified"``).
 """
 
 from __future__ import annotations
@@ -18,33 +18,26 @@ from collections.abc import Callable
 from jaxnet.network import Architecture, Conv, Dense, MaxPool, ReLU
 
 
+def _conv_relu(k: int, c_in: int, c_out: int) -> tuple[Conv, ReLU]:
+    """A ``k x k`` convolution with same-size padding (``k // 2``), then a ReLU."""
+    return Conv(k, k, c_in, c_out, padding=k // 2), ReLU()
+
+
 def mnist(num_classes: int = 10) -> Architecture:
     """The report's MNIST network (Table 1): 14682 parameters.
 
     ``conv 5x5x1x16 pad 2 -> ReLU -> pool 2 -> conv 5x5x16x16 pad 2 -> ReLU -> pool 2 ->
     dense 784 -> 10``. Per-sample shapes: ``(28, 28, 1) -> (28, 28, 16) -> (14, 14, 16) ->
     (14, 14, 16) -> (7, 7, 16) -> (10,)``. Parameters 416, 6416, 7850.
-
-    Args:
-        num_classes: outputs of the last dense layer (the report's: 10); nothing else changes.
-
-    Returns:
-        The architecture, input ``(28, 28, 1)``, ``num_classes`` classes, named ``"mnist"``.
     """
-    return Architecture(
-        layers=(
-            Conv(5, 5, 1, 16, padding=2),
-            ReLU(),
-            MaxPool(2, 2),
-            Conv(5, 5, 16, 16, padding=2),
-            ReLU(),
-            MaxPool(2, 2),
-            Dense(7 * 7 * 16, num_classes),
-        ),
-        input_shape=(28, 28, 1),
-        num_classes=num_classes,
-        name="mnist",
+    layers = (
+        *_conv_relu(5, 1, 16),
+        MaxPool(),
+        *_conv_relu(5, 16, 16),
+        MaxPool(),
+        Dense(7 * 7 * 16, num_classes),
     )
+    return Architecture(layers, (28, 28, 1), num_classes, "mnist")
 
 
 def cifar10_baseline(num_classes: int = 10) -> Architecture:
@@ -53,27 +46,14 @@ def cifar10_baseline(num_classes: int = 10) -> Architecture:
     ``conv 5x5x3x16 pad 2 -> ReLU -> pool 2 -> conv 5x5x16x16 pad 2 -> ReLU -> dense 4096 -> 10``.
     Per-sample shapes: ``(32, 32, 3) -> (32, 32, 16) -> (16, 16, 16) -> (16, 16, 16) -> (10,)``.
     Parameters 1216, 6416, 40970.
-
-    Args:
-        num_classes: outputs of the last dense layer (the report's: 10); nothing else changes.
-
-    Returns:
-        The architecture, input ``(32, 32, 3)``, ``num_classes`` classes, named
-        ``"cifar10_baseline"``.
     """
-    return Architecture(
-        layers=(
-            Conv(5, 5, 3, 16, padding=2),
-            ReLU(),
-            MaxPool(2, 2),
-            Conv(5, 5, 16, 16, padding=2),
-            ReLU(),
-            Dense(16 * 16 * 16, num_classes),
-        ),
-        input_shape=(32, 32, 3),
-        num_classes=num_classes,
-        name="cifar10_baseline",
+    layers = (
+        *_conv_relu(5, 3, 16),
+        MaxPool(),
+        *_conv_relu(5, 16, 16),
+        Dense(16 * 16 * 16, num_classes),
     )
+    return Architecture(layers, (32, 32, 3), num_classes, "cifar10_baseline")
 
 
 def cifar10_modified(num_classes: int = 10) -> Architecture:
@@ -94,36 +74,20 @@ def cifar10_modified(num_classes: int = 10) -> Architecture:
 
     The report's table text says 64 units for the hidden dense layer, but its own count,
     ``1024*20 + 20 = 20500``, means 20: this is the network the count describes.
-
-    Args:
-        num_classes: outputs of the last dense layer (the report's: 10); nothing else changes.
-
-    Returns:
-        The architecture, input ``(32, 32, 3)``, ``num_classes`` classes, named
-        ``"cifar10_modified"``.
     """
-    return Architecture(
-        layers=(
-            Conv(5, 5, 3, 16, padding=2),
-            ReLU(),
-            MaxPool(2, 2),
-            Conv(5, 5, 16, 24, padding=2),
-            ReLU(),
-            Conv(5, 5, 24, 24, padding=2),
-            ReLU(),
-            MaxPool(2, 2),
-            Conv(3, 3, 24, 16, padding=1),
-            ReLU(),
-            Conv(3, 3, 16, 16, padding=1),
-            ReLU(),
-            Dense(8 * 8 * 16, 20),
-            ReLU(),
-            Dense(20, num_classes),
-        ),
-        input_shape=(32, 32, 3),
-        num_classes=num_classes,
-        name="cifar10_modified",
+    layers = (
+        *_conv_relu(5, 3, 16),
+        MaxPool(),
+        *_conv_relu(5, 16, 24),
+        *_conv_relu(5, 24, 24),
+        MaxPool(),
+        *_conv_relu(3, 24, 16),
+        *_conv_relu(3, 16, 16),
+        Dense(8 * 8 * 16, 20),
+        ReLU(),
+        Dense(20, num_classes),
     )
+    return Architecture(layers, (32, 32, 3), num_classes, "cifar10_modified")
 
 
 ARCHITECTURES: dict[str, Callable[..., Architecture]] = {

@@ -248,11 +248,7 @@ class CheckpointManager:
             ValueError: ``step`` < 0.
             OSError: the write failed; older checkpoints are untouched.
         """
-        if isinstance(step, bool) or not isinstance(step, int | np.integer):
-            raise TypeError(f"step must be an int, got {type(step).__name__}")
-        if step < 0:
-            raise ValueError(f"step must be >= 0, got {step}")
-        path = save_pytree(self.path_for(int(step)), tree, metadata)
+        path = save_pytree(self.path_for(int_at_least("step", step, 0)), tree, metadata)
         others = [p for _, p in self.checkpoints() if p != path]
         for old in others[: max(0, len(others) - (self.keep - 1))]:
             old.unlink(missing_ok=True)

@@ -39,7 +39,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnet import autodiff, layers
+from jaxnet import architectures, autodiff, layers
+from jaxnet.network import init
+from jaxnet.step import loss_fn, preprocess
 
 TOLERANCE = 1e-10
 KINK_TOLERANCE = 1e-5  # one-sided estimates are O(h^2): coarser than the central ones
@@ -95,13 +97,17 @@ class Result:
         )
 
 
+def _scale(g: np.ndarray) -> float:
+    """The largest entry of a reference gradient (errors are relative to it), at least tiny."""
+    return max(float(np.max(np.abs(g))), np.finfo(np.float64).tiny)
+
+
 def relative_error(a: Sequence[jax.Array], b: Sequence[jax.Array]) -> float:
     """``max |a - b| / max |b|`` over a list of arrays, taking the worst argument."""
     worst = 0.0
     for x, y in zip(a, b, strict=True):
         x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-        scale = max(float(np.max(np.abs(y))), np.finfo(np.float64).tiny)
-        worst = max(worst, float(np.max(np.abs(x - y))) / scale)
+        worst = max(worst, float(np.max(np.abs(x - y))) / _scale(y))
     return worst
 
 
@@ -225,8 +231,7 @@ def check(case: Case, tolerance: float = TOLERANCE, seed: int = 0) -> Result:
             coords = np.sort(rng.choice(n, case.fd_samples, replace=False))
         est = _finite_differences(case.custom, case.args, i, jnp.asarray(coords), case.step)
         g_all = np.asarray(g, np.float64)
-        scale = max(float(np.max(np.abs(g_all))), np.finfo(np.float64).tiny)
-        fd.add(est, g_all.reshape(-1)[coords], scale, tolerance, noise)
+        fd.add(est, g_all.reshape(-1)[coords], _scale(g_all), tolerance, noise)
 
     shapes = ", ".join("x".join(map(str, a.shape)) for a in case.args)
     return Result(
@@ -333,8 +338,6 @@ def network_case(
         fd_samples: finite differences at this many random coordinates of each array (all of
             them would take ``2 * 3`` forward passes per parameter).
     """
-    from jaxnet.step import loss_fn
-
     leaves, treedef = jax.tree.flatten(params)
 
     def network_loss(rules):
@@ -368,10 +371,6 @@ def network_cases(
     for one rectangle (:func:`zero_background_images`): exact kinks everywhere, as on real
     data. Call with float64 enabled.
     """
-    from jaxnet import architectures
-    from jaxnet.network import init
-    from jaxnet.step import preprocess
-
     cases = []
     for name in ("mnist", "cifar10_baseline", "cifar10_modified"):
         arch = architectures.get(name)

@@ -37,14 +37,10 @@ import jax.numpy as jnp
 
 from jaxnet import autodiff
 from jaxnet import layers as analytic
-from jaxnet._validate import int_at_least, int_pair, window_outputs
+from jaxnet._validate import IntOrPair, int_at_least, int_pair, window_outputs
 
 Params = Mapping[str, jax.Array]
 """One layer's parameters, ``{"w": ..., "b": ...}``."""
-
-# ---------------------------------------------------------------------------------------------
-# Which layer functions: the analytic rules or autodiff
-# ---------------------------------------------------------------------------------------------
 
 _OPS = {"analytic": analytic, "autodiff": autodiff}
 RULES = tuple(_OPS)
@@ -52,30 +48,17 @@ RULES = tuple(_OPS)
 
 
 def layer_ops(rules: str) -> ModuleType:
-    """The layer functions a network runs with: :mod:`jaxnet.layers` or :mod:`jaxnet.autodiff`.
+    """The layer functions a network runs with: :mod:`jaxnet.layers` for ``rules="analytic"``
+    (each layer's hand-derived ``custom_vjp`` rule), :mod:`jaxnet.autodiff` for ``"autodiff"``
+    (JAX differentiates the forward passes itself); ValueError for any other ``rules``.
 
     Both modules hold ``conv2d``, ``dense``, ``maxpool2d``, ``relu`` and
     ``softmax_cross_entropy`` with the same forward passes; they differ only in how the gradient
     is found.
-
-    Args:
-        rules: ``"analytic"`` (each layer's hand-derived ``custom_vjp`` rule) or ``"autodiff"``
-            (JAX differentiates the forward passes itself).
-
-    Returns:
-        The module.
-
-    Raises:
-        ValueError: any other ``rules``.
     """
     if rules not in _OPS:
         raise ValueError(f"rules must be one of {RULES}, got {rules!r}")
     return _OPS[rules]
-
-
-# ---------------------------------------------------------------------------------------------
-# Layer specs
-# ---------------------------------------------------------------------------------------------
 
 
 def _shape_str(shape: tuple[int, ...]) -> str:
@@ -96,8 +79,9 @@ class Layer(abc.ABC):
 
     Attributes:
         kind: the kind in one word (``"conv"``), the prefix of default names (``conv1``).
-        name: the layer's key in the params dict, or ``None`` until :class:`Architecture`
-            names it.
+        name: the layer's key in the params dict; every spec takes it as its last field,
+            ``None`` by default, and then :class:`Architecture` names the layer by kind and
+            position (``conv1``, ``relu1``, ``pool1``, ``dense1``, ``conv2``, ...).
     """
 
     kind: ClassVar[str]
@@ -196,8 +180,6 @@ class Conv(Layer):
         c_in, c_out: input and output channels, >= 1.
         padding: zeros on each side, an int or ``(ph, pw)``, >= 0; stored as a pair.
         stride: an int or ``(sh, sw)``, >= 1; stored as a pair.
-        name: the layer's key in the params dict; ``None`` lets :class:`Architecture` name it
-            ``conv1``, ``conv2``, ... in order.
     """
 
     kind: ClassVar[str] = "conv"
@@ -208,8 +190,8 @@ class Conv(Layer):
     kw: int
     c_in: int
     c_out: int
-    padding: int | tuple[int, int] = 0
-    stride: int | tuple[int, int] = 1
+    padding: IntOrPair = 0
+    stride: IntOrPair = 1
     name: str | None = None
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -233,13 +215,11 @@ class Conv(Layer):
                 f"{self._where()}: c_in = {self.c_in} but its input {_shape_str(input_shape)} "
                 f"has {c} channels"
             )
-        (ph, pw), (sh, sw) = self.padding, self.stride
-        if h + 2 * ph < self.kh or w + 2 * pw < self.kw:
-            raise ValueError(
-                f"{self._where()}: kernel {self.kh}x{self.kw} with padding {self.padding} leaves "
-                f"no output on input {_shape_str(input_shape)}"
-            )
-        return (window_outputs(h, self.kh, ph, sh), window_outputs(w, self.kw, pw, sw), self.c_out)
+        kernel = (self.kh, self.kw)
+        return (
+            *window_outputs(self._where(), (h, w), kernel, self.padding, self.stride),
+            self.c_out,
+        )
 
     def describe(self) -> str:
         """``conv 5x5x1x16, pad 2`` (and ``, stride 2`` when it is not 1)."""
@@ -255,11 +235,7 @@ class Conv(Layer):
 
 @dataclass(frozen=True)
 class ReLU(Layer):
-    """An elementwise ReLU (:func:`jaxnet.relu`); no parameters, any input shape.
-
-    Attributes:
-        name: the layer's name; ``None`` lets :class:`Architecture` name it ``relu1``, ...
-    """
+    """An elementwise ReLU (:func:`jaxnet.relu`); no parameters, any input shape."""
 
     kind: ClassVar[str] = "relu"
 
@@ -284,26 +260,19 @@ class MaxPool(Layer):
     Attributes:
         window: an int or ``(kh, kw)``, >= 1; stored as a pair.
         stride: an int or ``(sh, sw)``, >= 1; stored as a pair.
-        name: the layer's name; ``None`` lets :class:`Architecture` name it ``pool1``, ...
     """
 
     kind: ClassVar[str] = "pool"
     _pairs: ClassVar[dict[str, int]] = {"window": 1, "stride": 1}
 
-    window: int | tuple[int, int] = 2
-    stride: int | tuple[int, int] = 2
+    window: IntOrPair = 2
+    stride: IntOrPair = 2
     name: str | None = None
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         """``(H, W, C) -> (Ho, Wo, C)``; ValueError if the window does not fit."""
         h, w, c = self._image(input_shape)
-        (kh, kw), (sh, sw) = self.window, self.stride
-        if h < kh or w < kw:
-            raise ValueError(
-                f"{self._where()}: window {kh}x{kw} leaves no output on input "
-                f"{_shape_str(input_shape)}"
-            )
-        return (window_outputs(h, kh, 0, sh), window_outputs(w, kw, 0, sw), c)
+        return (*window_outputs(self._where(), (h, w), self.window, stride=self.stride), c)
 
     def describe(self) -> str:
         return f"max pool {self.window[0]}x{self.window[1]}, stride {_pair_str(self.stride)}"
@@ -322,8 +291,6 @@ class Dense(Layer):
 
     Attributes:
         n_in, n_out: input and output sizes, >= 1.
-        name: the layer's key in the params dict; ``None`` lets :class:`Architecture` name it
-            ``dense1``, ``dense2``, ... in order.
     """
 
     kind: ClassVar[str] = "dense"
@@ -360,11 +327,6 @@ class Dense(Layer):
 
     def apply(self, params: Params | None, x: jax.Array, ops: ModuleType) -> jax.Array:
         return ops.dense(x, params["w"], params["b"])
-
-
-# ---------------------------------------------------------------------------------------------
-# Architecture
-# ---------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -444,11 +406,6 @@ class Architecture:
         return tuple(layer for layer in self.layers if layer.param_shapes())
 
 
-# ---------------------------------------------------------------------------------------------
-# Parameters
-# ---------------------------------------------------------------------------------------------
-
-
 def init(
     arch: Architecture, key: jax.Array, dtype: jnp.dtype = jnp.float32
 ) -> dict[str, dict[str, jax.Array]]:
@@ -499,14 +456,7 @@ def _init(arch: Architecture, key: jax.Array, dtype: jnp.dtype) -> dict:
 
 
 def count_params(arch: Architecture) -> int:
-    """The number of trainable parameters (weights and biases of every layer).
-
-    Args:
-        arch: the network.
-
-    Returns:
-        The total, equal to the number of scalars in ``init(arch, key)``.
-    """
+    """The number of trainable parameters of ``arch``: the scalars in ``init(arch, key)``."""
     return sum(layer.param_count() for layer in arch.layers)
 
 
@@ -529,14 +479,8 @@ class ParamRow(NamedTuple):
 
 
 def parameter_rows(arch: Architecture) -> list[ParamRow]:
-    """The parameter table as data: one :class:`ParamRow` per layer, in order.
-
-    Args:
-        arch: the network.
-
-    Returns:
-        A list with one row per layer (ReLU and pooling included, with 0 parameters).
-    """
+    """The parameter table of ``arch`` as data: one :class:`ParamRow` per layer, in order
+    (ReLU and pooling included, with 0 parameters)."""
     return [
         ParamRow(layer.name, layer.describe(), shape, layer.param_count(), layer.param_arithmetic())
         for layer, shape in zip(arch.layers, arch.output_shapes, strict=True)
@@ -544,17 +488,11 @@ def parameter_rows(arch: Architecture) -> list[ParamRow]:
 
 
 def parameter_table(arch: Architecture) -> str:
-    """The report's parameter table (Tables 1 and 3) in Markdown.
+    """The report's parameter table (Tables 1 and 3) of ``arch`` in Markdown, ending in a newline.
 
     Columns: layer, type, output shape (per sample, ``HxWxC`` or ``n``), trainable parameters
     with their arithmetic (``5*5*1*16 + 16 = 416``). The first row is the input, the last the
     total.
-
-    Args:
-        arch: the network.
-
-    Returns:
-        The table, one line per row, ending in a newline.
     """
     lines = [
         "| Layer | Type | Output shape | Trainable parameters |",
@@ -568,11 +506,6 @@ def parameter_table(arch: Architecture) -> str:
         )
     lines.append(f"| **total** | | | **{sum(row.params for row in rows)}** |")
     return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------------------------------------
-# Forward pass
-# ---------------------------------------------------------------------------------------------
 
 
 def _check_params(arch: Architecture, params: dict) -> None:
@@ -622,10 +555,10 @@ def forward(
     """
     ops = layer_ops(rules)
     _check_params(arch, params)
-    if x.ndim != 4 or tuple(x.shape[1:]) != arch.input_shape:
+    if tuple(x.shape[1:]) != arch.input_shape:  # per image: true under evaluate's vmap too
         raise ValueError(
             f"x must have shape (N, {', '.join(map(str, arch.input_shape))}) for this "
-            f"architecture, got {tuple(x.shape)}"
+            f"architecture, got images of shape {tuple(x.shape[1:])}"
         )
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(

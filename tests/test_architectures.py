@@ -6,83 +6,55 @@ import pytest
 
 from jaxnet import architectures, count_params, parameter_rows, parameter_table
 
-# (per-layer trainable parameters of the conv and dense layers, total): report Tables 1 and 3,
+# Each network's input, the types of its layers as its parameter table writes them, and the
+# trainable parameters of its conv and dense layers with their total: report Tables 1 and 3,
 # and the assignment's CIFAR-10 starter.
-EXPECTED = {
-    "mnist": ([416, 6416, 7850], 14682),
-    "cifar10_baseline": ([1216, 6416, 40970], 48602),
-    "cifar10_modified": ([1216, 9624, 14424, 3472, 2320, 20500, 210], 51766),
+TABLES = {
+    "mnist": (
+        (28, 28, 1),
+        "conv 5x5x1x16, pad 2; ReLU; max pool 2x2, stride 2; conv 5x5x16x16, pad 2; ReLU; "
+        "max pool 2x2, stride 2; dense 784 -> 10",
+        [416, 6416, 7850],
+        14682,
+    ),
+    "cifar10_baseline": (
+        (32, 32, 3),
+        "conv 5x5x3x16, pad 2; ReLU; max pool 2x2, stride 2; conv 5x5x16x16, pad 2; ReLU; "
+        "dense 4096 -> 10",
+        [1216, 6416, 40970],
+        48602,
+    ),
+    "cifar10_modified": (  # ReLU after every conv and the hidden dense layer; bare logits
+        (32, 32, 3),
+        "conv 5x5x3x16, pad 2; ReLU; max pool 2x2, stride 2; conv 5x5x16x24, pad 2; ReLU; "
+        "conv 5x5x24x24, pad 2; ReLU; max pool 2x2, stride 2; conv 3x3x24x16, pad 1; ReLU; "
+        "conv 3x3x16x16, pad 1; ReLU; dense 1024 -> 20; ReLU; dense 20 -> 10",
+        [1216, 9624, 14424, 3472, 2320, 20500, 210],
+        51766,
+    ),
 }
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_parameter_counts(name):
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_the_reports_networks(name):
+    input_shape, kinds, per_layer, total = TABLES[name]
     arch = architectures.get(name)
-    per_layer, total = EXPECTED[name]
-    assert [row.params for row in parameter_rows(arch) if row.params] == per_layer
+    assert (arch.input_shape, arch.num_classes, arch.name) == (input_shape, 10, name)
+    rows = parameter_rows(arch)
+    assert "; ".join(r.kind for r in rows) == kinds
+    assert [r.params for r in rows if r.params] == per_layer
     assert count_params(arch) == total == sum(per_layer)
     assert parameter_table(arch).strip().endswith(f"| **{total}** |")
 
 
-def test_mnist_is_table_1():
-    arch = architectures.mnist()
-    assert (arch.input_shape, arch.num_classes, arch.name) == ((28, 28, 1), 10, "mnist")
-    assert [r.kind for r in parameter_rows(arch)] == [
-        "conv 5x5x1x16, pad 2",
-        "ReLU",
-        "max pool 2x2, stride 2",
-        "conv 5x5x16x16, pad 2",
-        "ReLU",
-        "max pool 2x2, stride 2",
-        "dense 784 -> 10",
-    ]
-    assert arch.output_shapes[-2] == (7, 7, 16)
-    table = parameter_table(arch)
+def test_the_tables_arithmetic_and_shapes():
+    table = parameter_table(architectures.mnist())
     for text in ("5*5*1*16 + 16 = 416", "5*5*16*16 + 16 = 6416", "784*10 + 10 = 7850"):
         assert text in table
-
-
-def test_cifar10_baseline_is_the_starter():
-    arch = architectures.cifar10_baseline()
-    assert (arch.input_shape, arch.num_classes) == ((32, 32, 3), 10)
-    assert [r.kind for r in parameter_rows(arch)] == [
-        "conv 5x5x3x16, pad 2",
-        "ReLU",
-        "max pool 2x2, stride 2",
-        "conv 5x5x16x16, pad 2",
-        "ReLU",
-        "dense 4096 -> 10",
-    ]
-
-
-def test_cifar10_modified_is_table_3():
+    assert architectures.mnist().output_shapes[-2] == (7, 7, 16)
     arch = architectures.cifar10_modified()
-    assert (arch.input_shape, arch.num_classes) == ((32, 32, 3), 10)
-    rows = parameter_rows(arch)
-    assert [r.kind for r in rows if r.params] == [
-        "conv 5x5x3x16, pad 2",
-        "conv 5x5x16x24, pad 2",
-        "conv 5x5x24x24, pad 2",
-        "conv 3x3x24x16, pad 1",
-        "conv 3x3x16x16, pad 1",
-        "dense 1024 -> 20",
-        "dense 20 -> 10",
-    ]
-    # ReLU after every conv and after the hidden dense layer; the logits come out bare.
-    kinds = [r.kind for r in rows]
-    for i, kind in enumerate(kinds[:-1]):
-        if kind.startswith("conv") or kind == "dense 1024 -> 20":
-            assert kinds[i + 1] == "ReLU", (i, kind)
-    assert kinds[-1] == "dense 20 -> 10"
-    assert [r.output_shape for r in rows if r.params] == [
-        (32, 32, 16),
-        (16, 16, 24),
-        (16, 16, 24),
-        (8, 8, 16),
-        (8, 8, 16),
-        (20,),
-        (10,),
-    ]
+    shapes = [(32, 32, 16), (16, 16, 24), (16, 16, 24), (8, 8, 16), (8, 8, 16), (20,), (10,)]
+    assert [r.output_shape for r in parameter_rows(arch) if r.params] == shapes
     table = parameter_table(arch)
     assert "1024*20 + 20 = 20500" in table and "64" not in table
 

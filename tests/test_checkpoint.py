@@ -190,15 +190,6 @@ def test_newer_format_version_is_refused(tmp_path):
         load_pytree(path, like={"w": np.ones(1)})
 
 
-def test_saved_params_are_numpy_readable(tmp_path):
-    params = make_params()
-    save_pytree(tmp_path / "params.npz", params)
-    with np.load(tmp_path / "params.npz") as z:
-        np.testing.assert_array_equal(z["['conv1']['w']"], params["conv1"]["w"])
-    loaded, _ = load_pytree(tmp_path / "params.npz", like=make_params(seed=1))
-    assert_identical(loaded, params)
-
-
 @pytest.mark.parametrize(
     "leaf",
     [np.array(["x"]), jnp.ones(2, jnp.bfloat16), jax.random.key(0)],

@@ -70,18 +70,21 @@ def test_command_fails_on_a_wrong_rule(monkeypatch, capsys):
     assert "FAILED" in capsys.readouterr().out
 
 
+def _check_loss(name, loss, x) -> gradcheck.Result:
+    """One case, ``loss`` as both the custom and the autodiff side, at the float64 point ``x``."""
+    with jax.enable_x64(True):
+        x = jnp.array(x, jnp.float64)
+        (result,) = gradcheck.run([gradcheck.Case(name, loss, loss, (x,), step=1e-3)])
+    return result
+
+
+def relu_sum(x):
+    return jnp.sum(layers.relu(x))
+
+
 def test_kinks_are_counted_not_hidden():
     # relu within a step of its kink: finite differences there are meaningless.
-    with jax.enable_x64(True):
-        x = jnp.array([2e-4, 1e-4, -1e-4, 0.5], jnp.float64)
-        case = gradcheck.Case(
-            "relu at kink",
-            lambda x: jnp.sum(layers.relu(x)),
-            lambda x: jnp.sum(layers.relu(x)),
-            (x,),
-            step=1e-3,
-        )
-        (result,) = gradcheck.run([case])
+    result = _check_loss("relu at kink", relu_sum, [2e-4, 1e-4, -1e-4, 0.5])
     assert result.fd_kinks + result.fd_coarse == 3
     assert result.fd_checked == 1
     assert result.ok()
@@ -89,19 +92,14 @@ def test_kinks_are_counted_not_hidden():
 
 def test_kink_at_the_point_is_found_from_one_sided_differences():
     # relu at exactly 0: central differences give 0.5, the rule 0 (the left derivative).
-    with jax.enable_x64(True):
-        x = jnp.array([0.0, 0.0, 0.5, -0.5], jnp.float64)
-        loss = lambda x: jnp.sum(layers.relu(x))  # noqa: E731
-        (result,) = gradcheck.run([gradcheck.Case("relu at 0", loss, loss, (x,), step=1e-3)])
+    result = _check_loss("relu at 0", relu_sum, [0.0, 0.0, 0.5, -0.5])
     assert (result.fd_at_kink, result.fd_checked, result.fd_kinks) == (2, 2, 0)
     assert result.err_kink < 1e-12 and result.ok()
 
 
 def test_a_rule_off_both_one_sided_derivatives_at_a_kink_fails():
-    with jax.enable_x64(True):
-        x = jnp.array([0.0, 0.5], jnp.float64)
-        half = lambda x: jnp.sum(jnp.maximum(x, 0.0))  # derivative 0.5 at the tie  # noqa: E731
-        (result,) = gradcheck.run([gradcheck.Case("maximum at 0", half, half, (x,), step=1e-3)])
+    # jnp.maximum's derivative at the tie is 0.5, neither one-sided derivative
+    result = _check_loss("maximum at 0", lambda x: jnp.sum(jnp.maximum(x, 0.0)), [0.0, 0.5])
     assert result.fd_at_kink == 1
     assert result.err_kink == pytest.approx(0.5)
     assert not result.ok()

@@ -76,4 +76,15 @@ def test_window_outputs_is_the_layers_output_size(size, k, padding, stride, expe
     y = lax.conv_general_dilated(
         x, w, (stride, stride), [(padding, padding)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
-    assert window_outputs(size, k, padding, stride) == expected == y.shape[1]
+    got = window_outputs("conv", (size, size), (k, k), (padding,) * 2, (stride,) * 2)
+    assert got == (expected, expected) == y.shape[1:3]
+
+
+def test_window_outputs_refuses_a_window_that_does_not_fit():
+    with pytest.raises(ValueError) as info:
+        window_outputs("layer 'c' (Conv)", (2, 9), (5, 5), (1, 1))
+    assert str(info.value) == (
+        "layer 'c' (Conv): its 5x5 window with padding (1, 1) leaves no output on a 2x9 input"
+    )
+    with pytest.raises(ValueError, match=r"^maxpool2d: its 3x3 window leaves no output on a 2x2"):
+        window_outputs("maxpool2d", (2, 2), (3, 3))

@@ -192,13 +192,6 @@ def pick(kernel: str, xla_fn, a: jax.Array, b: jax.Array, *static) -> jax.Array:
     )
 
 
-def _check(name: str, a: jax.Array, layout: str) -> None:
-    if a.dtype != jnp.float32:
-        raise TypeError(f"{name} must be float32 for oneDNN, got dtype {a.dtype}")
-    if a.ndim != 4:
-        raise ValueError(f"{name} must have rank 4 {layout}, got shape {tuple(a.shape)}")
-
-
 def _call(target: str, shape: tuple[int, ...], a, b, *, padding, stride) -> jax.Array:
     """The custom call ``target`` on ``a, b`` with result ``shape``; under ``vmap`` the handler
     loops over the mapped axes (every operand broadcast to them)."""
@@ -240,76 +233,27 @@ def _per_image(target: str, image_shape: tuple[int, ...], a, w, *, padding, stri
 def conv_forward(
     x: jax.Array, w: jax.Array, padding: tuple[int, int], stride: tuple[int, int]
 ) -> jax.Array:
-    """The correlation of ``x`` with ``w`` (no bias), on oneDNN.
+    """The correlation of ``x`` ``(N, H, W, C_in)`` with ``w`` ``(KH, KW, C_in, C_out)``, no bias:
+    ``(N, Ho, Wo, C_out)``, ``Ho = (H + 2 ph - KH) // sh + 1`` (likewise ``Wo``).
 
-    Args:
-        x: ``(N, H, W, C_in)`` float32.
-        w: ``(KH, KW, C_in, C_out)`` float32.
-        padding: ``(ph, pw)`` zeros on each side.
-        stride: ``(sh, sw)``.
-
-    Returns:
-        ``(N, Ho, Wo, C_out)``, ``Ho = (H + 2 ph - KH) // sh + 1`` (likewise ``Wo``).
+    The three kernels take float32 arrays, ``padding`` ``(ph, pw)`` and ``stride`` ``(sh, sw)``
+    as :func:`jaxnet.conv2d` has checked them: its rule is their one caller (:func:`pick`).
     """
-    _check("x", x, "(N, H, W, C_in)")
-    _check("w", w, "(KH, KW, C_in, C_out)")
-    _, h, wd, _ = x.shape
     kh, kw, _, c_out = w.shape
-    ho, wo = (window_outputs(*a) for a in zip((h, wd), (kh, kw), padding, stride, strict=True))
+    out = (*window_outputs("conv_forward", x.shape[1:3], (kh, kw), padding, stride), c_out)
+    return _per_image("jaxnet_onednn_conv_forward", out, x, w, padding=padding, stride=stride)
+
+
+def conv_backward_data(g, w, x_shape, padding, stride) -> jax.Array:
+    """``dL/dx`` ``(N, H, W, C_in)`` of the shape ``x_shape`` from ``g = dL/dy``
+    ``(N, Ho, Wo, C_out)`` and ``w``; rows and columns the forward pass never reached get zero."""
+    image = tuple(int(d) for d in x_shape[1:])
     return _per_image(
-        "jaxnet_onednn_conv_forward", (ho, wo, c_out), x, w, padding=padding, stride=stride
+        "jaxnet_onednn_conv_backward_data", image, g, w, padding=padding, stride=stride
     )
 
 
-def conv_backward_data(
-    g: jax.Array,
-    w: jax.Array,
-    x_shape: tuple[int, int, int, int],
-    padding: tuple[int, int],
-    stride: tuple[int, int],
-) -> jax.Array:
-    """``dL/dx`` of the convolution from ``g = dL/dy``, on oneDNN.
-
-    Args:
-        g: ``(N, Ho, Wo, C_out)`` float32.
-        w: ``(KH, KW, C_in, C_out)`` float32.
-        x_shape: ``(N, H, W, C_in)``, the input's shape.
-        padding: ``(ph, pw)``.
-        stride: ``(sh, sw)``.
-
-    Returns:
-        ``(N, H, W, C_in)``; rows and columns the forward pass never reached get zero.
-    """
-    _check("g", g, "(N, Ho, Wo, C_out)")
-    _check("w", w, "(KH, KW, C_in, C_out)")
-    image_shape = tuple(int(d) for d in x_shape[1:])
-    return _per_image(
-        "jaxnet_onednn_conv_backward_data", image_shape, g, w, padding=padding, stride=stride
-    )
-
-
-def conv_backward_weights(
-    x: jax.Array,
-    g: jax.Array,
-    w_shape: tuple[int, int, int, int],
-    padding: tuple[int, int],
-    stride: tuple[int, int],
-) -> jax.Array:
-    """``dL/dw`` of the convolution from ``x`` and ``g = dL/dy``, on oneDNN.
-
-    Args:
-        x: ``(N, H, W, C_in)`` float32.
-        g: ``(N, Ho, Wo, C_out)`` float32.
-        w_shape: ``(KH, KW, C_in, C_out)``, the kernel's shape.
-        padding: ``(ph, pw)``.
-        stride: ``(sh, sw)``.
-
-    Returns:
-        ``(KH, KW, C_in, C_out)``.
-    """
-    _check("x", x, "(N, H, W, C_in)")
-    _check("g", g, "(N, Ho, Wo, C_out)")
-    w_shape = tuple(int(d) for d in w_shape)
-    return _call(
-        "jaxnet_onednn_conv_backward_weights", w_shape, x, g, padding=padding, stride=stride
-    )
+def conv_backward_weights(x, g, w_shape, padding, stride) -> jax.Array:
+    """``dL/dw`` ``(KH, KW, C_in, C_out)`` of the shape ``w_shape`` from ``x`` and ``g = dL/dy``."""
+    shape = tuple(int(d) for d in w_shape)
+    return _call("jaxnet_onednn_conv_backward_weights", shape, x, g, padding=padding, stride=stride)

@@ -258,10 +258,8 @@ def load_cifar10(
     archive from :data:`MIRRORS`, unpacks it and deletes it.
 
     Args:
-        data_dir: the data root; None means ``$JAXNET_DATA``, else the cache (:func:`data_root`).
-        verify: check each file's size and md5 against the official ones (once per file version;
-            the result is remembered in the cache).
-        download: fetch the archive when no files are found; when False, raise at once.
+        data_dir, verify, download: as :func:`~jaxnet.datasets.load_mnist` (here ``download``
+            fetches the archive).
 
     Returns:
         A :class:`Dataset`: train images uint8 ``(50000, 32, 32, 3)``, labels int32 ``(50000,)``;

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import warnings
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -193,20 +194,32 @@ def verify_file(path: str | os.PathLike, spec: FileSpec) -> None:
         )
 
 
-def cached_array(path: Path, decode: Callable[[], np.ndarray]) -> np.ndarray:
-    """``decode()``, kept in ``<cache>/decoded/`` keyed by ``path``'s absolute path, size and
-    mtime; a stale entry is replaced, a damaged one decoded again."""
-    src, key, _ = _stamp(path)
-    who = hashlib.sha1(src.encode()).hexdigest()[:12]
-    what = hashlib.sha1(f"{_DECODE_VERSION}|{key}".encode()).hexdigest()[:12]
-    cached = cache_dir() / "decoded" / f"{who}-{what}-{path.name}.npy"
-    with contextlib.suppress(OSError, ValueError, EOFError):
-        return np.load(cached, allow_pickle=False)
-    array = decode()
-    for old in cached.parent.glob(f"{who}-*.npy"):
+def cached(
+    folder: str, source: str, version: str, decode: Callable[[], dict[str, np.ndarray]]
+) -> tuple[dict[str, np.ndarray], bool]:
+    """``decode()``'s arrays, kept in ``<cache>/<folder>/``; and whether they came from there.
+
+    An entry is keyed by its ``source`` (a file, a folder and its conversion) and that source's
+    ``version`` (sizes and mtimes): a new version replaces the source's older entries, and a
+    damaged entry is decoded again.
+    """
+    who, what = (hashlib.sha1(key.encode()).hexdigest()[:12] for key in (source, version))
+    entry = cache_dir() / folder / f"{who}-{what}.npz"
+    with contextlib.suppress(OSError, ValueError, EOFError, zipfile.BadZipFile):
+        with np.load(entry, allow_pickle=False) as stored:
+            return {name: stored[name] for name in stored.files}, True
+    arrays = decode()
+    for old in entry.parent.glob(f"{who}-*.npz"):
         old.unlink(missing_ok=True)
-    _cache_write(cached, lambda f: np.save(f, array, allow_pickle=False))
-    return array
+    _cache_write(entry, lambda f: np.savez(f, **arrays))
+    return arrays, False
+
+
+def cached_array(path: Path, decode: Callable[[], np.ndarray]) -> np.ndarray:
+    """``decode()`` of the file ``path``, :func:`cached` by its absolute path, size and mtime."""
+    src, key, _ = _stamp(path)
+    version = f"{_DECODE_VERSION}|{key}"
+    return cached("decoded", src, version, lambda: {"array": decode()})[0]["array"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,7 +21,6 @@ second load of an unchanged folder reads one file, and any change decodes the fo
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxnet._validate import int_pair
 from jaxnet.datasets import files
 from jaxnet.datasets.files import DataError, Dataset
 
@@ -148,13 +148,6 @@ def _split(labels: np.ndarray, k: int, fraction: float, seed: int) -> np.ndarray
     return test
 
 
-def _size(size: int | tuple[int, int]) -> tuple[int, int]:
-    pair = (size, size) if isinstance(size, int) else tuple(size)
-    if len(pair) != 2 or not all(isinstance(s, int) and s >= 1 for s in pair):
-        raise ValueError(f"size must be a positive int or (height, width), got {size!r}")
-    return pair  # type: ignore[return-value]
-
-
 def load_image_folder(
     path: str | os.PathLike,
     size: int | tuple[int, int],
@@ -195,8 +188,9 @@ def load_image_folder(
             sub-folder or just one, a class (in ``train/`` or ``test/``) has no readable image,
             or ``test/``'s classes differ from ``train/``'s. One line naming the folder.
         ValueError: ``size``, ``channels`` or ``test_fraction`` out of range.
+        TypeError: ``size`` is not an int or a pair of ints.
     """
-    height, width = _size(size)
+    height, width = int_pair("size", size, 1)
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
     if not 0.0 < test_fraction < 1.0:
@@ -216,19 +210,21 @@ def load_image_folder(
 
     conversion = f"{height}x{width}x{channels}|centre={bool(centre and channels == 1)}"
     start = time.perf_counter()
-    cache = _cache_path(root, conversion, _key(root, paths, conversion))
-    cached = _cached(cache, len(paths))
-    if cached is not None:
-        images, ok = cached
-        how = f"read from the cache in {time.perf_counter() - start:.1f} s"
-    else:
+
+    def decode() -> dict[str, np.ndarray]:
         from jaxnet.images import converter
 
         convert = converter((height, width, channels), centre=centre)
         images, ok = _decode(paths, convert, (height, width, channels), progress, root.name)
-        seconds = time.perf_counter() - start
+        return {"images": images, "ok": ok}
+
+    version = _key(root, paths, conversion)
+    arrays, hit = files.cached("image_folders", f"{root}|{conversion}", version, decode)
+    images, ok, seconds = arrays["images"], arrays["ok"], time.perf_counter() - start
+    if hit:
+        how = f"read from the cache in {seconds:.1f} s"
+    else:
         how = f"decoded in {seconds:.1f} s ({len(paths) / max(seconds, 1e-9):.0f} images/s)"
-        _store(cache, images, ok)
 
     for p, folder in parts:
         for c, name in enumerate(classes):
@@ -255,27 +251,3 @@ def load_image_folder(
         + ("" if test_dir is not None else f" (a seeded {test_fraction:g} split)")
     )
     return Dataset(images[~test], labels_a[~test], images[test], labels_a[test], tuple(classes))
-
-
-def _cache_path(root: Path, conversion: str, key: str) -> Path:
-    """``<cache>/image_folders/<folder and conversion>-<files>.npz``."""
-    who = hashlib.sha1(f"{root}|{conversion}".encode()).hexdigest()[:12]
-    return files.cache_dir() / "image_folders" / f"{who}-{key}.npz"
-
-
-def _cached(cache: Path, n: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """The decoded images and readable-file mask kept in ``cache``, or None."""
-    with contextlib.suppress(OSError, ValueError, EOFError, KeyError):
-        with np.load(cache, allow_pickle=False) as f:
-            images, ok = f["images"], f["ok"]
-        if len(ok) == n == len(images):
-            return images, ok
-    return None
-
-
-def _store(cache: Path, images: np.ndarray, ok: np.ndarray) -> None:
-    """Keep a decoded folder, replacing the same folder's and conversion's older entries."""
-    who = cache.name.split("-", 1)[0]
-    for old in cache.parent.glob(f"{who}-*.npz"):
-        old.unlink(missing_ok=True)
-    files._cache_write(cache, lambda f: np.savez(f, images=images, ok=ok))

@@ -2,14 +2,13 @@
 
 Every check runs on static information only (shapes, dtypes, Python ints), so it raises while
 JAX traces the function, with a one-line message naming the argument, what it got and what
-was expected.
+was expected. Integer arguments (padding, stride, window) and the output size of a window are
+checked by :mod:`jaxnet._validate`, as for the layer specs.
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
-
-from jaxnet._validate import int_pair
 
 
 def check_float(name: str, a: jnp.ndarray) -> None:
@@ -43,20 +42,11 @@ def check_floats(**arrays: jnp.ndarray) -> None:
         raise TypeError(f"arrays must share one floating dtype, got {got}")
 
 
-def check_bias(b: jnp.ndarray, w: jnp.ndarray, n_out: int) -> None:
-    """Raise ValueError unless the bias ``b`` has shape ``(n_out,)``, the outputs of ``w``."""
-    if b.shape != (n_out,):
+def check_shape(name: str, a: jnp.ndarray, shape: tuple[int, ...], other: str, b) -> None:
+    """Raise ValueError unless ``a`` has ``shape``, the shape the argument ``other`` (``b``)
+    fixes: a bias for its kernel, a kernel's input channels for its input, labels for logits."""
+    if tuple(a.shape) != shape:
         raise ValueError(
-            f"b must have shape ({n_out},) to match w of shape {tuple(w.shape)}, "
-            f"got shape {tuple(b.shape)}"
+            f"{name} must have shape {shape} to match {other} of shape {tuple(b.shape)}, "
+            f"got shape {tuple(a.shape)}"
         )
-
-
-def pair(name: str, value: int | tuple[int, int], minimum: int) -> tuple[int, int]:
-    """An int or a pair of ints as a pair, each at least ``minimum`` (``_validate.int_pair``).
-
-    Raises:
-        TypeError: an entry that is not an int (a float, an array, a bool).
-        ValueError: a pair of the wrong length, or an entry below ``minimum``.
-    """
-    return int_pair(name, value, minimum)

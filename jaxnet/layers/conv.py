@@ -30,31 +30,22 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxnet._validate import IntOrPair, int_pair, window_outputs
 from jaxnet.backends import onednn, xla_cpu
-from jaxnet.layers._checks import check_bias, check_floats, check_rank, pair
-
-_NHWC = ("NHWC", "HWIO", "NHWC")
+from jaxnet.layers._checks import check_floats, check_rank, check_shape
 
 
-def _check_conv(x, w, b, padding: tuple[int, int], stride: tuple[int, int]) -> None:
+def _checked(x, w, b, padding: tuple[int, int]) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``x``, ``w`` and ``b`` as arrays (as custom_vjp makes NumPy input), checked."""
+    x, w, b = jnp.asarray(x), jnp.asarray(w), jnp.asarray(b)
     check_floats(x=x, w=w, b=b)
     check_rank("x", x, 4, "(N, H, W, C_in)")
     check_rank("w", w, 4, "(KH, KW, C_in, C_out)")
-    if w.shape[2] != x.shape[3]:
-        raise ValueError(
-            f"w must have C_in = {x.shape[3]} input channels to match x of shape "
-            f"{tuple(x.shape)}, got w of shape {tuple(w.shape)}"
-        )
-    check_bias(b, w, w.shape[3])
-    for dim, size, k, p in (
-        ("H", x.shape[1], w.shape[0], padding[0]),
-        ("W", x.shape[2], w.shape[1], padding[1]),
-    ):
-        if size + 2 * p < k:
-            raise ValueError(
-                f"padding {padding} leaves no output: x has {dim} = {size}, padded to "
-                f"{size + 2 * p}, smaller than the kernel's {k}"
-            )
+    kh, kw, _, c_out = w.shape
+    check_shape("w", w, (kh, kw, x.shape[3], c_out), "x", x)
+    check_shape("b", b, (c_out,), "w", w)
+    window_outputs("conv2d", x.shape[1:3], (kh, kw), padding)
+    return x, w, b
 
 
 def _pad_spatial(x: jax.Array, pads: list[tuple[int, int]], dilation=(1, 1)) -> jax.Array:
@@ -79,11 +70,7 @@ def _conv(x, w, padding, stride):
 
 
 def conv2d_forward(
-    x: jax.Array,
-    w: jax.Array,
-    b: jax.Array,
-    padding: int | tuple[int, int] = 0,
-    stride: int | tuple[int, int] = 1,
+    x: jax.Array, w: jax.Array, b: jax.Array, padding: IntOrPair = 0, stride: IntOrPair = 1
 ) -> jax.Array:
     """Forward pass of the convolution, with no custom rule (JAX can differentiate it).
 
@@ -102,55 +89,31 @@ def conv2d_forward(
             negative padding, stride < 1, or padding that leaves no output.
         TypeError: a float where an int is required (padding, stride) or an integer array.
     """
-    padding = pair("padding", padding, 0)
-    stride = pair("stride", stride, 1)
-    x, w, b = jnp.asarray(x), jnp.asarray(w), jnp.asarray(b)  # as custom_vjp does with NumPy
-    _check_conv(x, w, b, padding, stride)
+    padding, stride = int_pair("padding", padding, 0), int_pair("stride", stride, 1)
+    x, w, b = _checked(x, w, b, padding)
     return _conv(x, w, padding, stride) + b
 
 
 def conv2d(
-    x: jax.Array,
-    w: jax.Array,
-    b: jax.Array,
-    padding: int | tuple[int, int] = 0,
-    stride: int | tuple[int, int] = 1,
+    x: jax.Array, w: jax.Array, b: jax.Array, padding: IntOrPair = 0, stride: IntOrPair = 1
 ) -> jax.Array:
     """2-D convolution whose gradient is the analytic rule (transposed convolutions).
 
-    Args:
-        x: input ``(N, H, W, C_in)``, floating point.
-        w: kernel ``(KH, KW, C_in, C_out)``.
-        b: bias ``(C_out,)``.
-        padding: zeros added on each side, an int or ``(ph, pw)``.
-        stride: an int or ``(sh, sw)``.
-
-    Returns:
-        ``(N, Ho, Wo, C_out)``; see :func:`conv2d_forward` for sizes and errors.
+    Arguments, output shape and errors: as :func:`conv2d_forward`.
     """
-    return _conv2d(x, w, b, pair("padding", padding, 0), pair("stride", stride, 1))
-
-
-def _rule_forward(x, w, b, padding, stride):
-    """The rule's forward pass: the twin's correlation (:func:`conv2d_forward`), or oneDNN's.
-
-    oneDNN runs it in float32 on the CPU when the extension is loaded (not under a mesh, not
-    with ``JAXNET_CONV=xla``; :func:`jaxnet.backends.onednn.pick` decides). There the output
-    equals the twin's to float rounding (tested to 1e-5), not bit for bit; everywhere else
-    (float64, GPU, TPU) it is the twin's function itself.
-    """
-    x, w, b = jnp.asarray(x), jnp.asarray(w), jnp.asarray(b)
-    _check_conv(x, w, b, padding, stride)
-    return onednn.pick("forward", _conv, x, w, padding, stride) + b
+    return _conv2d(x, w, b, int_pair("padding", padding, 0), int_pair("stride", stride, 1))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _conv2d(x, w, b, padding, stride):
-    return _rule_forward(x, w, b, padding, stride)
+    """The rule's forward pass: the twin's correlation, or oneDNN's where it runs (float32 on
+    the CPU: see the module docstring and :func:`jaxnet.backends.onednn.pick`)."""
+    x, w, b = _checked(x, w, b, padding)
+    return onednn.pick("forward", _conv, x, w, padding, stride) + b
 
 
 def _conv2d_fwd(x, w, b, padding, stride):
-    return _rule_forward(x, w, b, padding, stride), (x, w)
+    return _conv2d(x, w, b, padding, stride), (x, w)
 
 
 def _conv2d_bwd(padding, stride, residuals, g):

@@ -11,10 +11,12 @@ batch form of 5, 9, 13)::
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
-from jaxnet.layers._checks import check_bias, check_floats
+from jaxnet.layers._checks import check_floats, check_shape
 
 
 def dense_forward(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
@@ -38,15 +40,9 @@ def dense_forward(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
         raise ValueError(f"x must have shape (N, ...), got a scalar of shape {tuple(x.shape)}")
     if w.ndim != 2:
         raise ValueError(f"w must have shape (M, D), got shape {tuple(w.shape)}")
-    d = 1
-    for s in x.shape[1:]:
-        d *= s
-    if w.shape[1] != d:
-        raise ValueError(
-            f"w must have shape (M, {d}) for x of shape {tuple(x.shape)} "
-            f"(D = {d} features per sample), got w of shape {tuple(w.shape)}"
-        )
-    check_bias(b, w, w.shape[0])
+    d = math.prod(x.shape[1:])  # D, the features of one sample
+    check_shape("w", w, (w.shape[0], d), "x", x)
+    check_shape("b", b, w.shape[:1], "w", w)
     return x.reshape(x.shape[0], d) @ w.T + b
 
 
@@ -54,16 +50,8 @@ def dense_forward(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
 def dense(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
     """Dense layer ``x @ w.T + b`` whose gradient is the analytic rule (eqs. 17, 21, 24).
 
-    Args:
-        x: input ``(N, ...)``, flattened to ``(N, D)``; floating point.
-        w: weights ``(M, D)``.
-        b: bias ``(M,)``.
-
-    Returns:
-        Output ``(N, M)``. The gradient with respect to ``x`` has the shape of ``x``.
-
-    Raises:
-        ValueError, TypeError: as :func:`dense_forward`, at trace time.
+    Arguments, output and errors: as :func:`dense_forward`. The gradient with respect to ``x``
+    has the shape of ``x``.
     """
     return dense_forward(x, w, b)
 

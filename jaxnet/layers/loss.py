@@ -13,7 +13,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from jaxnet.layers._checks import check_float, check_int, check_rank
+from jaxnet.layers._checks import check_float, check_int, check_rank, check_shape
 
 
 def _log_softmax(logits: jax.Array) -> jax.Array:
@@ -51,11 +51,7 @@ def _loss_and_log_softmax(
     check_int("labels", labels)
     check_rank("logits", logits, 2, "(N, K)")
     check_rank("labels", labels, 1, "(N,)")
-    if labels.shape[0] != logits.shape[0]:
-        raise ValueError(
-            f"labels must have shape ({logits.shape[0]},) to match logits of shape "
-            f"{tuple(logits.shape)}, got shape {tuple(labels.shape)}"
-        )
+    check_shape("labels", labels, logits.shape[:1], "logits", logits)
     log_p = _log_softmax(logits)
     per_row = -_picked(log_p, labels)
     if smoothing:
@@ -90,13 +86,8 @@ def softmax_cross_entropy(
 ) -> jax.Array:
     """Softmax cross-entropy loss (eq. 26) whose gradient is eq. 29.
 
-    Args:
-        logits: ``(N, K)`` floating point.
-        labels: ``(N,)`` integer class indices in ``[0, K)``.
-        smoothing: label smoothing ``eps`` in ``[0, 1)``, a Python float (0: none).
-
-    Returns:
-        The scalar mean loss over the batch. Finite for logits up to 1e4 in float32.
+    Arguments, result and errors: as :func:`softmax_cross_entropy_forward`. Finite for logits
+    up to 1e4 in float32.
     """
     return softmax_cross_entropy_forward(logits, labels, smoothing)
 

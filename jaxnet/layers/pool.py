@@ -20,17 +20,15 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnet._validate import window_outputs
-from jaxnet.layers._checks import check_float, check_rank, pair
+from jaxnet._validate import IntOrPair, int_pair, window_outputs
+from jaxnet.layers._checks import check_float, check_rank
 
 
 def _check_pool(x, window: tuple[int, int], stride: tuple[int, int]) -> tuple[int, int]:
+    """Check ``x``; the output ``(Ho, Wo)``."""
     check_float("x", x)
     check_rank("x", x, 4, "(N, H, W, C)")
-    for dim, size, k in (("H", x.shape[1], window[0]), ("W", x.shape[2], window[1])):
-        if size < k:
-            raise ValueError(f"window {window} leaves no output: x has {dim} = {size} < {k}")
-    return tuple(window_outputs(x.shape[1 + d], window[d], 0, stride[d]) for d in range(2))
+    return window_outputs("maxpool2d", x.shape[1:3], window, stride=stride)
 
 
 def _window_slices(x, window, stride, out):
@@ -71,9 +69,7 @@ def _max_and_argmax(x, window, stride):
     return best, index
 
 
-def maxpool2d_forward(
-    x: jax.Array, window: int | tuple[int, int] = 2, stride: int | tuple[int, int] = 2
-) -> jax.Array:
+def maxpool2d_forward(x: jax.Array, window: IntOrPair = 2, stride: IntOrPair = 2) -> jax.Array:
     """Forward pass of max pooling, with no custom rule (JAX can differentiate it).
 
     Args:
@@ -89,23 +85,15 @@ def maxpool2d_forward(
         ValueError: ``x`` not of rank 4, window or stride < 1, or a window larger than ``x``.
         TypeError: ``x`` not floating point, or a non-int window or stride.
     """
-    return _max_and_argmax(x, pair("window", window, 1), pair("stride", stride, 1))[0]
+    return _max_and_argmax(x, int_pair("window", window, 1), int_pair("stride", stride, 1))[0]
 
 
-def maxpool2d(
-    x: jax.Array, window: int | tuple[int, int] = 2, stride: int | tuple[int, int] = 2
-) -> jax.Array:
+def maxpool2d(x: jax.Array, window: IntOrPair = 2, stride: IntOrPair = 2) -> jax.Array:
     """Max pooling whose gradient goes to the first maximum of each window (row-major).
 
-    Args:
-        x: input ``(N, H, W, C)``, floating point.
-        window: window size, an int or ``(kh, kw)``.
-        stride: an int or ``(sh, sw)``.
-
-    Returns:
-        ``(N, Ho, Wo, C)``; see :func:`maxpool2d_forward` for sizes and errors.
+    Arguments, output shape and errors: as :func:`maxpool2d_forward`.
     """
-    return _maxpool2d(x, pair("window", window, 1), pair("stride", stride, 1))
+    return _maxpool2d(x, int_pair("window", window, 1), int_pair("stride", stride, 1))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(1, 2))

@@ -34,11 +34,7 @@ def relu_forward(x: jax.Array) -> jax.Array:
 def relu(x: jax.Array) -> jax.Array:
     """ReLU ``max(x, 0)`` whose gradient is ``dL/dy * step(x)`` with ``step(0) = 0`` (eq. 25).
 
-    Args:
-        x: floating-point array of any shape.
-
-    Returns:
-        ``max(x, 0)``, the shape and dtype of ``x``.
+    Argument, output and error: as :func:`relu_forward`.
     """
     return relu_forward(x)
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from data_files import CIFAR_CLASSES
 
-from jaxnet.datasets import FileSpec
+from jaxnet.datasets import DataError, FileSpec
 
 
 def closed_port() -> int:
@@ -60,7 +60,8 @@ PY_NAMES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 def py2_pickle(obj) -> bytes:
     """Pickle ``obj`` the way Python 2's cPickle wrote the official CIFAR-10 batches.
 
-    Protocol 2; ``bytes`` as Python 2 ``str`` (SHORT_BINSTRING / BINSTRING); a uint8 ndarray as
+    Protocol 2 (every int a BININT, every tuple MARK ... TUPLE: the reader cares not which
+    opcodes); ``bytes`` as Python 2 ``str`` (SHORT_BINSTRING / BINSTRING); a uint8 ndarray as
     ``numpy.core.multiarray._reconstruct(numpy.ndarray, (0,), 'b')`` plus its state, the dtype as
     ``numpy.dtype('u1', 0, 1)`` plus its state. Python 3 cannot write this itself: its protocol-2
     ``bytes`` go through ``_codecs.encode``, which the safe loader rightly refuses.
@@ -84,26 +85,16 @@ def py2_pickle(obj) -> bytes:
                     emit(value)
                 out.extend(b"e")
         elif isinstance(o, tuple):
-            if 1 <= len(o) <= 3:
-                for value in o:
-                    emit(value)
-                out.extend(b"\x85\x86\x87"[len(o) - 1 : len(o)])
-            else:
-                out.extend(b"(")
-                for value in o:
-                    emit(value)
-                out.extend(b"t")
+            out.extend(b"(")
+            for value in o:
+                emit(value)
+            out.extend(b"t")
         elif o is None:
             out.extend(b"N")
         elif isinstance(o, bool):
             out.extend(b"\x88" if o else b"\x89")
         elif isinstance(o, int):
-            if 0 <= o < 256:
-                out.extend(b"K" + bytes([o]))
-            elif 0 <= o < 65536:
-                out.extend(b"M" + struct.pack("<H", o))
-            else:
-                out.extend(b"J" + struct.pack("<i", o))
+            out.extend(b"J" + struct.pack("<i", o))
         elif isinstance(o, bytes):
             if len(o) < 256:
                 out.extend(b"U" + bytes([len(o)]) + o)
@@ -168,9 +159,16 @@ def expected_cifar(batches) -> tuple[np.ndarray, ...]:
     return train_x, train_y, batches[5][0], batches[5][1].astype(np.int32)
 
 
-def assert_one_line(err: pytest.ExceptionInfo) -> str:
+def refused(load, *fragments: str, starts: Path | str = "") -> str:
+    """The message of the :class:`DataError` that ``load()`` raises, checked: one line,
+    starting with ``starts`` (the file at fault) and holding every fragment."""
+    with pytest.raises(DataError) as err:
+        load()
     message = str(err.value)
     assert "\n" not in message and message.strip() == message
+    assert message.startswith(str(starts)), message
+    for fragment in fragments:
+        assert fragment in message, message
     return message
 
 

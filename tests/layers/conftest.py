@@ -9,9 +9,14 @@ from layer_helpers import RTOL64, rel_err, vjps
 
 @pytest.fixture
 def compare_rules():
-    """``compare_rules(custom, twin, args, argnums)``: assert primal and VJPs agree to 1e-10."""
+    """``compare_rules(custom, twin, args, argnums)``: assert primal and VJPs agree to 1e-10.
 
-    def check(custom, twin, args, argnums, rtol=RTOL64):
+    With ``vmap=in_axes`` both are compared as ``jax.jit(jax.vmap(fn, in_axes))``.
+    """
+
+    def check(custom, twin, args, argnums, rtol=RTOL64, vmap=None):
+        if vmap is not None:
+            custom, twin = (jax.jit(jax.vmap(fn, vmap)) for fn in (custom, twin))
         out_c, grads_c = vjps(custom, args, argnums)
         out_a, grads_a = vjps(twin, args, argnums)
         assert rel_err(out_c, out_a) <= rtol

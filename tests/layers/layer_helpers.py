@@ -30,5 +30,16 @@ def vjps(fn, args, argnums, cotangent_key=0):
     return out, pullback(ct)
 
 
+def assert_float32_grads_close_to_float64(loss, args32, rtol=1e-4) -> None:
+    """``jax.grad`` of ``loss`` w.r.t. every argument: float32, and within ``rtol`` of float64."""
+    argnums = tuple(range(len(args32)))
+    g32 = jax.grad(loss, argnums)(*args32)
+    with jax.enable_x64(True):
+        g64 = jax.grad(loss, argnums)(*(a.astype(jnp.float64) for a in args32))
+    for a, b in zip(g32, g64, strict=True):
+        assert a.dtype == jnp.float32
+        assert rel_err(a, b) < rtol
+
+
 def normal(key: int, shape, dtype=jnp.float64):
     return jax.random.normal(jax.random.PRNGKey(key), shape, dtype)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 
-def _pair(v):
+def pair(v):
+    """An int ``k`` as ``(k, k)``; a pair as a tuple."""
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
@@ -20,7 +21,7 @@ def _windows(size: int, k: int, s: int) -> int:
 def conv(x, w, b, padding, stride):
     """``y[n, i, j, o] = b[o] + sum_{u,v,c} xp[n, i*sh + u, j*sw + v, c] w[u, v, c, o]``."""
     x, w, b = (np.asarray(a, np.float64) for a in (x, w, b))
-    (ph, pw), (sh, sw) = _pair(padding), _pair(stride)
+    (ph, pw), (sh, sw) = pair(padding), pair(stride)
     kh, kw = w.shape[:2]
     xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
     ho, wo = _windows(xp.shape[1], kh, sh), _windows(xp.shape[2], kw, sw)
@@ -34,7 +35,7 @@ def conv(x, w, b, padding, stride):
 def conv_vjp(x, w, g, padding, stride):
     """``(dL/dx, dL/dw, dL/db)`` of :func:`conv` for the cotangent ``g``, by scattering."""
     x, w, g = (np.asarray(a, np.float64) for a in (x, w, g))
-    (ph, pw), (sh, sw) = _pair(padding), _pair(stride)
+    (ph, pw), (sh, sw) = pair(padding), pair(stride)
     kh, kw = w.shape[:2]
     xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
     dxp = np.zeros_like(xp)
@@ -53,7 +54,7 @@ def conv_vjp(x, w, g, padding, stride):
 def maxpool(x, window, stride):
     """Window maxima and, for each window, the row-major offset of its first maximum."""
     x = np.asarray(x, np.float64)
-    (kh, kw), (sh, sw) = _pair(window), _pair(stride)
+    (kh, kw), (sh, sw) = pair(window), pair(stride)
     n, h, w_, c = x.shape
     ho, wo = _windows(h, kh, sh), _windows(w_, kw, sw)
     y = np.empty((n, ho, wo, c))
@@ -69,7 +70,7 @@ def maxpool(x, window, stride):
 def maxpool_vjp(x, g, window, stride):
     """``dL/dx`` of :func:`maxpool`: each window's ``g`` added at its first maximum."""
     x, g = np.asarray(x, np.float64), np.asarray(g, np.float64)
-    kw, (sh, sw) = _pair(window)[1], _pair(stride)
+    kw, (sh, sw) = pair(window)[1], pair(stride)
     _, first = maxpool(x, window, stride)
     dx = np.zeros_like(x)
     n, ho, wo, c = g.shape

@@ -1,10 +1,10 @@
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
+import references as ref
 from jax import lax
 from jax.test_util import check_grads
-from layer_helpers import normal, rel_err
+from layer_helpers import assert_float32_grads_close_to_float64, normal, rel_err
 
 from jaxnet import autodiff, conv2d
 
@@ -42,43 +42,16 @@ def make(config, dtype=jnp.float64, seed=0):
     return (x, k, b), padding, stride
 
 
-def pairs(v):
-    return (v, v) if isinstance(v, int) else v
-
-
-def numpy_conv(x, w, b, padding, stride):
-    """Independent reference: the defining sum, one kernel offset at a time, in numpy."""
-    x, w, b = (np.asarray(a, np.float64) for a in (x, w, b))
-    (ph, pw), (sh, sw) = pairs(padding), pairs(stride)
-    kh, kw = w.shape[:2]
-    xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-    ho = (xp.shape[1] - kh) // sh + 1
-    wo = (xp.shape[2] - kw) // sw + 1
-    y = np.zeros((x.shape[0], ho, wo, w.shape[3])) + b
-    for u in range(kh):
-        for v in range(kw):
-            patch = xp[:, u : u + (ho - 1) * sh + 1 : sh, v : v + (wo - 1) * sw + 1 : sw, :]
-            y += patch @ w[u, v]
-    return y
-
-
 @pytest.mark.parametrize("config", CONFIGS, ids=IDS)
 def test_forward_matches_references(x64, config):
     (x, w, b), padding, stride = make(config)
     y = conv2d(x, w, b, padding=padding, stride=stride)
-    ref = (
-        lax.conv_general_dilated(
-            x,
-            w,
-            pairs(stride),
-            [(p, p) for p in pairs(padding)],
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
-        + b
-    )
-    assert y.shape == ref.shape
-    assert rel_err(y, ref) < 1e-12
-    assert rel_err(y, numpy_conv(x, w, b, padding, stride)) < 1e-12
+    pads = [(p, p) for p in ref.pair(padding)]
+    dims = ("NHWC", "HWIO", "NHWC")
+    xla = lax.conv_general_dilated(x, w, ref.pair(stride), pads, dimension_numbers=dims) + b
+    assert y.shape == xla.shape
+    assert rel_err(y, xla) < 1e-12
+    assert rel_err(y, ref.conv(x, w, b, padding, stride)) < 1e-12  # the defining sum, in NumPy
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=IDS)
@@ -102,34 +75,28 @@ def test_check_grads_finite_differences(x64, config):
 def test_jit_and_vmap(x64, compare_rules, config):
     (x, w, b), padding, stride = make(config)
     xs = jnp.stack([x, 2.0 * x, -x])  # an extra leading axis for vmap
-
-    def batched(rule):
-        return jax.jit(jax.vmap(lambda x, w, b: rule(x, w, b, padding, stride), (0, None, None)))
-
-    compare_rules(batched(conv2d), batched(autodiff.conv2d), (xs, w, b), (0, 1, 2))
+    compare_rules(
+        lambda x, w, b: conv2d(x, w, b, padding, stride),
+        lambda x, w, b: autodiff.conv2d(x, w, b, padding, stride),
+        (xs, w, b),
+        (0, 1, 2),
+        vmap=(0, None, None),
+    )
 
 
 @pytest.mark.parametrize("config", CONFIGS[::2], ids=IDS[::2])
 def test_float32_close_to_float64(config):
     args32, padding, stride = make(config, jnp.float32)
-
-    def loss(*a):
-        return jnp.sum(jnp.sin(conv2d(*a, padding, stride)))
-
-    g32 = jax.grad(loss, (0, 1, 2))(*args32)
-    with jax.enable_x64(True):
-        args64 = tuple(a.astype(jnp.float64) for a in args32)
-        g64 = jax.grad(loss, (0, 1, 2))(*args64)
-    for a, b in zip(g32, g64, strict=True):
-        assert a.dtype == jnp.float32
-        assert rel_err(a, b) < 1e-4
+    assert_float32_grads_close_to_float64(
+        lambda *a: jnp.sum(jnp.sin(conv2d(*a, padding, stride))), args32
+    )
 
 
 @pytest.mark.parametrize(
     ("args", "kwargs", "error", "match"),
     [
         (((2, 8, 8), (3, 3, 1, 4), (4,)), {}, ValueError, "x must have rank 4"),
-        (((2, 8, 8, 3), (3, 3, 1, 4), (4,)), {}, ValueError, "C_in = 3"),
+        (((2, 8, 8, 3), (3, 3, 1, 4), (4,)), {}, ValueError, r"w must have shape \(3, 3, 3, 4\)"),
         (((2, 8, 8, 1), (3, 3, 1, 4), (5,)), {}, ValueError, r"b must have shape \(4,\)"),
         (((2, 8, 8, 1), (3, 3, 1), (4,)), {}, ValueError, "w must have rank 4"),
         (((2, 8, 8, 1), (3, 3, 1, 4), (4,)), {"stride": 0}, ValueError, "stride must be >= 1"),

@@ -384,25 +384,19 @@ def evaluate(
         An :class:`EvalResult`: ``predictions (N,)``, ``loss``, ``accuracy``.
 
     Raises:
-        ValueError: an empty set, ``x`` and ``y`` of different lengths or wrong shapes, a
-            ``batch_size`` < 1, a bad ``mean`` or ``rules``, a bad mesh, or a ``batch_size``
-            that does not divide over the mesh.
-        TypeError: non-integer labels, images neither uint8 nor floating point, or a
-            ``batch_size`` that is not an int.
+        ValueError: an empty set, ``y`` not one label per image, a ``batch_size`` < 1, a bad
+            ``mean``, a bad mesh, or a ``batch_size`` that does not divide over the mesh; from
+            the first batch, images the network does not take or a bad ``rules``
+            (:func:`jaxnet.forward` checks them).
+        TypeError: non-integer labels, images neither uint8 nor floating point
+            (:func:`preprocess`), or a ``batch_size`` that is not an int.
     """
-    layer_ops(rules)  # ValueError for an unknown rules, before any tracing
     mean_np = _check_mean(arch, mean)
     batch_size = int_at_least("batch_size", batch_size, 1)
-    if x.ndim != 4 or tuple(x.shape[1:]) != arch.input_shape:
-        raise ValueError(
-            f"x must have shape (N, {', '.join(map(str, arch.input_shape))}), got {x.shape}"
-        )
     if y.shape != (x.shape[0],):
         raise ValueError(f"y must have shape ({x.shape[0]},) to match x, got {tuple(y.shape)}")
     if not jnp.issubdtype(y.dtype, jnp.integer):
         raise TypeError(f"y must hold integer labels, got dtype {y.dtype}")
-    if x.dtype != np.uint8 and not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"x must be uint8 or floating point, got dtype {x.dtype}")
     n = x.shape[0]
     if n == 0:
         raise ValueError("cannot evaluate an empty set (x has 0 examples)")

@@ -148,6 +148,34 @@ def _split(labels: np.ndarray, k: int, fraction: float, seed: int) -> np.ndarray
     return test
 
 
+def _list_files(parts: list[Path], classes: list[str]) -> tuple[list[Path], np.ndarray, np.ndarray]:
+    """Every candidate file of each part (``train/``, ``test/``) and class, in sorted order,
+    with its label and its part's index."""
+    paths, labels, part = [], [], []
+    for p, folder in enumerate(parts):
+        for c, name in enumerate(classes):
+            found = _candidates(folder / name)
+            paths += found
+            labels += [c] * len(found)
+            part += [p] * len(found)
+    return paths, np.asarray(labels, np.int32), np.asarray(part, np.int8)
+
+
+def _refuse_unreadable_classes(
+    parts: list[Path], classes: list[str], labels: np.ndarray, part: np.ndarray, ok: np.ndarray
+) -> None:
+    """ImageFolderError naming the first class folder with no readable image."""
+    for p, folder in enumerate(parts):
+        for c, name in enumerate(classes):
+            mine = (labels == c) & (part == p)
+            if not ok[mine].any():
+                n = int(mine.sum())
+                what = {0: "empty", 1: "its 1 file is not a readable image"}.get(
+                    n, f"none of its {n} files is a readable image"
+                )
+                raise ImageFolderError(f"{folder / name}: no readable image ({what})")
+
+
 def load_image_folder(
     path: str | os.PathLike,
     size: int | tuple[int, int],
@@ -198,15 +226,8 @@ def load_image_folder(
     say = log if log is not None else partial(print, file=sys.stderr)
     root = Path(path).expanduser().absolute()
     train_dir, test_dir, classes = _layout(root)
-    parts = [(0, train_dir)] + ([(1, test_dir)] if test_dir is not None else [])
-    paths, labels, part = [], [], []
-    for p, folder in parts:
-        for c, name in enumerate(classes):
-            found = _candidates(folder / name)
-            paths += found
-            labels += [c] * len(found)
-            part += [p] * len(found)
-    labels_a, part_a = np.asarray(labels, np.int32), np.asarray(part, np.int8)
+    parts = [train_dir] + ([test_dir] if test_dir is not None else [])
+    paths, labels_a, part_a = _list_files(parts, classes)
 
     conversion = f"{height}x{width}x{channels}|centre={bool(centre and channels == 1)}"
     start = time.perf_counter()
@@ -226,14 +247,7 @@ def load_image_folder(
     else:
         how = f"decoded in {seconds:.1f} s ({len(paths) / max(seconds, 1e-9):.0f} images/s)"
 
-    for p, folder in parts:
-        for c, name in enumerate(classes):
-            if not ok[(labels_a == c) & (part_a == p)].any():
-                n = int(((labels_a == c) & (part_a == p)).sum())
-                what = {0: "empty", 1: "its 1 file is not a readable image"}.get(
-                    n, f"none of its {n} files is a readable image"
-                )
-                raise ImageFolderError(f"{folder / name}: no readable image ({what})")
+    _refuse_unreadable_classes(parts, classes, labels_a, part_a, ok)
     skipped = [paths[i] for i in np.flatnonzero(~ok)]
     if skipped:
         named = ", ".join(str(s.relative_to(root)) for s in skipped[:_SHOWN])

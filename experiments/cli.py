@@ -35,6 +35,7 @@ from experiments.command import (
     Experiment,
     Refused,
     build_parser,
+    chosen_preset,
     default_out,
     fit_config,
     unchangeable,
@@ -51,7 +52,7 @@ def main(exp: Experiment, argv: list[str] | None, prog: str, description: str) -
     parser = build_parser(exp, prog, description)
     args = parser.parse_args(argv)
     if args.out is None:
-        args.out = default_out(exp, args.preset or "best")
+        args.out = default_out(exp, chosen_preset(args))
     folder = RunFolder(args.out)
     try:
         return _run(exp, parser, args, folder)
@@ -197,7 +198,7 @@ def _settle(exp: Experiment, args: argparse.Namespace, dataset: Any, data_record
     if saved is not None:
         val_size, train_limit = saved.val_size, saved.train_limit
     else:
-        preset = exp.presets[args.preset or "best"]
+        preset = exp.presets[chosen_preset(args)]
         val_size = args.val_size if args.val_size is not None else preset.val_size
         train_limit = preset.train_limit
     images, labels = dataset.train_images[:train_limit], dataset.train_labels[:train_limit]
@@ -221,7 +222,7 @@ def _settle(exp: Experiment, args: argparse.Namespace, dataset: Any, data_record
         config = RunConfig(
             experiment=exp.name,
             architecture=exp.architecture,
-            preset=args.preset or "best",
+            preset=chosen_preset(args),
             fit=fit,
             val_size=val_size,
             train_limit=train_limit,

@@ -242,6 +242,12 @@ def build_parser(exp: Experiment, prog: str, description: str) -> argparse.Argum
     return p
 
 
+def chosen_preset(args: argparse.Namespace) -> str:
+    """``--preset``, else ``best``. (The parser leaves ``args.preset`` None when the flag is
+    not given, so that ``--resume`` can tell a preset given from the default.)"""
+    return args.preset or "best"
+
+
 def default_out(exp: Experiment, preset: str) -> Path:
     """The run folder when ``--out`` is not given: ``runs/<name>``, ``runs/<name>_<preset>``
     for a preset other than ``best``."""
@@ -254,7 +260,7 @@ def fit_config(exp: Experiment, args: argparse.Namespace, n_train: int) -> FitCo
     Raises:
         ValueError: a setting the config refuses (warm-up longer than the run, ...).
     """
-    preset = exp.presets[args.preset or "best"]
+    preset = exp.presets[chosen_preset(args)]
     given = {f.name: getattr(args, f.name) for f in fields(FitConfig) if hasattr(args, f.name)}
     settings = {**preset.fit, **given}
     if "iterations" not in given:

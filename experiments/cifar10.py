@@ -100,8 +100,9 @@ def run(argv: list[str] | None = None) -> int:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--arch", choices=sorted(PRESETS), default="modified")
     known, _ = pre.parse_known_args(argv)
-    exp = image_dir.experiment(experiment(known.arch), argv)
-    return main(exp, argv, "python -m experiments.cifar10", __doc__.split("\n\n")[0])
+    return main(
+        experiment(known.arch), argv, "python -m experiments.cifar10", __doc__.split("\n\n")[0]
+    )
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from experiments import image_dir
 from experiments.command import (
     Experiment,
     Refused,
@@ -51,6 +52,7 @@ def main(exp: Experiment, argv: list[str] | None, prog: str, description: str) -
     """Run one experiment command; returns the process exit status."""
     parser = build_parser(exp, prog, description)
     args = parser.parse_args(argv)
+    exp = image_dir.named(exp, args)
     if args.out is None:
         args.out = default_out(exp, chosen_preset(args))
     folder = RunFolder(args.out)

@@ -63,16 +63,13 @@ def add_flags(
         )
 
 
-def experiment(exp: Experiment, argv: list[str]) -> Experiment:
+def named(exp: Experiment, args: argparse.Namespace) -> Experiment:
     """``exp``, or for ``--image-dir DIR`` the same experiment named ``<name>_<DIR's name>``
     (its default run folder) with no seed report to compare with. (A resumed run keeps the
     name its ``config.json`` records: :func:`experiments.cli.main` sees to that.)"""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--image-dir", type=Path, default=None)
-    known, _ = pre.parse_known_args(argv)
-    if known.image_dir is None:
+    if args.image_dir is None:
         return exp
-    name = f"{exp.name}_{known.image_dir.expanduser().absolute().name}"
+    name = f"{exp.name}_{args.image_dir.expanduser().absolute().name}"
     return dataclasses.replace(exp, name=name, seed_accuracy=None)
 
 

@@ -91,9 +91,7 @@ EXPERIMENT = Experiment(
 
 def run(argv: list[str] | None = None) -> int:
     """Run the command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    argv = sys.argv[1:] if argv is None else argv
-    exp = image_dir.experiment(EXPERIMENT, argv)
-    return main(exp, argv, "python -m experiments.mnist", __doc__.split("\n\n")[0])
+    return main(EXPERIMENT, argv, "python -m experiments.mnist", __doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

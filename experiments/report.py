@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from experiments.console import error
-from experiments.run_folder import FIGURES
+from experiments.run_folder import FIGURES, TABLES
 from jaxnet.io import write_text
 
 SEED_ACCURACY = {"mnist": 0.972, "cifar10_baseline": 0.48, "cifar10_modified": 0.58}
@@ -104,7 +104,7 @@ def render(runs: list[Path], out: Path) -> str:
             f"{env.get('platform', '?')}; jax {env.get('jax', '?')}. Training took "
             f"{metrics.get('train_time_s', 0):.0f} s.",
         ]
-        for table in ("parameters.md", "per_class.md"):
+        for table in TABLES:
             if (run / table).exists():
                 lines += ["", (run / table).read_text().rstrip()]
         for name, title in FIGURES.items():

@@ -117,8 +117,8 @@ def _find_or_fetch(places: list[Path], verify: bool, download: bool) -> Path:
 
 
 def _read_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """A batch as uint8 ``(n, 3072)`` planar rows (R, G, B planes) and its labels (``_read_py``
-    too)."""
+    """One batch: uint8 rows ``(n, 3072)``, the R, G, B planes of each image, and labels ``(n,)``
+    (as ``_read_py`` returns them too)."""
     raw = np.frombuffer(files.read(path), dtype=np.uint8)
     if raw.size == 0 or raw.size % _RECORD:
         raise DataError(

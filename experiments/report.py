@@ -60,7 +60,7 @@ def _load(run: Path) -> tuple[dict, dict]:
 
 def _seed_network(config: dict) -> str | None:
     """The run's network, as the seed report has it; None for a run on one's own images."""
-    return None if "image_folder" in config else config.get("architecture")
+    return None if config.get("image_folder") else config.get("architecture")
 
 
 def render(runs: list[Path], out: Path) -> str:

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from experiments.console import error
-from experiments.run_folder import FIGURES
+from experiments.run_folder import FIGURES, TABLES
 from jaxnet.io import write_text
 
 SEED_ACCURACY = {"mnist": 0.972, "cifar10_baseline": 0.48, "cifar10_modified": 0.58}
@@ -65,8 +65,7 @@ def _seed_network(config: dict) -> str | None:
 
 def render(runs: list[Path], out: Path) -> str:
     """The Markdown report for ``runs``; figure links are relative to ``out``'s folder."""
-    loaded = [(run, *_load(run)) for run in runs]
-    lines = [
+    table = [
         "# jaxnet: reproduction of the FMAN45 CNN report",
         "",
         "Each row is one run of `python -m experiments.<name>` on the real test set. The seed "
@@ -76,42 +75,38 @@ def render(runs: list[Path], out: Path) -> str:
         "batch | training time | device |",
         "|---|---|---|---:|---:|---:|---|---:|---|",
     ]
-    for run, config, metrics in loaded:
-        arch = config.get("architecture", "?")
-        fit = config.get("fit", {})
-        seed = SEED_ACCURACY.get(_seed_network(config))
-        lines.append(
-            f"| `{run.name}` | {arch} | {config.get('preset', '?')} "
-            f"| **{_pct(metrics.get('test_accuracy'))}** | {_pct(seed)} "
+    sections = []
+    for run in runs:
+        config, metrics = _load(run)
+        arch, preset = config.get("architecture", "?"), config.get("preset", "?")
+        fit, env, seed = config.get("fit", {}), config.get("environment", {}), _seed_network(config)
+        accuracy, took = _pct(metrics.get("test_accuracy")), metrics.get("train_time_s", 0)
+        table.append(
+            f"| `{run.name}` | {arch} | {preset} "
+            f"| **{accuracy}** | {_pct(SEED_ACCURACY.get(seed))} "
             f"| {metrics.get('parameter_count', '?')} "
             f"| {fit.get('iterations', '?')} x {fit.get('batch_size', '?')} "
-            f"| {metrics.get('train_time_s', 0):.0f} s | {metrics.get('device', '?')} |"
+            f"| {took:.0f} s | {metrics.get('device', '?')} |"
         )
-    for run, config, metrics in loaded:
-        arch = config.get("architecture", "?")
-        env = config.get("environment", {})
-        lines += ["", f"## `{run.name}`: {arch}, preset `{config.get('preset', '?')}`", ""]
-        lines.append(
-            f"Test accuracy **{_pct(metrics.get('test_accuracy'))}** (test loss "
-            f"{metrics.get('test_loss', float('nan')):.4f}); "
-            f"{SEED_NOTES.get(_seed_network(config), '')}"
-        )
-        lines += [
+        sections += [
             "",
-            f"Settings: `{json.dumps(config.get('fit', {}), sort_keys=True)}`. Hardware: "
+            f"## `{run.name}`: {arch}, preset `{preset}`",
+            "",
+            f"Test accuracy **{accuracy}** (test loss "
+            f"{metrics.get('test_loss', float('nan')):.4f}); {SEED_NOTES.get(seed, '')}",
+            "",
+            f"Settings: `{json.dumps(fit, sort_keys=True)}`. Hardware: "
             f"{env.get('device', '?')} ({env.get('processor', '?')}), "
             f"{env.get('cpu_count', '?')} CPU cores, "
-            f"{env.get('platform', '?')}; jax {env.get('jax', '?')}. Training took "
-            f"{metrics.get('train_time_s', 0):.0f} s.",
+            f"{env.get('platform', '?')}; jax {env.get('jax', '?')}. Training took {took:.0f} s.",
         ]
-        for table in ("parameters.md", "per_class.md"):
-            if (run / table).exists():
-                lines += ["", (run / table).read_text().rstrip()]
+        for name in TABLES:
+            if (run / name).exists():
+                sections += ["", (run / name).read_text().rstrip()]
         for name, title in FIGURES.items():
             if (run / name).exists():
-                rel = os.path.relpath(run / name, out.parent)
-                lines += ["", f"![{title}]({rel})"]
-    return "\n".join(lines) + "\n"
+                sections += ["", f"![{title}]({os.path.relpath(run / name, out.parent)})"]
+    return "\n".join(table + sections) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

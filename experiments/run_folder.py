@@ -57,10 +57,9 @@ class RunFolder:
     def lock(self) -> None:
         """Hold the folder for this process until it ends: ``fcntl.flock`` on ``.lock``.
 
-        The operating system releases the lock when the process dies, however it dies, so a
-        SIGKILLed run leaves no stale lock behind. Creating the folder and the lock file also
-        proves, before any work, that the folder can be written. The file holds the holder's
-        process id and host, for the message another process gets.
+        The OS releases the lock when the process dies, however it dies (no stale lock after a
+        SIGKILL). Making the folder and the lock file first proves it can be written; the file
+        names the holder (process id and host) for the message another process gets.
 
         Raises:
             FolderInUse: another process holds it.
@@ -162,8 +161,7 @@ class RunFolder:
         io.write_json(self.path / "metrics.json", results)
         save_pytree(self.path / "params.npz", run.reported_params)
         first = np.asarray(run.reported_params[arch.layers[0].name]["w"])
-        title = f"{name}: first-layer kernels"
-        plots.plot_kernels(first, self.path / "kernels.png", title=title)
+        plots.plot_kernels(first, self.path / "kernels.png", title=f"{name}: first-layer kernels")
         plots.plot_misclassified(
             dataset.test_images,
             dataset.test_labels,
@@ -175,6 +173,5 @@ class RunFolder:
         plots.plot_learning_curves(run.history, self.path / "learning_curves.png")
         plots.plot_gradients(run.history, self.path / "gradients.png", title=f"{name}: gradients")
         io.write_text(self.path / "parameters.md", network.parameter_table(arch) + "\n")
-        table = metrics.per_class_table(confusion, names)
-        io.write_text(self.path / "per_class.md", table + "\n")
+        io.write_text(self.path / "per_class.md", metrics.per_class_table(confusion, names) + "\n")
         return results

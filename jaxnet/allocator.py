@@ -1,23 +1,17 @@
 """Keep freed host memory for reuse, so that jitted CPU steps stop paying for page faults.
 
-Each time XLA's CPU runtime runs a compiled step, it allocates that step's temporary buffer
-(all of the step's intermediate arrays, packed into one block) with ``malloc`` and frees it
-when the step ends. glibc's ``malloc`` serves a block above its mmap threshold (which adapts,
-but never above 32 MiB) with a fresh ``mmap`` and hands it back with ``munmap``: the next step
-gets new pages, and the kernel faults in and zeroes every 4 KiB page of them again, thousands
-per step at large batches (figures: ``docs/performance.md``).
+Each run of a compiled step, XLA's CPU runtime ``malloc``s the step's temporary buffer (all its
+intermediate arrays in one block) and frees it at the end. glibc serves a block above its mmap
+threshold (adaptive, at most 32 MiB) with a fresh ``mmap`` and returns it with ``munmap``, so
+the kernel faults in and zeroes every 4 KiB page again, thousands per step at large batches
+(figures: ``docs/performance.md``). :func:`reuse_freed_memory` makes each step reuse the pages
+of the one before.
 
-:func:`reuse_freed_memory` asks glibc to serve every block from its heap and to keep freed
-memory there rather than return it to the system, so each step reuses the pages of the one
-before. It changes how this process allocates, for every library in it (PyTorch too), which
-is why jaxnet's functions never call it themselves; the experiment commands and the benchmark
-call it when given ``--reuse-freed-memory``, and a program can call it once at start-up.
-
-It is a trade, so it is not on by default. Below a 32 MiB temporary block glibc already
-reuses the block and nothing is gained. The heap also fragments: blocks freed in its middle are
-kept but not always reusable, so the peak resident memory grows. PyTorch's CPU tuning guide
-gets the same speed by another route (preloading jemalloc or tcmalloc); this needs nothing
-installed.
+It is a trade, so it is off by default: below a 32 MiB block nothing is gained, and the heap
+fragments (peak resident memory grows). It changes how the whole process allocates (PyTorch
+too), so jaxnet's functions never call it: the experiment commands and the benchmark do when
+given ``--reuse-freed-memory``, and a program may, once at start-up. (PyTorch's CPU tuning
+guide gets the same speed by preloading jemalloc or tcmalloc; this needs nothing installed.)
 """
 
 from __future__ import annotations

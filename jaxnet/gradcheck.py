@@ -1,31 +1,26 @@
 """Check every custom backward rule against JAX autodiff and central finite differences.
 
-For each case, a scalar function ``L(args)`` is differentiated three ways in float64:
+Each case is a scalar function ``L(args)`` differentiated three ways in float64: by the analytic
+rules (the ``jax.custom_vjp`` layers of :mod:`jaxnet.layers`), by JAX autodiff of the very same
+forward functions (:mod:`jaxnet.autodiff`), and by finite differences, one coordinate at a time.
+An error is relative: the largest absolute difference over the largest entry of the reference
+gradient, the worst over all arguments.
 
-1. the analytic rules (``jax.custom_vjp`` layers of :mod:`jaxnet.layers`);
-2. JAX autodiff of the very same forward functions (:mod:`jaxnet.autodiff`);
-3. central finite differences, one coordinate at a time.
+To resolve 1e-10 in float64 the estimate is Richardson-extrapolated central differences,
+``R(h) = (4 D(h/2) - D(h)) / 3`` with ``D(t) = (L(x + t) - L(x - t)) / 2t``: truncation error
+``O(h^4)``, rounding error about ``eps |L| / h``. Each coordinate is one of four kinds, each
+counted in the table, never silently left out:
 
-Errors are relative: the largest absolute difference divided by the largest entry of the
-reference gradient, the worst over all arguments.
-
-Finite differences need care to resolve 1e-10 in float64. The estimate is Richardson-extrapolated
-central differences, ``R(h) = (4 D(h/2) - D(h)) / 3`` with ``D(t) = (L(x + t) - L(x - t)) / 2t``,
-whose truncation error is ``O(h^4)``; rounding error is about ``eps |L| / h``. ReLU and max
-pooling have kinks, where no finite difference means anything: a coordinate whose step crosses
-one gives estimates that change with the step, so ``R(h)`` and ``R(h/2)`` disagree. Such
-coordinates are counted and left out (the table says how many), never silently. Where the
-rounding noise (``16 eps |L| / h``) is above the tolerance relative to an argument's gradient
-(a parameter whose gradient is tiny next to the loss), the estimate converges only to that
-noise: such coordinates are checked at the noise level and counted apart.
-
-A kink exactly at the point itself (a ReLU input of exactly 0, as a zero bias on a black
-background gives, or a pooling window of equal values) fools central differences: every step
-gives the mean of the two slopes. It is found from the one-sided differences
-``(L(x + t) - L(x)) / t`` and ``(L(x) - L(x - t)) / t`` (Richardson-extrapolated, ``O(h^2)``):
-where both converge but to different slopes, the point is a kink, counted apart, and the rule
-must equal one of the two one-sided derivatives (the subgradient its convention takes: step(0)
-= 0, ties to the first maximum) to ``KINK_TOLERANCE``.
+- checked: ``R(h)`` and ``R(h/2)`` agree to the tolerance;
+- to rounding noise: they agree only to the rounding noise ``16 eps |L| / h`` (a parameter whose
+  gradient is tiny next to the loss): checked at that noise;
+- at a kink: a kink exactly at the point (a ReLU input of exactly 0, as a zero bias on a black
+  background gives, or a pooling window of equal values), where every central step gives the
+  mean of the two slopes. The one-sided differences ``(L(x + t) - L(x)) / t`` and
+  ``(L(x) - L(x - t)) / t`` (Richardson-extrapolated, ``O(h^2)``) both converge, to different
+  slopes; the rule must equal one of them (the subgradient its convention takes: step(0) = 0,
+  ties to the first maximum) to ``KINK_TOLERANCE``;
+- skipped: a kink within the step (ReLU, max pooling), where no estimate converges.
 """
 
 from __future__ import annotations
@@ -33,7 +28,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -86,10 +80,7 @@ class Result:
     time_autodiff: float
 
     def ok(self, tolerance: float = TOLERANCE) -> bool:
-        """Whether both errors are within ``tolerance`` and every kink within ``KINK_TOLERANCE``.
-
-        NaN counts as a failure.
-        """
+        """Both errors within ``tolerance``, every kink within ``KINK_TOLERANCE`` (NaN fails)."""
         return bool(
             self.err_autodiff <= tolerance
             and self.err_fd <= tolerance
@@ -111,85 +102,60 @@ def relative_error(a: Sequence[jax.Array], b: Sequence[jax.Array]) -> float:
     return worst
 
 
-class _Estimates(NamedTuple):
-    """Finite-difference estimates of ``dL/dargs[index]`` at some coordinates, each ``(n,)``.
-
-    ``central``, ``central_half``: Richardson-extrapolated central differences at steps ``h``
-    and ``h/2`` (error ``O(h^4)``). ``right``, ``left``: Richardson-extrapolated one-sided
-    differences at steps ``h/2`` (error ``O(h^2)``), the derivative from above and from below;
-    ``right_h``, ``left_h`` the same at step ``h``.
-    """
-
-    central: np.ndarray
-    central_half: np.ndarray
-    right: np.ndarray
-    left: np.ndarray
-    right_h: np.ndarray
-    left_h: np.ndarray
+def _richardson(d: np.ndarray, order: int) -> np.ndarray:
+    """Extrapolate ``(n, 3)`` estimates at steps ``h, h/2, h/4`` whose error is ``O(t^order)``
+    to ``(n, 2)`` estimates at ``h`` and ``h/2``, with the leading error term cancelled."""
+    return (2**order * d[:, 1:] - d[:, :-1]) / (2**order - 1)
 
 
 def _finite_differences(
     loss: Callable[..., jax.Array], args: tuple[jax.Array, ...], index: int, coords, h: float
-) -> _Estimates:
-    """Estimates of ``dL/dargs[index]`` at ``coords`` from ``L(x + t)``, ``L(x - t)``, ``L(x)``."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Central, right and left estimates of ``dL/dargs[index]`` at ``coords``, each ``(n, 2)``:
+    column 0 from step ``h``, column 1 from step ``h/2`` (whether they agree is convergence)."""
     base = args[index]
 
     @jax.jit
     def at(coord, t, *args):  # args as arguments, not constants XLA would fold at compile time
         e = jnp.zeros(base.size, base.dtype).at[coord].set(t).reshape(base.shape)
-        plus = list(args)
-        minus = list(args)
-        plus[index] = args[index] + e
-        minus[index] = args[index] - e
+        plus, minus = list(args), list(args)
+        plus[index], minus[index] = args[index] + e, args[index] - e
         return loss(*plus), loss(*minus)
 
     steps = jnp.array([h, h / 2, h / 4], base.dtype)
     up, down = jax.vmap(lambda c: jax.vmap(lambda t: at(c, t, *args))(steps))(coords)  # (n, 3)
     up, down, t = np.asarray(up), np.asarray(down), np.asarray(steps)
     here = float(loss(*args))
-    d = (up - down) / (2 * t)
-    right, left = (up - here) / t, (here - down) / t
-    return _Estimates(
-        central=(4 * d[:, 1] - d[:, 0]) / 3,
-        central_half=(4 * d[:, 2] - d[:, 1]) / 3,
-        right=2 * right[:, 2] - right[:, 1],
-        left=2 * left[:, 2] - left[:, 1],
-        right_h=2 * right[:, 1] - right[:, 0],
-        left_h=2 * left[:, 1] - left[:, 0],
-    )
+    central = _richardson((up - down) / (2 * t), order=2)
+    return central, _richardson((up - here) / t, order=1), _richardson((here - down) / t, order=1)
 
 
 class _FiniteDifferenceTally:
-    """Sorts finite-difference coordinates into four kinds and keeps the worst error of each.
-
-    - checked: a smooth point whose central estimate has converged to the tolerance;
-    - to rounding noise: converged only to the rounding noise, checked at that noise;
-    - at a kink (at the point itself, as a bias of 0 on a black background gives): the
-      one-sided derivatives differ; the rule must equal one of them (the subgradient it takes);
-    - skipped: a kink within the step, where no estimate converges.
-    """
+    """The count of each kind of coordinate (see the module docstring) and the worst errors."""
 
     def __init__(self) -> None:
         self.err = self.err_kink = 0.0
         self.checked = self.coarse = self.at_kink = self.crossing = 0
 
-    def add(self, est: _Estimates, g: np.ndarray, scale: float, tol: float, noise: float) -> None:
+    def add(self, estimates, g: np.ndarray, scale: float, tol: float, noise: float) -> None:
+        """Sort the coordinates of one argument; ``g`` is the rule's gradient at them."""
+        central, right, left = estimates
         kink_tol = KINK_TOLERANCE * scale + noise
-        one_sided = (np.abs(est.right - est.right_h) <= kink_tol) & (
-            np.abs(est.left - est.left_h) <= kink_tol
+        spread = np.abs(central[:, 0] - central[:, 1])
+        one_sided = (np.abs(right[:, 1] - right[:, 0]) <= kink_tol) & (
+            np.abs(left[:, 1] - left[:, 0]) <= kink_tol
         )
-        at_kink = one_sided & (np.abs(est.right - est.left) > kink_tol)
-        spread = np.abs(est.central - est.central_half)
+        right, left = right[:, 1], left[:, 1]  # the finer one-sided estimates
+        at_kink = one_sided & (np.abs(right - left) > kink_tol)
         exact = ~at_kink & (spread <= tol * scale)
         rounding = ~at_kink & ~exact & (spread <= noise)
-        err = np.abs(est.central - g)
+        err = np.abs(central[:, 0] - g)
         if np.any(exact):
             self.err = max(self.err, float(np.max(err[exact])) / scale)
-        # Coordinates resolved only to their noise are still checked, at that noise.
         if np.any(rounding) and np.max(err[rounding]) > 4 * noise:
             self.err = max(self.err, float(np.max(err[rounding])) / scale)
         if np.any(at_kink):
-            side = np.minimum(np.abs(est.right - g), np.abs(est.left - g))[at_kink]
+            side = np.minimum(np.abs(right - g), np.abs(left - g))[at_kink]
             self.err_kink = max(self.err_kink, float(np.max(side)) / scale)
         self.checked += int(np.sum(exact))
         self.coarse += int(np.sum(rounding))
@@ -207,7 +173,7 @@ def _median_time(fn: Callable[[], object], repeats: int = 7) -> float:
     return float(np.median(times))
 
 
-def check(case: Case, tolerance: float = TOLERANCE, seed: int = 0) -> Result:
+def check(case: Case, tolerance: float = TOLERANCE) -> Result:
     """Run one case: custom vs autodiff, custom vs finite differences, and timings.
 
     Must be called with float64 enabled (``with jax.enable_x64(True):``), as :func:`run` does.
@@ -222,7 +188,7 @@ def check(case: Case, tolerance: float = TOLERANCE, seed: int = 0) -> Result:
     loss_value = abs(float(case.custom(*case.args)))
     # Rounding in L(x + t) - L(x - t) leaves about eps |L| / t of noise in each estimate.
     noise = 16 * np.finfo(np.float64).eps * max(loss_value, 1.0) / case.step
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(0)  # which coordinates fd_samples picks
     fd = _FiniteDifferenceTally()
     for i, (arg, g) in enumerate(zip(case.args, g_custom, strict=True)):
         n = arg.size
@@ -249,20 +215,19 @@ def check(case: Case, tolerance: float = TOLERANCE, seed: int = 0) -> Result:
     )
 
 
-def _contracted(name: str, cotangent: jax.Array, *static) -> tuple[Callable, Callable]:
-    """``L(*args) = sum(cotangent * layer(*args, *static))`` with the rule and with the twin.
+def _normal(key, shape):
+    return jax.random.normal(key, shape, jnp.float64)
 
-    Its gradient is the layer's VJP for that cotangent.
-    """
+
+def _layer_case(key, name: str, args: tuple, *static, step: float, label: str = "") -> Case:
+    """``L(*args) = sum(c * layer(*args, *static))`` with the rule and with the twin, for a random
+    cotangent ``c`` drawn from ``key``: its gradient is the layer's VJP for ``c``."""
+    cotangent = _normal(key, getattr(layers, name)(*args, *static).shape)
 
     def loss(lib):
         return lambda *args: jnp.sum(cotangent * getattr(lib, name)(*args, *static))
 
-    return loss(layers), loss(autodiff)
-
-
-def _normal(key, shape):
-    return jax.random.normal(key, shape, jnp.float64)
+    return Case(label or name, loss(layers), loss(autodiff), args, step=step)
 
 
 def layer_cases(seed: int = 0) -> list[Case]:
@@ -271,41 +236,36 @@ def layer_cases(seed: int = 0) -> list[Case]:
     Call with float64 enabled.
     """
     keys = iter(jax.random.split(jax.random.PRNGKey(seed), 32))
-    cases = []
-
-    x, w, b = (_normal(next(keys), s) for s in ((3, 4, 2, 2), (5, 16), (5,)))
     # dense and conv2d are linear in each argument: central differences are exact at any step,
     # and a long step keeps rounding error (eps |L| / h) small.
-    ct = _normal(next(keys), (3, 5))
-    cases.append(Case("dense", *_contracted("dense", ct), (x, w, b), step=0.1))
+    args = tuple(_normal(next(keys), s) for s in ((3, 4, 2, 2), (5, 16), (5,)))
+    cases = [_layer_case(next(keys), "dense", args, step=0.1)]
 
     x = _normal(next(keys), (2, 5, 6, 3))
     x = jnp.where(jnp.abs(x) < 0.05, 0.5, x)  # keep finite-difference steps off the kink at 0
-    ct = _normal(next(keys), x.shape)
-    cases.append(Case("relu", *_contracted("relu", ct), (x,), step=0.04))
+    cases.append(_layer_case(next(keys), "relu", (x,), step=0.04))
 
     logits = 3.0 * _normal(next(keys), (6, 10))
     classes = jax.random.randint(next(keys), (6,), 0, 10)
+
+    def softmax_loss(lib):
+        return lambda z: lib.softmax_cross_entropy(z, classes)
+
     cases.append(
-        Case(
-            "softmax_cross_entropy",
-            lambda z: layers.softmax_cross_entropy(z, classes),
-            lambda z: autodiff.softmax_cross_entropy(z, classes),
-            (logits,),
-        )
+        Case("softmax_cross_entropy", softmax_loss(layers), softmax_loss(autodiff), (logits,))
     )
 
-    x, w, b = (_normal(next(keys), s) for s in ((2, 7, 8, 3), (3, 3, 3, 4), (4,)))
+    args = tuple(_normal(next(keys), s) for s in ((2, 7, 8, 3), (3, 3, 3, 4), (4,)))
     for padding, stride in ((1, 1), (2, 2)):
-        ct = _normal(next(keys), layers.conv2d(x, w, b, padding, stride).shape)
-        name = f"conv2d pad {padding} stride {stride}"
-        cases.append(Case(name, *_contracted("conv2d", ct, padding, stride), (x, w, b), step=0.1))
+        label = f"conv2d pad {padding} stride {stride}"
+        cases.append(
+            _layer_case(next(keys), "conv2d", args, padding, stride, step=0.1, label=label)
+        )
 
     # Distinct values spaced far wider than the step: no step reorders a window.
     n = 2 * 8 * 7 * 3
     x = (jax.random.permutation(next(keys), n) / n - 0.5).reshape(2, 8, 7, 3).astype(jnp.float64)
-    ct = _normal(next(keys), (2, 4, 3, 3))
-    cases.append(Case("maxpool2d 2x2", *_contracted("maxpool2d", ct), (x,), step=1e-3))
+    cases.append(_layer_case(next(keys), "maxpool2d", (x,), step=1e-3, label="maxpool2d 2x2"))
 
     labels = jax.random.randint(next(keys), (2,), 0, 5)
     scales = ((2, 8, 8, 2), 1.0), ((3, 3, 2, 4), 0.5), ((4,), 0.1), ((5, 64), 0.3), ((5,), 0.1)
@@ -327,16 +287,11 @@ def layer_cases(seed: int = 0) -> list[Case]:
 def network_case(
     name: str, arch, params: dict, x: jax.Array, y: jax.Array, *, fd_samples: int = 12
 ) -> Case:
-    """The loss of one network on one batch, as a function of every parameter array.
+    """The loss of ``arch`` at ``params`` (float64) on a preprocessed float64 batch ``x``
+    ``(N, H, W, C)`` with integer labels ``y`` ``(N,)``, as a function of every parameter array.
 
-    Args:
-        name: row label.
-        arch: the :class:`jaxnet.Architecture`.
-        params: its parameters, float64.
-        x: a float64 batch ``(N, H, W, C)`` (already preprocessed).
-        y: integer labels ``(N,)``.
-        fd_samples: finite differences at this many random coordinates of each array (all of
-            them would take ``2 * 3`` forward passes per parameter).
+    Finite differences are taken at ``fd_samples`` random coordinates of each array (all of
+    them would take ``2 * 3`` forward passes per parameter).
     """
     leaves, treedef = jax.tree.flatten(params)
 
@@ -352,7 +307,7 @@ def zero_background_images(shape: tuple[int, int, int], n: int, seed: int = 0) -
     As on MNIST, most 5x5 patches are exactly zero, so a convolution with zero biases gives
     exact zeros at ReLU and ties in every pooling window over the background.
     """
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(0)  # which coordinates fd_samples picks
     h, w, c = shape
     images = np.zeros((n, h, w, c), np.uint8)
     for image in images:
@@ -371,10 +326,10 @@ def network_cases(
     for one rectangle (:func:`zero_background_images`): exact kinks everywhere, as on real
     data. Call with float64 enabled.
     """
+    key_x, key_y = jax.random.split(jax.random.PRNGKey(seed + 1))
     cases = []
     for name in ("mnist", "cifar10_baseline", "cifar10_modified"):
         arch = architectures.get(name)
-        key_x, key_y = jax.random.split(jax.random.PRNGKey(seed + 1))
         params = init(arch, jax.random.PRNGKey(seed), jnp.float64)
         if zero_background:
             images = zero_background_images(arch.input_shape, batch, seed)
@@ -389,14 +344,9 @@ def network_cases(
     return cases
 
 
-def run(cases: Sequence[Case] | None = None, tolerance: float = TOLERANCE) -> list[Result]:
-    """Check ``cases`` in float64 and return one result each.
-
-    The default is every layer (:func:`layer_cases`) and the three networks
-    (:func:`network_cases`).
-    """
+def run(cases: Sequence[Case], tolerance: float = TOLERANCE) -> list[Result]:
+    """Check ``cases`` (:func:`layer_cases`, :func:`network_cases`, your own) in float64."""
     with jax.enable_x64(True):
-        cases = layer_cases() + network_cases() if cases is None else cases
         return [check(case, tolerance) for case in cases]
 
 

@@ -1,20 +1,5 @@
 """The seed's momentum scheme (report eqs. 30-31, with the assignment's weight decay) for optax.
 
-The rule, for every parameter ``w`` with gradient ``g``::
-
-    m <- mu * m + (1 - mu) * g            (eq. 30: an exponential moving average, m_0 = 0)
-    w <- w - alpha * (m + lambda * w)     (eq. 31, plus weight decay lambda)
-
-This is NOT ``optax.sgd(alpha, momentum=mu)``, which accumulates ``m = g + mu * m`` (no
-``1 - mu`` factor, so its steps are ``1 / (1 - mu)`` times larger). Here it is
-
-    optax.chain(optax.ema(mu, debias=False), optax.add_decayed_weights(lambda),
-                optax.scale_by_learning_rate(alpha))
-
-``nesterov=True`` offers Nesterov's variant of the same moving average: the step takes the
-look-ahead ``mu * m + (1 - mu) * g`` (with the new ``m``) in place of ``m``; that is optax's
-``trace(mu, nesterov=True)`` (``t = g + mu t``, step ``g + mu t``) scaled by ``1 - mu``.
-
 Any other ``optax.GradientTransformation`` can be used in its place in
 :func:`jaxnet.make_train_step`.
 """
@@ -35,18 +20,31 @@ def _real(name: str, value: object) -> float:
     return float(value)
 
 
+def _non_negative(name: str, value: object) -> float:
+    value = _real(name, value)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite float >= 0, got {value}")
+    return value
+
+
 def momentum(
     learning_rate: float | optax.Schedule,
     momentum: float = 0.9,
     weight_decay: float = 0.0,
     nesterov: bool = False,
 ) -> optax.GradientTransformation:
-    """The seed's momentum with weight decay: ``m = mu m + (1 - mu) g; w -= alpha (m + lambda w)``.
+    """The seed's momentum with weight decay, for every parameter ``w`` with gradient ``g``::
 
-    The momentum buffer starts at zero and is not debiased, as in the seed. The hyperparameters
-    are Python floats baked into the update (weakly typed, so they keep each parameter's dtype
-    and never cause a retrace); a schedule is evaluated inside the jitted step from the step
-    count held in the optimizer state, so a changing learning rate does not retrace either.
+        m <- mu * m + (1 - mu) * g            (eq. 30: an exponential moving average, m_0 = 0)
+        w <- w - alpha * (m + lambda * w)     (eq. 31, plus weight decay lambda)
+
+    That is ``optax.chain(optax.ema(mu, debias=False), optax.add_decayed_weights(lambda),
+    optax.scale_by_learning_rate(alpha))``; NOT ``optax.sgd(alpha, momentum=mu)``, which
+    accumulates ``m = g + mu * m`` (no ``1 - mu`` factor: steps ``1 / (1 - mu)`` times larger).
+    The hyperparameters are Python floats baked into the update (weakly typed, so they keep each
+    parameter's dtype and never cause a retrace); a schedule is evaluated inside the jitted step
+    from the step count held in the optimizer state, so a changing learning rate does not
+    retrace either.
 
     Args:
         learning_rate: ``alpha``, a float >= 0, or an optax schedule ``step -> alpha`` (the
@@ -54,8 +52,9 @@ def momentum(
         momentum: ``mu`` in ``[0, 1)``; 0 gives plain SGD with weight decay.
         weight_decay: ``lambda`` >= 0, the L2 penalty's coefficient (decoupled from ``m``, as in
             the seed: it is added after the moving average).
-        nesterov: step along the look-ahead ``mu m + (1 - mu) g`` instead of ``m`` (not the
-            seed's rule: an option).
+        nesterov: step along the look-ahead ``mu m + (1 - mu) g`` (with the new ``m``) instead
+            of ``m``: optax's ``trace(mu, nesterov=True)`` scaled by ``1 - mu`` (an option, not
+            the seed's rule).
 
     Returns:
         An ``optax.GradientTransformation``. Its state holds one momentum array per parameter
@@ -63,21 +62,16 @@ def momentum(
         schedule's count.
 
     Raises:
-        ValueError: a negative or non-finite learning rate, momentum outside ``[0, 1)``, or a
-            negative or non-finite weight decay.
+        ValueError: a negative or non-finite learning rate or weight decay, or a momentum
+            outside ``[0, 1)``.
         TypeError: a hyperparameter that is not a real number (or, for the learning rate, a
             callable).
     """
     if not callable(learning_rate):
-        learning_rate = _real("learning_rate", learning_rate)
-        if not (math.isfinite(learning_rate) and learning_rate >= 0):
-            raise ValueError(f"learning_rate must be a finite float >= 0, got {learning_rate}")
+        learning_rate = _non_negative("learning_rate", learning_rate)
     mu = _real("momentum", momentum)
     if not 0.0 <= mu < 1.0:
         raise ValueError(f"momentum must be in [0, 1), got {mu}")
-    decay = _real("weight_decay", weight_decay)
-    if not (math.isfinite(decay) and decay >= 0):
-        raise ValueError(f"weight_decay must be a finite float >= 0, got {decay}")
     average = (
         optax.chain(optax.trace(mu, nesterov=True), optax.scale(1 - mu))
         if nesterov
@@ -85,6 +79,6 @@ def momentum(
     )
     return optax.chain(
         average,
-        optax.add_decayed_weights(decay),
+        optax.add_decayed_weights(_non_negative("weight_decay", weight_decay)),
         optax.scale_by_learning_rate(learning_rate),
     )

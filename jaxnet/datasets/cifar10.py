@@ -51,10 +51,6 @@ FILES = {  # the published values (the python version's are torchvision's too)
 _RECORD = 1 + 3 * 32 * 32  # label byte + R, G, B planes of 32x32
 
 
-# --------------------------------------------------------------------------------------------
-# Finding, unpacking, downloading
-
-
 def _extract(archive: Path, version: str, dest: Path) -> Path:
     """Unpack the needed members of ``archive`` into ``dest/<version>/``, all or nothing.
 
@@ -120,11 +116,9 @@ def _find_or_fetch(places: list[Path], verify: bool, download: bool) -> Path:
     raise DataError(f"{error} (or the python version, {PY}/, or either official .tar.gz archive)")
 
 
-# --------------------------------------------------------------------------------------------
-# Readers: each batch as uint8 (n, 3072) planar rows and int32 labels, each meta as 10 names
-
-
 def _read_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One batch: uint8 rows ``(n, 3072)``, the R, G, B planes of each image, and labels ``(n,)``
+    (as ``_read_py`` returns them too)."""
     raw = np.frombuffer(files.read(path), dtype=np.uint8)
     if raw.size == 0 or raw.size % _RECORD:
         raise DataError(

@@ -121,10 +121,6 @@ def check_labels(labels: np.ndarray, path: Path, num_classes: int) -> None:
         raise DataError(f"{path}: label {wrong}")
 
 
-# --------------------------------------------------------------------------------------------
-# Checked once and remembered; decoded once and kept
-
-
 def file_md5(path: str | os.PathLike) -> str:
     """The lowercase hex md5 of a file."""
     return pooch.file_hash(str(path), alg="md5")
@@ -136,17 +132,12 @@ def _cache_write(path: Path, write: Callable) -> None:
         with atomic_write(path) as f:
             write(f)
     except OSError as err:
-        warnings.warn(
-            f"jaxnet.datasets: could not write the cache file {path} ({err}); continuing "
-            "without it",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+        message = f"could not write the cache file {path} ({err}); continuing without it"
+        warnings.warn(f"jaxnet.datasets: {message}", RuntimeWarning, stacklevel=3)
 
 
 def _stamp(path: Path) -> tuple[str, str, int]:
-    """What a remembered result is keyed by: the absolute path, that with the size and mtime,
-    and the size."""
+    """The absolute path; that with size and mtime (what a result is remembered by); the size."""
     try:
         st = path.stat()
     except OSError as err:
@@ -220,10 +211,6 @@ def cached_array(path: Path, decode: Callable[[], np.ndarray]) -> np.ndarray:
     src, key, _ = _stamp(path)
     version = f"{_DECODE_VERSION}|{key}"
     return cached("decoded", src, version, lambda: {"array": decode()})[0]["array"]
-
-
-# --------------------------------------------------------------------------------------------
-# Downloads
 
 
 def download(url: str, dest: Path, md5: str) -> None:

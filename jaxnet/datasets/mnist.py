@@ -212,12 +212,11 @@ def load_mnist(
     if verify:
         for path in found.values():
             files.verify_file(path, FILES[path.name])
-    dataset = _read_set(found, 10)
-    for part in ("train_images", "test_images"):
-        height, width = getattr(dataset, part).shape[1:3]
-        if (height, width) != (28, 28):
-            raise DataError(
-                f"{found[part]}: images are {height}x{width}, MNIST's are 28x28 "
-                "(use load_idx_dir for other idx data sets)"
-            )
+    dataset = _read_set(found, 10)  # which checks that the test images are the train images' size
+    height, width = dataset.train_images.shape[1:3]
+    if (height, width) != (28, 28):
+        raise DataError(
+            f"{found['train_images']}: images are {height}x{width}, MNIST's are 28x28 "
+            "(use load_idx_dir for other idx data sets)"
+        )
     return dataset

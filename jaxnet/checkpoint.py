@@ -69,13 +69,10 @@ def save_pytree(
     """Save a pytree of numeric arrays and a JSON-able dict to ``path`` (exactly), atomically.
 
     Args:
-        path: the destination file (its folder is created if needed).
+        path: the destination file (its folder is created if needed); returned as a ``Path``.
         tree: a pytree of arrays or scalars of any shape; ``jax.Array`` leaves are fetched.
         metadata: e.g. ``{"config": {...}, "iteration": 1000, "history": [...]}``; numpy
             and jax values are converted.
-
-    Returns:
-        ``path`` as a ``Path``.
 
     Raises:
         TypeError: a leaf that is not a numeric array, or metadata that is not JSON-able.

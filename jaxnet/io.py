@@ -1,11 +1,7 @@
 """The one atomic writer: a file appears whole or not at all.
 
 Every file jaxnet writes (checkpoints, parameters, figures, tables, JSON, CSV, the data cache)
-goes through :func:`atomic_write`: the bytes go to a hidden temporary file in the destination
-folder, which is flushed and ``fsync``-ed, then renamed over the destination with
-``os.replace`` (atomic on POSIX and Windows), and the folder is ``fsync``-ed so the rename
-survives a power cut. If anything fails on the way, the temporary file is removed and the old
-destination, if any, is left untouched: an interrupted run never leaves half a file.
+goes through :func:`atomic_write`, so an interrupted run never leaves half a file.
 """
 
 from __future__ import annotations
@@ -36,15 +32,12 @@ def _fsync_dir(folder: Path) -> None:
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; when the block ends without error, it is ``path``.
 
-    The folder is created if needed. The temporary file, ``.<name>.<hex>.tmp``, is created
-    exclusively with mode ``0o666`` less the umask (as ``open`` would create ``path``).
-
-    Args:
-        path: the destination.
-        mode: ``"wb"`` (binary) or ``"w"`` (text, UTF-8).
-
-    Yields:
-        The open temporary file.
+    The temporary file, ``.<name>.<hex>.tmp`` in ``path``'s folder (created if needed), is made
+    exclusively with mode ``0o666`` less the umask (as ``open`` would make ``path``). At the end
+    it is flushed and ``fsync``-ed, renamed over ``path`` with ``os.replace`` (atomic on POSIX
+    and Windows), and the folder ``fsync``-ed so the rename survives a power cut. If anything
+    fails on the way, the temporary file is removed and the old ``path``, if any, is untouched.
+    ``mode``: ``"wb"`` (binary) or ``"w"`` (text, UTF-8).
 
     Raises:
         ValueError: ``mode`` is neither ``"wb"`` nor ``"w"``.
@@ -87,18 +80,12 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
 
 
 def check_writable(path: str | os.PathLike[str], flag: str) -> Path:
-    """Check, before any work, that a file can be written at ``path`` (a command's output).
+    """Check, before any work, that a file can be written at ``path``, a command's output named
+    by its ``flag`` (``--figure``); return ``path`` as a :class:`~pathlib.Path`.
 
     The nearest existing ancestor must be a folder this process may write into; ``path`` itself
     must not be a folder. A write can still fail later (a full disk): :func:`atomic_write`'s
     ``OSError`` then names ``path``.
-
-    Args:
-        path: where the file will go.
-        flag: the command-line flag that named it, for the message (``--figure``).
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
         ValueError: ``"{flag} {path}: ..."``: a folder, under a regular file, or in a folder

@@ -1,11 +1,10 @@
 """Data parallelism with JAX's own sharding: one mesh axis, batches split, parameters replicated.
 
-A 1-D :class:`jax.sharding.Mesh` whose one axis is ``"data"``: a batch ``(B, ...)`` is split
-``B / D`` rows to each of the ``D`` devices (:func:`batch_sharding`, :func:`shard_batch`),
-parameters and optimizer state are copied whole to every device (:func:`replicated`,
-:func:`replicate`), and the train step is one ``jax.jit`` with those shardings. The loss is the
-mean over the global batch, so XLA all-reduces the partial sums: the gradient is one device's
-up to the order of the float additions.
+On a 1-D mesh over the axis ``"data"``, a batch ``(B, ...)`` is split ``B / D`` rows to each of
+the ``D`` devices (:func:`shard_batch`), parameters and optimizer state are copied whole to
+every device (:func:`replicate`), and the train step is one ``jax.jit`` with those shardings. The
+loss is the mean over the global batch, so XLA all-reduces the partial sums: the gradient is one
+device's up to the order of the float additions.
 
 Several hosts: after :func:`initialize_distributed` on each, :func:`make_mesh` spans every
 process's devices and each process feeds only its rows of every global batch
@@ -42,16 +41,14 @@ def _first_per_process(n: int) -> list[jax.Device]:
             f"use a multiple of {processes}"
         )
     per_process = n // processes
-    by_process: dict[int, list[jax.Device]] = {}
-    for d in jax.devices():
-        by_process.setdefault(d.process_index, []).append(d)
-    fewest = min(len(v) for v in by_process.values())
+    by_process = [[d for d in jax.devices() if d.process_index == p] for p in range(processes)]
+    fewest = min(len(devices) for devices in by_process)
     if per_process > fewest:
         raise ValueError(
             f"{n} devices over {processes} processes needs {per_process} per process, "
             f"but one process has only {fewest}"
         )
-    return [d for p in sorted(by_process) for d in by_process[p][:per_process]]
+    return [d for devices in by_process for d in devices[:per_process]]
 
 
 def xla_cpu_threads() -> int:
@@ -89,13 +86,10 @@ def _warn_if_cpu_threads_short(mesh: Mesh) -> None:
 
 
 def request_cpu_devices(n: int) -> None:
-    """Ask XLA's CPU backend for ``n`` virtual devices and enough threads for their all-reduce.
-
-    Sets ``XLA_FLAGS=--xla_force_host_platform_device_count=n`` and ``PJRT_NPROC=2n`` unless
-    set; only before JAX starts its backend, and only on CPU (a GPU shows its real devices).
-
-    Args:
-        n: the number of devices wanted, >= 1 (1 changes nothing).
+    """Ask XLA's CPU backend for ``n >= 1`` virtual devices and enough threads for their
+    all-reduce: ``XLA_FLAGS=--xla_force_host_platform_device_count=n`` and ``PJRT_NPROC=2n``
+    unless set (``n = 1`` changes nothing). Effective only before JAX starts its backend, and
+    only on CPU (a GPU shows its real devices).
     """
     n = int_at_least("n", n, 1)
     if n == 1:
@@ -107,15 +101,12 @@ def request_cpu_devices(n: int) -> None:
 
 
 def make_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
-    """A 1-D mesh with the single axis ``"data"``.
+    """A 1-D :class:`jax.sharding.Mesh` ``{"data": D}`` over ``devices``.
 
     Args:
         devices: ``None`` for every device JAX sees (on several hosts, all of theirs); an int
             ``n`` for the first ``n`` (the first ``n / process_count`` of each host's); or a
             sequence of distinct devices.
-
-    Returns:
-        A :class:`jax.sharding.Mesh` of shape ``{"data": D}``.
 
     Raises:
         ValueError: ``n`` < 1 or more than ``jax.device_count()``, ``n`` not a multiple of the
@@ -133,7 +124,7 @@ def make_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
                 "on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count=N before "
                 "importing jax to get N virtual devices"
             )
-        devs = jax.devices()[:n] if jax.process_count() == 1 else _first_per_process(n)
+        devs = _first_per_process(n)
     elif isinstance(devices, Sequence) and not isinstance(devices, (str, bytes)):
         devs = list(devices)
         if not devs:
@@ -188,41 +179,22 @@ def check_batch(batch_size: int, devices: int) -> None:
         ValueError: ``batch_size`` < 1 or not a multiple of ``devices``.
         TypeError: ``batch_size`` not an int.
     """
-    b = int_at_least("batch size", batch_size, 1)
-    d = devices
+    b, d = int_at_least("batch size", batch_size, 1), devices
     if b % d:
         raise ValueError(f"batch size {b} does not divide over {d} devices: use a multiple of {d}")
-
-
-def _local_device_count(mesh: Mesh) -> int:
-    n = len(mesh.local_devices)
-    if n == 0:
-        raise ValueError(
-            f"process {jax.process_index()} has no device in the mesh: every process must "
-            "contribute devices (make the mesh with make_mesh)"
-        )
-    return n
 
 
 def shard_batch(batch: Tree, mesh: Mesh) -> Tree:
     """Put this process's rows of a global batch on its devices, split along ``"data"``.
 
-    On one process this is ``jax.device_put`` with :func:`batch_sharding`; on several, each
-    passes the same number of its own rows (:func:`local_batch_slice`) and the global array,
-    ``process_count`` times as long, is assembled without moving data between hosts.
-
-    Args:
-        batch: an array ``(b, ...)`` or a pytree of them (e.g. ``(x, y)``), NumPy or JAX;
-            ``b`` must divide over this process's devices in the mesh.
-        mesh: a data mesh from :func:`make_mesh`.
-
-    Returns:
-        The same structure of ``jax.Array`` s, each ``(b * process_count, ...)`` and sharded
-        ``P("data")``.
+    ``batch`` is an array ``(b, ...)`` or a pytree of them (``(x, y)``), NumPy or JAX. On one
+    process this is ``jax.device_put`` with :func:`batch_sharding`; on several, each passes its
+    own ``b`` rows (:func:`local_batch_slice`) and the global arrays, ``(b * process_count,
+    ...)``, are assembled without moving data between hosts.
 
     Raises:
-        ValueError: a leaf with no batch axis, leaves of different lengths, or a local batch that
-            does not divide over the local devices.
+        ValueError: a leaf with no batch axis, leaves of different lengths, or a ``b`` that does
+            not divide over this process's devices in the mesh.
     """
     leaves = jax.tree.leaves(batch)
     lengths = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in leaves}
@@ -235,7 +207,12 @@ def shard_batch(batch: Tree, mesh: Mesh) -> Tree:
         for n in lengths:
             check_batch(n, mesh.size)
         return jax.device_put(batch, sharding)
-    local = _local_device_count(mesh)
+    local = len(mesh.local_devices)
+    if local == 0:
+        raise ValueError(
+            f"process {jax.process_index()} has no device in the mesh: every process must "
+            "contribute devices (make the mesh with make_mesh)"
+        )
     for n in lengths:
         if n % local:
             raise ValueError(
@@ -251,10 +228,8 @@ def shard_global(x: np.ndarray | jax.Array, mesh: Mesh) -> jax.Array:
     """Split an array that every process holds whole along ``"data"``; each keeps its part.
 
     Unlike :func:`shard_batch`, ``x`` is the whole ``(B, ...)`` array on every process (an
-    evaluation set each host loads); each copies only its devices' rows, with no check.
-
-    Returns:
-        ``(B, ...)`` as a ``jax.Array`` sharded ``P("data")``.
+    evaluation set each host loads); each copies only its devices' rows, with no check, into
+    the ``(B, ...)`` ``jax.Array`` sharded ``P("data")`` it returns.
 
     Raises:
         ValueError: ``B`` is not a multiple of ``D``.
@@ -267,10 +242,9 @@ def shard_global(x: np.ndarray | jax.Array, mesh: Mesh) -> jax.Array:
 
 
 def replicate(tree: Tree, mesh: Mesh) -> Tree:
-    """Copy a pytree of arrays whole to every device of the mesh.
+    """The pytree of arrays copied whole to every device of the mesh (:func:`replicated`).
 
     On several processes every one passes the same values; global arrays are resharded.
-    Returns the same pytree of ``jax.Array`` s with :func:`replicated` sharding.
     """
     sharding = replicated(mesh)
     if jax.process_count() == 1:
@@ -293,16 +267,9 @@ def local_batch_slice(
 ) -> slice:
     """The rows of a global batch that one process reads and passes to :func:`shard_batch`.
 
-    Process ``i`` of ``P`` reads rows ``[i * b, (i + 1) * b)``, ``b = global_batch / P``: the
-    global batch is the processes' rows in order, the batch a single process would have used.
-
-    Args:
-        global_batch: rows in a global batch, a multiple of ``process_count``.
-        process_index: this process; default ``jax.process_index()``.
-        process_count: the number of processes; default ``jax.process_count()``.
-
-    Returns:
-        ``slice(i * b, (i + 1) * b)``.
+    Process ``i`` of ``P`` (default: this one, of ``jax.process_count()``) reads rows
+    ``slice(i * b, (i + 1) * b)``, ``b = global_batch / P``: the global batch is the processes'
+    rows in order, the batch a single process would have used.
 
     Raises:
         ValueError: ``global_batch`` not a multiple of ``process_count``, or an index out of range.
@@ -343,16 +310,11 @@ def initialize_distributed(
 ) -> None:
     """Join this process to a multi-process (multi-host) JAX run: ``jax.distributed.initialize``.
 
-    Call it first in every process, with the same address and count and a distinct id;
-    process 0 is the coordinator at that address. With no arguments JAX detects the cluster
-    (Slurm, Open MPI, Cloud TPU, ...).
-
-    Args:
-        coordinator_address: ``"host:port"`` of process 0, e.g. ``"10.0.0.1:1234"``.
-        num_processes: how many processes take part, >= 1.
-        process_id: this process, in ``[0, num_processes)``.
-        timeout_s: how long to wait for every process to join. JAX aborts the whole process
-            (it is not an exception) when the coordinator cannot be reached in time.
+    Call it first in every process, with the same ``coordinator_address`` (``"host:port"`` of
+    process 0, the coordinator) and ``num_processes`` and a distinct ``process_id`` in
+    ``[0, num_processes)``; with no arguments JAX detects the cluster (Slurm, Open MPI, Cloud
+    TPU, ...). JAX aborts the whole process (it is not an exception) when the coordinator cannot
+    be reached in ``timeout_s`` seconds.
 
     Raises:
         ValueError: some but not all of the three given, a malformed address, or an id out of
@@ -380,11 +342,9 @@ def initialize_distributed(
             coordinator_address, num_processes, process_id, initialization_timeout=timeout_s
         )
     except RuntimeError as e:
-        where = (
-            f"process {process_id} of {num_processes} at coordinator {coordinator_address}"
-            if all(given)
-            else "auto-detected cluster"
-        )
+        where = "auto-detected cluster"
+        if all(given):
+            where = f"process {process_id} of {num_processes} at coordinator {coordinator_address}"
         raise RuntimeError(
             f"could not initialise distributed JAX ({where}): {e} Call initialize_distributed "
             "once, at the start of the program, before anything else touches JAX."
@@ -392,17 +352,12 @@ def initialize_distributed(
 
 
 def stop_signal(received: int, at_sync_point: bool) -> int:
-    """The stop signal the training loop acts on now (0: go on), the same in every process.
+    """The stop signal the loop acts on now (0: go on), the same in every process.
 
-    One process stops at once on its own signal. Processes of a multi-process run must stop
-    after the same step, or those still stepping wait for the others' all-reduce forever, and
-    a scheduler's SIGTERM reaches them at different steps: so each one's request is gathered
-    only at the sync points every process reaches together (history rows, evaluations,
-    checkpoints), and the largest signal any process received is the answer everywhere.
-
-    Args:
-        received: the signal this process received (0: none).
-        at_sync_point: whether every process is at the same sync point now.
+    ``received`` is this process's signal (0: none). One process acts on it at once. Processes
+    of a multi-process run must stop after the same step (or the others wait for their
+    all-reduce forever), so their signals are gathered only where every process is
+    (``at_sync_point``: history rows, evaluations, checkpoints), and the largest one wins.
     """
     if jax.process_count() == 1:
         return received

@@ -3,9 +3,7 @@
 :func:`preprocess` is the one image preprocessing; :func:`train_step` the one body of every train
 step (:func:`make_train_step` jits it; the fit loop calls it inside its own step);
 :func:`evaluate` runs a set of any size in fixed, padded batches, compiling once per batch size.
-With ``mesh=`` (a :func:`jaxnet.parallel.make_mesh` mesh or a device count) both run
-data-parallel: params replicated, batches split along ``"data"``, the loss (a mean over the
-global batch) and its gradient reduced across devices by XLA.
+With ``mesh=`` both run data-parallel (:mod:`jaxnet.parallel`).
 """
 
 from __future__ import annotations
@@ -107,7 +105,6 @@ def loss_fn(
     """The mean softmax cross-entropy of a batch: differentiate it with ``jax.grad(..., 1)``.
 
     Args:
-        arch: the network.
         params: ``{layer name: {"w": ..., "b": ...}}`` as from :func:`jaxnet.init`.
         x: a float batch ``(N, H, W, C)`` in the params' dtype.
         y: integer labels ``(N,)`` in ``[0, num_classes)``.
@@ -177,7 +174,6 @@ def layer_diagnostics(
       over the norm of the weights before the update (``inf`` or NaN if ``w`` is all zero).
 
     Args:
-        arch: the network.
         grads, updates, params: ``{layer name: {"w", "b"}}`` pytrees of one step.
 
     Returns:
@@ -209,24 +205,19 @@ def make_train_step(
     returns ``{"loss": (), "accuracy": ()}`` of the batch before the update, as jax scalars (no
     host sync); and compiles once per input shape and dtype.
 
-    With a ``mesh`` of ``D`` devices, ``B`` (a multiple of ``D``) is split ``B / D`` rows per
-    device, params and optimizer state are replicated (by the first call), and the update equals
-    the one-device update up to float reduction order. On several processes, pass
+    With a ``mesh`` of ``D`` devices, ``B`` (a multiple of ``D``, checked by each call) is split
+    ``B / D`` rows per device, params and optimizer state are replicated (by the first call), and
+    the update equals the one-device update up to float reduction order (``step.mesh``;
+    ``step.jitted`` is the sharded jit, for ``lower``). On several processes, pass
     ``jaxnet.parallel.shard_batch(local rows)`` and ``jaxnet.parallel.replicate(...)`` instead.
 
     Args:
-        arch: the network.
         optimizer: any optax ``GradientTransformation`` (:func:`jaxnet.momentum`, ``optax.adam``).
         rules: ``"analytic"`` or ``"autodiff"``.
         mean: subtracted after scaling: a float or a per-channel ``(C,)`` array.
         mesh: ``None`` (one device), a data mesh, or a device count ``D``.
         scale: the factor applied to uint8 pixels before ``mean`` is subtracted.
         label_smoothing: as :func:`loss_fn`.
-
-    Returns:
-        The jitted step; with a mesh, a callable that checks the batch size and replicates
-        ``params`` and ``opt_state`` on its first call (``step.mesh``; ``step.jitted`` is the
-        sharded jit, for ``lower``).
 
     Raises:
         ValueError: an unknown ``rules``, a ``mean`` of the wrong shape, a bad mesh; from the
@@ -265,20 +256,15 @@ def make_train_step(
 
 
 class _DataParallelStep:
-    """The sharded jitted step behind a batch-size check.
+    """The sharded step ``jitted`` (for ``lower``, ``trace``, its cache) behind a batch-size check.
 
-    Attributes:
-        jitted: the sharded ``jax.jit`` it calls (``lower``, ``trace``, its cache).
-        mesh: the data mesh the batch is split over.
-
-    The first call replicates ``params`` and ``opt_state``: the jit keys its cache on each
-    argument's sharding, so single-device arrays and then replicated ones would compile twice.
+    The first call replicates ``params`` and ``opt_state`` over ``mesh``: the jit keys its cache
+    on each argument's sharding, so single-device arrays and then replicated ones would compile
+    twice.
     """
 
     def __init__(self, jitted: Callable, mesh: Mesh) -> None:
-        self.jitted = jitted
-        self.mesh = mesh
-        self._replicated = False
+        self.jitted, self.mesh, self._replicated = jitted, mesh, False
 
     def __call__(
         self, params: Params, opt_state: optax.OptState, x: jax.Array, y: jax.Array
@@ -335,12 +321,12 @@ def _eval_batch_impl(how, params, batch, prep):
     return loss_sum, jnp.argmax(logits, axis=-1)
 
 
-_eval_batch = jax.jit(_eval_batch_impl, static_argnums=0)
-
-
 @cache
-def _sharded_eval_batch(mesh: Mesh) -> Callable:
-    """:func:`_eval_batch` split over ``mesh``, results replicated (readable on every process)."""
+def _eval_batch(mesh: Mesh | None) -> Callable:
+    """:func:`_eval_batch_impl` jitted; with a mesh, split over it and its results replicated
+    (readable on every process)."""
+    if mesh is None:
+        return jax.jit(_eval_batch_impl, static_argnums=0)
     rep, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     return jax.jit(
         parallel.partitionable(_eval_batch_impl),
@@ -371,7 +357,6 @@ def evaluate(
     set, copies only its devices' rows and gets the whole result.
 
     Args:
-        arch: the network.
         params: ``{layer name: {"w": ..., "b": ...}}``.
         x: ``(N, H, W, C)`` uint8 images or a prepared float batch, ``N >= 1``.
         y: ``(N,)`` integer labels in ``[0, num_classes)``.
@@ -402,29 +387,23 @@ def evaluate(
         raise ValueError("cannot evaluate an empty set (x has 0 examples)")
 
     xp = np if isinstance(x, np.ndarray) else jnp
-    mean_dev = jnp.asarray(mean_np, _params_dtype(params))
-    scale_dev = jnp.asarray(scale, mean_dev.dtype)
-    eval_batch, put = _eval_batch, lambda a: a
+    dtype = _params_dtype(params)
+    prep = (mean_np.astype(dtype), np.asarray(scale, dtype))
     if mesh is not None:
         mesh = parallel.as_mesh(mesh)  # each batch put: shard_global checks it divides
-        params, mean_dev, scale_dev = parallel.replicate(
-            (params, mean_np.astype(mean_dev.dtype), np.asarray(scale, mean_dev.dtype)), mesh
-        )
-        eval_batch = _sharded_eval_batch(mesh)
-        # Committed, sharded batches whatever x is (NumPy or JAX: one trace); on several
-        # processes each puts only its own devices' rows.
-        put = partial(parallel.shard_global, mesh=mesh)
+        params, prep = parallel.replicate((params, prep), mesh)
     sums, preds = [], []
     for start in range(0, n, batch_size):
         xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-        k = xb.shape[0]
-        if k < batch_size:
-            xb = xp.concatenate([xb, xp.zeros((batch_size - k, *xb.shape[1:]), xb.dtype)])
-            yb = xp.concatenate([yb, xp.zeros((batch_size - k,), yb.dtype)])
-        valid = np.arange(batch_size) < k
-        loss_sum, pred = eval_batch(
-            (arch, rules, bool(flip)), params, (put(xb), put(yb), put(valid)), (mean_dev, scale_dev)
-        )
+        valid, pad = np.arange(batch_size) < len(xb), batch_size - len(xb)
+        if pad:
+            xb = xp.concatenate([xb, xp.zeros((pad, *xb.shape[1:]), xb.dtype)])
+            yb = xp.concatenate([yb, xp.zeros((pad,), yb.dtype)])
+        batch = (xb, yb, valid)
+        if mesh is not None:  # committed and sharded, NumPy or JAX (one trace); on several
+            # processes each puts only its own devices' rows
+            batch = tuple(parallel.shard_global(a, mesh) for a in batch)
+        loss_sum, pred = _eval_batch(mesh)((arch, rules, bool(flip)), params, batch, prep)
         sums.append(loss_sum)
         preds.append(pred)
     predictions = np.asarray(jnp.concatenate(preds))[:n].astype(np.int64)

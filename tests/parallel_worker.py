@@ -6,24 +6,18 @@ the flag (and ``PJRT_NPROC=2N``, see :mod:`jaxnet.parallel`) set and checks what
 
     python tests/parallel_worker.py equivalence OUT.npz
     python tests/parallel_worker.py multihost OUT.npz 127.0.0.1:PORT NUM_PROCESSES PROCESS_ID
-    python tests/parallel_worker.py bench OUT.npz [BATCH] [STEPS]
 
-``equivalence`` (4 devices): the same seeded runs on one device and data-parallel (the MNIST
-network in float32 for 20 steps on 4 devices, a smaller one with the same layers in float64 for
-200 steps on 4, a tiny one for 10 steps on an explicit pair of devices, and ``fit`` with 4 steps
-per call on 4 devices), trace counts, shardings,
-donation, the errors for a batch that does not divide, and evaluation with and without a mesh.
-``multihost`` (one of several processes, each with its own devices): joins the processes with
-:func:`jaxnet.parallel.initialize_distributed`, trains data-parallel on a mesh over all of them,
-each process feeding only its own rows, evaluates, and trains the one-device reference locally.
-``bench``: seconds per MNIST train step on one device and data-parallel on all of them.
+``equivalence`` (4 devices): the same seeded runs on one device and data-parallel, with their
+trace counts, shardings and donation, the errors for a batch that does not divide, and
+evaluation with and without a mesh. ``multihost`` (one of several processes): trains and
+evaluates data-parallel on a mesh over every process's devices, each feeding only its own rows,
+and trains the one-device reference locally.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import time
 import warnings
 
 import jax
@@ -37,10 +31,11 @@ from jaxnet.step import evaluate, make_train_step
 from jaxnet.training import FitConfig, TrainData, fit
 
 
-def tiny() -> Architecture:
+def tiny(input_shape: tuple[int, int, int] = (8, 8, 1)) -> Architecture:
+    h, w, c = input_shape
     return Architecture(
-        (Conv(3, 3, 1, 4, padding=1), ReLU(), MaxPool(2, 2), Dense(4 * 4 * 4, 3)),
-        (8, 8, 1),
+        (Conv(3, 3, c, 4, padding=1), ReLU(), MaxPool(2, 2), Dense(h // 2 * (w // 2) * 4, 3)),
+        input_shape,
         num_classes=3,
     )
 
@@ -81,15 +76,13 @@ def counting(optimizer: optax.GradientTransformation) -> tuple[optax.GradientTra
     return optax.GradientTransformation(optimizer.init, update), calls
 
 
-def train(arch, steps, batch, x, y, mesh=None, local=None, dtype=jnp.float32):
-    """``steps`` seeded steps over ``x, y`` in batches of ``batch``.
+def train(arch, steps, batch, x, y, *, mesh=None, local=None, dtype=jnp.float32):
+    """``(losses (steps,), params, info)`` of ``steps`` seeded steps over ``x, y`` in batches of
+    ``batch``; ``info``: trace and cache counts, whether the results are replicated over the mesh
+    and whether the second call donated its inputs.
 
     ``local``: this process's slice of each global batch (several processes), which it passes
     through :func:`parallel.shard_batch`; otherwise whole NumPy batches go to the step.
-
-    Returns:
-        ``(losses (steps,), params, info)``: ``info`` holds the trace and cache counts, whether
-        the results are replicated over the mesh, and whether the second call donated its inputs.
     """
     optimizer, traces = counting(momentum(0.01, 0.9, 1e-3))
     step = make_train_step(arch, optimizer, mean=0.5, mesh=mesh)
@@ -122,15 +115,13 @@ def train(arch, steps, batch, x, y, mesh=None, local=None, dtype=jnp.float32):
     return np.asarray(jnp.stack(losses)), params, info
 
 
-def flat(params) -> dict[str, np.ndarray]:
-    return {f"{layer}/{k}": np.asarray(v) for layer, p in params.items() for k, v in p.items()}
-
-
 def save_run(saved: dict, name: str, run: tuple) -> None:
+    """``(losses, params, info)`` into ``saved`` as ``name:losses``, ``name:param:conv1/w``, ..."""
     losses, params, info = run
     saved[f"{name}:losses"] = losses
     saved.update({f"{name}:{k}": v for k, v in info.items()})
-    saved.update({f"{name}:param:{k}": v for k, v in flat(params).items()})
+    for layer, p in params.items():
+        saved.update({f"{name}:param:{layer}/{k}": np.asarray(v) for k, v in p.items()})
 
 
 def error(fn) -> str:
@@ -141,20 +132,22 @@ def error(fn) -> str:
     return ""
 
 
+def pjrt_warnings(fn) -> str:
+    """The warnings about ``PJRT_NPROC`` that ``fn()`` gave, joined."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fn()
+    return "; ".join(str(w.message) for w in caught if "PJRT_NPROC" in str(w.message))
+
+
 def equivalence(out: str) -> None:
     assert jax.device_count() == 4, jax.devices()
     arch = architectures.mnist()
     x, y = data(arch, 64)
     saved = {}
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        _equivalence_runs(saved, arch, x, y)
-    saved["warnings"] = "; ".join(str(w.message) for w in caught if "PJRT_NPROC" in str(w.message))
+    saved["warnings"] = pjrt_warnings(lambda: _equivalence_runs(saved, arch, x, y))
     os.environ["PJRT_NPROC"] = "4"  # read when a mesh is made: the pool now has too few threads
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        parallel.make_mesh(4)
-    saved["warning_short_pool"] = "; ".join(str(w.message) for w in caught)
+    saved["warning_short_pool"] = pjrt_warnings(lambda: parallel.make_mesh(4))
     np.savez(out, **saved)
 
 
@@ -196,7 +189,7 @@ def _equivalence_runs(saved, arch, x, y) -> None:
     evaluate(small, p, jnp.asarray(xs[:5]), jnp.asarray(ys[:5]), batch_size=4, mean=0.3, mesh=4)
     saved["eval_one_predictions"], saved["eval_one_loss"] = one.predictions, one.loss
     saved["eval_four_predictions"], saved["eval_four_loss"] = four.predictions, four.loss
-    saved["eval_four_cache"] = jstep._sharded_eval_batch(parallel.make_mesh())._cache_size()
+    saved["eval_four_cache"] = jstep._eval_batch(parallel.make_mesh())._cache_size()
 
 
 def multihost(out: str, address: str, num_processes: int, process_id: int) -> None:
@@ -205,10 +198,10 @@ def multihost(out: str, address: str, num_processes: int, process_id: int) -> No
     x, y = data(arch, 32)
     mesh = parallel.make_mesh()  # every process's devices
     local = parallel.local_batch_slice(8)
-    losses, params, info = train(arch, 20, 8, x, y, mesh=mesh, local=local)
-    ref_losses, ref_params, _ = train(arch, 20, 8, x, y)  # one local device, whole batches
-    result = evaluate(arch, params, x[:13], y[:13], batch_size=4, mesh=mesh)
-    ref_result = evaluate(arch, ref_params, x[:13], y[:13], batch_size=4)
+    runs = {
+        "mesh": (train(arch, 20, 8, x, y, mesh=mesh, local=local), mesh),
+        "ref": (train(arch, 20, 8, x, y), None),  # one local device, whole batches
+    }
     saved = {
         "process_index": jax.process_index(),
         "process_count": jax.process_count(),
@@ -217,40 +210,14 @@ def multihost(out: str, address: str, num_processes: int, process_id: int) -> No
         "mesh_size": mesh.size,
         "mesh_of_two": [d.process_index for d in parallel.make_mesh(2).devices],  # one each
         "local_rows": np.array([local.start, local.stop]),
-        "losses": losses,
-        "ref_losses": ref_losses,
-        "eval_predictions": result.predictions,
-        "eval_loss": result.loss,
-        "ref_eval_predictions": ref_result.predictions,
-        "ref_eval_loss": ref_result.loss,
-        **info,
-        **{f"param:{k}": v for k, v in flat(params).items()},
-        **{f"ref:{k}": v for k, v in flat(ref_params).items()},
     }
+    for name, (run, on) in runs.items():
+        save_run(saved, name, run)
+        result = evaluate(arch, run[1], x[:13], y[:13], batch_size=4, mesh=on)
+        saved[f"{name}:eval_predictions"] = result.predictions
+        saved[f"{name}:eval_loss"] = result.loss
     np.savez(out, **saved)
     jax.distributed.shutdown()
-
-
-def bench(out: str, batch: int = 64, steps: int = 50) -> None:
-    """Median seconds per MNIST train step, one device and data-parallel on all of them."""
-    arch = architectures.mnist()
-    x, y = data(arch, batch * 4)
-    saved = {"devices": jax.device_count(), "batch": batch}
-    for name, mesh in (("one", None), ("all", jax.device_count())):
-        optimizer = momentum(0.01, 0.9, 1e-3)
-        step = make_train_step(arch, optimizer, mean=0.5, mesh=mesh)
-        params = init(arch, jax.random.key(0))
-        state = optimizer.init(params)
-        times = []
-        for i in range(steps + 3):
-            rows = slice((i % 4) * batch, (i % 4 + 1) * batch)
-            start = time.perf_counter()
-            params, state, metrics = step(params, state, x[rows], y[rows])
-            jax.block_until_ready(metrics)
-            times.append(time.perf_counter() - start)
-        saved[f"{name}_seconds"] = float(np.median(times[3:]))
-    np.savez(out, **saved)
-    print({k: (float(v) if np.ndim(v) == 0 else v) for k, v in saved.items()})
 
 
 if __name__ == "__main__":
@@ -259,7 +226,5 @@ if __name__ == "__main__":
         equivalence(path)
     elif mode == "multihost":
         multihost(path, sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
-    elif mode == "bench":
-        bench(path, *map(int, sys.argv[3:5]))
     else:
-        raise SystemExit(f"unknown mode {mode!r}: use 'equivalence', 'multihost' or 'bench'")
+        raise SystemExit(f"unknown mode {mode!r}: use 'equivalence' or 'multihost'")

@@ -35,10 +35,7 @@ def make_params(width: int = 16, seed: int = 0) -> dict:
     """A small conv net's params: HWIO conv kernel, (n_out, n_in) dense weights."""
     k1, k2 = jax.random.split(jax.random.key(seed))
     return {
-        "conv1": {
-            "w": jax.random.normal(k1, (5, 5, 1, width)),
-            "b": jnp.zeros((width,)),
-        },
+        "conv1": {"w": jax.random.normal(k1, (5, 5, 1, width)), "b": jnp.zeros((width,))},
         "fc": {"w": jax.random.normal(k2, (10, 4 * width)), "b": jnp.full((10,), 0.5)},
     }
 
@@ -72,8 +69,7 @@ def assert_identical(a, b) -> None:
         assert x.tobytes() == y.tobytes()
 
 
-# ----------------------------------------------------------------------------------------------
-# Round trips
+# --- Round trips ----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -203,8 +199,7 @@ def test_save_refuses_non_numeric_leaves_and_non_json_metadata(tmp_path, leaf):
     assert not list(tmp_path.iterdir())
 
 
-# ----------------------------------------------------------------------------------------------
-# Refusals
+# --- Refusals -------------------------------------------------------------------------------------
 
 
 def test_other_architecture_is_refused_with_a_one_line_message(tmp_path):
@@ -260,9 +255,8 @@ def test_truncated_file_is_refused_naming_it(tmp_path, keep_fraction):
 def test_garbage_and_flipped_bytes_are_refused(tmp_path):
     garbage = tmp_path / "garbage.npz"
     garbage.write_bytes(os.urandom(1000))
-    with pytest.raises(
-        CorruptCheckpointError, match=f"{re.escape(str(garbage))}.*truncated or corrupt"
-    ):
+    match = f"{re.escape(str(garbage))}.*truncated or corrupt"
+    with pytest.raises(CorruptCheckpointError, match=match):
         load_pytree(garbage, like=ANY_TREE)
 
     path = real_checkpoint(tmp_path)
@@ -284,8 +278,7 @@ def test_npz_without_header_and_missing_file(tmp_path):
         load_pytree(tmp_path / "nope.npz", like=ANY_TREE)
 
 
-# ----------------------------------------------------------------------------------------------
-# Atomic writes and the manager
+# --- Atomic writes and the manager ----------------------------------------------------------------
 
 
 def test_manager_keeps_the_newest_n(tmp_path):
@@ -330,33 +323,16 @@ def test_manager_does_not_fall_back_on_an_architecture_mismatch(tmp_path):
     assert len(manager.checkpoints()) == 2
 
 
-def _only_complete_checkpoints(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir())
-
-
-def test_crash_in_rename_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
-    manager = CheckpointManager(tmp_path, keep=1)
-    first = {"w": np.arange(4, dtype=np.float32)}
-    manager.save(1, first, {"iteration": 1})
-
+def crash_in_rename(monkeypatch) -> type[BaseException]:
     def crash(*args, **kwargs):
         raise OSError("simulated crash during rename")
 
     monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError, match="simulated crash"):
-        manager.save(2, {"w": np.zeros(4, np.float32)}, {"iteration": 2})
-    monkeypatch.undo()
-    assert _only_complete_checkpoints(tmp_path) == ["ckpt_00000001.npz"]  # no temp, no step 2
-    tree, meta = manager.restore(like=first)
-    assert meta == {"iteration": 1}
-    assert_identical(tree, first)
+    return OSError
 
 
-def test_crash_while_writing_arrays_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
-    manager = CheckpointManager(tmp_path, keep=1)
-    manager.save(1, {"a": np.ones(3), "b": np.ones(3)})
-    real_write = np.lib.format.write_array
-    calls = []
+def crash_between_two_arrays(monkeypatch) -> type[BaseException]:
+    real_write, calls = np.lib.format.write_array, []
 
     def write_then_crash(*args, **kwargs):
         calls.append(1)
@@ -365,12 +341,21 @@ def test_crash_while_writing_arrays_leaves_previous_checkpoint_intact(tmp_path, 
         return real_write(*args, **kwargs)
 
     monkeypatch.setattr(np.lib.format, "write_array", write_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        manager.save(2, {"a": np.zeros(3), "b": np.zeros(3)})
+    return KeyboardInterrupt
+
+
+@pytest.mark.parametrize("crash", [crash_in_rename, crash_between_two_arrays])
+def test_a_crash_while_saving_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch, crash):
+    manager = CheckpointManager(tmp_path, keep=1)
+    first = {"a": np.arange(4, dtype=np.float32), "b": np.ones(3)}
+    manager.save(1, first, {"iteration": 1})
+    with pytest.raises(crash(monkeypatch)):
+        manager.save(2, {"a": np.zeros(4, np.float32), "b": np.zeros(3)}, {"iteration": 2})
     monkeypatch.undo()
-    assert _only_complete_checkpoints(tmp_path) == ["ckpt_00000001.npz"]
-    loaded, _ = load_pytree(tmp_path / "ckpt_00000001.npz", like={"a": np.ones(3), "b": np.ones(3)})
-    np.testing.assert_array_equal(loaded["a"], np.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_00000001.npz"]  # no temporary
+    tree, meta = manager.restore(like=first)
+    assert meta == {"iteration": 1}
+    assert_identical(tree, first)
 
 
 def test_leftover_temp_files_are_ignored_and_cleaned(tmp_path):

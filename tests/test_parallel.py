@@ -20,21 +20,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import Mesh
-from parallel_worker import data  # the same data the multi-device worker trains on
+from parallel_worker import data, tiny, train  # what the multi-device worker runs
 
-from jaxnet import Architecture, Conv, Dense, MaxPool, ReLU, evaluate, init, momentum, parallel
+from jaxnet import evaluate, init, momentum, parallel
 from jaxnet.step import make_train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "parallel_worker.py"
-
-
-def tiny() -> Architecture:
-    return Architecture(
-        (Conv(3, 3, 1, 4, padding=1), ReLU(), MaxPool(2, 2), Dense(4 * 4 * 4, 3)),
-        (8, 8, 1),
-        num_classes=3,
-    )
 
 
 # --- the helpers, on this process's devices -----------------------------------------------------
@@ -182,29 +174,17 @@ def test_initialize_distributed_after_jax_started_says_so():
 def test_one_device_mesh_equals_no_mesh():
     arch = tiny()
     x, y = data(arch, 8)
-    runs = {}
-    for name, mesh in (("plain", None), ("mesh", 1)):
-        optimizer = momentum(0.1, 0.9, 1e-3)
-        step = make_train_step(arch, optimizer, mean=0.5, mesh=mesh)
-        params = init(arch, jax.random.key(0))
-        state = optimizer.init(params)
-        losses = []
-        for i in range(5):
-            params, state, metrics = step(params, state, x[i % 2 * 4 :][:4], y[i % 2 * 4 :][:4])
-            losses.append(float(metrics["loss"]))
-        assert (step if mesh is None else step.jitted)._cache_size() == 1
-        runs[name] = (losses, params)
-    np.testing.assert_allclose(runs["mesh"][0], runs["plain"][0], rtol=1e-6)
-    leaves = [jax.tree.leaves(runs[name][1]) for name in ("mesh", "plain")]
-    for a, b in zip(*leaves, strict=True):
+    losses, params, info = train(arch, 5, 4, x, y)
+    mesh_losses, mesh_params, mesh_info = train(arch, 5, 4, x, y, mesh=1)
+    assert info["cache"] == mesh_info["cache"] == 1
+    np.testing.assert_allclose(mesh_losses, losses, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(mesh_params), jax.tree.leaves(params), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-8)
     assert make_train_step(arch, momentum(0.1), mesh=1).mesh.size == 1
 
     p = init(arch, jax.random.key(1))
-    plain, meshed = (
-        evaluate(arch, p, x, y, batch_size=3),
-        evaluate(arch, p, x, y, batch_size=3, mesh=1),
-    )
+    plain = evaluate(arch, p, x, y, batch_size=3)
+    meshed = evaluate(arch, p, x, y, batch_size=3, mesh=1)
     np.testing.assert_array_equal(meshed.predictions, plain.predictions)
     assert meshed.loss == pytest.approx(plain.loss, rel=1e-6)
 
@@ -231,16 +211,29 @@ def worker_env(devices: int) -> dict[str, str]:
     return env
 
 
-def run_worker(args: list[str], devices: int, timeout: float = 240) -> None:
-    done = subprocess.run(
-        [sys.executable, str(WORKER), *args],
-        env=worker_env(devices),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert done.returncode == 0, f"worker {args[0]} failed:\n{done.stderr[-3000:]}"
+def run_workers(argvs: list[list[str]], devices: int, timeout: float = 240) -> None:
+    """Run one worker per argument list, all at once, each seeing ``devices`` CPU devices."""
+    env = worker_env(devices)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), *args],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args in argvs
+    ]
+    try:
+        logs = [p.communicate(timeout=timeout)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for args, p, log in zip(argvs, procs, logs, strict=True):
+        assert p.returncode == 0, f"worker {args[0]} failed:\n{log[-3000:]}"
 
 
 def assert_runs_close(saved, a: str, b: str, rtol: float, atol: float) -> None:
@@ -264,7 +257,7 @@ def test_four_devices_train_and_evaluate_as_one(tmp_path):
     steps of a smaller network with the same layers stayed 1e-15 apart.
     """
     out = tmp_path / "equivalence.npz"
-    run_worker(["equivalence", str(out)], devices=4)
+    run_workers([["equivalence", str(out)]], devices=4)
     saved = dict(np.load(out))
 
     assert_runs_close(saved, "f32_one", "f32_four", rtol=1e-5, atol=1e-6)
@@ -308,30 +301,8 @@ def test_two_processes_train_as_one_device(tmp_path):
     one device fed whole batches, and evaluate to the same result.
     """
     address = f"127.0.0.1:{free_port()}"
-    env = worker_env(2)
     outs = [tmp_path / f"process{i}.npz" for i in range(2)]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(WORKER), "multihost", str(out), address, "2", str(i)],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i, out in enumerate(outs)
-    ]
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=240)[1])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, log in zip(procs, logs, strict=True):
-        assert p.returncode == 0, f"a process failed:\n{log[-3000:]}"
+    run_workers([["multihost", str(out), address, "2", str(i)] for i, out in enumerate(outs)], 2)
 
     first, second = (dict(np.load(out)) for out in outs)
     for i, saved in enumerate((first, second)):
@@ -340,15 +311,9 @@ def test_two_processes_train_as_one_device(tmp_path):
         assert saved["mesh_size"] == 4
         np.testing.assert_array_equal(saved["mesh_of_two"], [0, 1])  # make_mesh(2): one per host
         np.testing.assert_array_equal(saved["local_rows"], [4 * i, 4 * i + 4])
-        assert saved["traces"] == 1 and saved["cache"] == 1 and saved["replicated"]
-    params = [k for k in first if k.startswith("param:")]
-    assert params
-    for key in ["losses", "eval_predictions", "eval_loss", *params]:
+        assert saved["mesh:traces"] == 1 and saved["mesh:cache"] == 1 and saved["mesh:replicated"]
+    for key in [k for k in first if k.startswith("mesh:")]:  # losses, params, evaluation
         np.testing.assert_array_equal(first[key], second[key], err_msg=key)  # bit for bit
-    np.testing.assert_allclose(first["losses"], first["ref_losses"], rtol=1e-5, atol=1e-6)
-    for key in params:
-        np.testing.assert_allclose(
-            first[key], first["ref:" + key[len("param:") :]], rtol=1e-5, atol=1e-6, err_msg=key
-        )
-    np.testing.assert_array_equal(first["eval_predictions"], first["ref_eval_predictions"])
-    assert float(first["eval_loss"]) == pytest.approx(float(first["ref_eval_loss"]), rel=1e-6)
+    assert_runs_close(first, "ref", "mesh", rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(first["mesh:eval_predictions"], first["ref:eval_predictions"])
+    assert float(first["mesh:eval_loss"]) == pytest.approx(float(first["ref:eval_loss"]), rel=1e-6)

@@ -7,33 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from parallel_worker import counting, data  # the same helpers drive the multi-device runs
+from parallel_worker import counting, data, tiny  # they drive the multi-device runs too
 
 import jaxnet.step
-from jaxnet import (
-    Architecture,
-    Conv,
-    Dense,
-    MaxPool,
-    ReLU,
-    architectures,
-    evaluate,
-    forward,
-    init,
-    loss_fn,
-    make_train_step,
-    momentum,
-)
+from jaxnet import architectures, evaluate, forward, init, loss_fn, make_train_step, momentum
 from jaxnet.step import preprocess
 
-
-def tiny(input_shape=(8, 8, 3)) -> Architecture:
-    h, w, c = input_shape
-    return Architecture(
-        (Conv(3, 3, c, 4, padding=1), ReLU(), MaxPool(2, 2), Dense(h // 2 * (w // 2) * 4, 3)),
-        input_shape,
-        num_classes=3,
-    )
+RGB = (8, 8, 3)  # the input shape of most tests here: a per-channel mean
 
 
 jit_forward = jax.jit(forward, static_argnums=(0, 3))
@@ -54,7 +34,7 @@ def assert_trees_close(a, b, rtol, atol=0.0):
 
 
 def test_step_compiles_once_learns_and_donates():
-    arch = tiny()
+    arch = tiny(RGB)
     optimizer, calls = counting(momentum(0.1, 0.9, 1e-3))
     step = make_train_step(arch, optimizer, mean=0.5)
     params = init(arch, jax.random.key(0))
@@ -76,7 +56,7 @@ def test_step_compiles_once_learns_and_donates():
 
 
 def test_step_is_loss_grad_update():
-    arch = tiny()
+    arch = tiny(RGB)
     optimizer = momentum(0.05, 0.9, 5e-3)
     params = init(arch, jax.random.key(1))
     x, y = data(arch, 5)
@@ -95,21 +75,20 @@ def test_step_is_loss_grad_update():
 
 
 def test_uint8_images_are_scaled_in_the_step_with_a_per_channel_mean():
-    arch = tiny()
+    arch = tiny(RGB)
     mean = np.array([0.2, 0.5, 0.7])
     optimizer = momentum(0.1)
     params = init(arch, jax.random.key(2))
     x, y = data(arch, 4)
     xf = (x.astype(np.float32) / 255 - mean).astype(np.float32)
-    from_uint8 = make_train_step(arch, optimizer, mean=mean)(
-        copy(params), optimizer.init(params), x, y
-    )
+    step = make_train_step(arch, optimizer, mean=mean)
+    from_uint8 = step(copy(params), optimizer.init(params), x, y)
     from_float = make_train_step(arch, optimizer)(copy(params), optimizer.init(params), xf, y)
     assert_trees_close(from_uint8, from_float, rtol=1e-5, atol=1e-6)
 
 
 def test_adam_works_in_place_of_momentum():
-    arch = tiny()
+    arch = tiny(RGB)
     optimizer, calls = counting(optax.adam(1e-2))
     step = make_train_step(arch, optimizer, mean=0.5, rules="autodiff")
     params = init(arch, jax.random.key(3))
@@ -134,7 +113,7 @@ def test_adam_works_in_place_of_momentum():
     ],
 )
 def test_make_train_step_errors(kwargs, error, match):
-    args = {"arch": tiny(), "optimizer": momentum(0.1), **kwargs}
+    args = {"arch": tiny(RGB), "optimizer": momentum(0.1), **kwargs}
     with pytest.raises(error, match=match):
         make_train_step(**args)
 
@@ -154,7 +133,7 @@ def test_preprocess_scales_uint8_and_passes_floats_through():
 
 
 def test_step_refuses_other_integer_images():
-    arch = tiny()
+    arch = tiny(RGB)
     optimizer = momentum(0.1)
     params = init(arch, jax.random.key(0))
     x, y = data(arch, 2)
@@ -209,7 +188,7 @@ def test_evaluate_a_set_of_any_size_with_one_compilation(monkeypatch):
     ],
 )
 def test_evaluate_errors(change, error, match):
-    arch = tiny()
+    arch = tiny(RGB)
     params = init(arch, jax.random.key(0))
     x, y, kwargs = change(*data(arch, 4))
     with pytest.raises(error, match=match):
@@ -260,25 +239,17 @@ def test_whole_network_analytic_equals_autodiff(name):
                 err = float(jnp.max(jnp.abs(a - r)) / jnp.max(jnp.abs(r)))
                 assert err < 1e-10, (layer, k, err)
         xf = jnp.asarray(x[:2], jnp.float64) / 255 - 0.5  # and it is the gradient of the loss
-        assert_trees_close(
-            first_grad["autodiff"],
-            grad(arch, params, xf, y[:2], "autodiff"),
-            rtol=1e-10,
-            atol=1e-14,
-        )
+        want = grad(arch, params, xf, y[:2], "autodiff")
+        assert_trees_close(first_grad["autodiff"], want, rtol=1e-10, atol=1e-14)
 
         assert_trees_close(final["analytic"], final["autodiff"], rtol=1e-9, atol=1e-12)
-        moved = max(
-            float(jnp.max(jnp.abs(a - b)))
-            for a, b in zip(
-                jax.tree.leaves(final["analytic"]), jax.tree.leaves(params), strict=True
-            )
-        )
-        assert moved > 1e-3  # the runs went somewhere, so agreeing means something
+        # The runs went somewhere, so agreeing means something.
+        moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), final["analytic"], params)
+        assert max(jax.tree.leaves(moved)) > 1e-3
 
 
 def test_evaluate_with_flip_averages_the_mirror_images_logits():
-    arch = tiny()
+    arch = tiny(RGB)
     params = init(arch, jax.random.key(5))
     x, y = data(arch, 7)
     xf = jnp.asarray(x, jnp.float32) / 255

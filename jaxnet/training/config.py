@@ -19,46 +19,35 @@ from jaxnet.optim import momentum
 Check = Callable[[str, Any], None]
 
 
-def positive_int(name: str, value: Any) -> None:
-    """ValueError naming ``name`` unless ``value`` is an int >= 1 (a bool is not)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value}")
+def _must_be(wanted: str, ok: Callable[[Any], bool]) -> Check:
+    """A check: ``ValueError("{name} must be {wanted}, got {value}")`` unless ``ok(value)``."""
+
+    def check(name: str, value: Any) -> None:
+        if not ok(value):
+            raise ValueError(f"{name} must be {wanted}, got {value}")
+
+    check.__doc__ = f"ValueError naming ``name`` unless ``value`` is {wanted}."
+    return check
 
 
-def nonnegative_int(name: str, value: Any) -> None:
-    """ValueError naming ``name`` unless ``value`` is an int >= 0 (a bool is not)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {value}")
-
-
-def positive(name: str, value: Any) -> None:
-    """ValueError naming ``name`` unless ``value`` is a finite number > 0."""
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be positive, got {value}")
-
-
-def _at_least_zero(name: str, value: Any) -> None:
-    if not (value >= 0.0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 SEED_MAX = 2**32 - 1
 """The largest seed: ``jax.random.PRNGKey`` and ``np.random.default_rng`` both take it whole."""
 
-
-def _seed(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
-        raise ValueError(f"{name} must be an integer in [0, {SEED_MAX}], got {value}")
+positive_int = _must_be("a positive integer", lambda v: _is_int(v) and v >= 1)
+nonnegative_int = _must_be("an integer >= 0", lambda v: _is_int(v) and v >= 0)
+positive = _must_be("positive", lambda v: v > 0 and math.isfinite(v))
+_at_least_zero = _must_be("a finite number >= 0", lambda v: v >= 0 and math.isfinite(v))
+_seed = _must_be(f"an integer in [0, {SEED_MAX}]", lambda v: _is_int(v) and 0 <= v <= SEED_MAX)
 
 
 def _fraction(closed_at_zero: bool) -> Check:
-    def check(name: str, value: Any) -> None:
-        low_ok = value >= 0.0 if closed_at_zero else value > 0.0
-        if not (low_ok and value < 1.0):
-            interval = "[0, 1)" if closed_at_zero else "(0, 1)"
-            raise ValueError(f"{name} must be in {interval}, got {value}")
-
-    return check
+    if closed_at_zero:
+        return _must_be("in [0, 1)", lambda v: 0 <= v < 1)
+    return _must_be("in (0, 1)", lambda v: 0 < v < 1)
 
 
 def _one_of(*choices: str) -> Check:

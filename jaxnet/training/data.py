@@ -1,13 +1,5 @@
-"""The training data's host-side order and statistics, and the on-device augmentation.
-
-- :class:`TrainData`: the arrays a run trains and validates on.
-- :func:`train_val_split`: a seeded hold-out of validation examples.
-- :func:`epoch_batches`: each epoch's seeded order, cut into full batches; it depends only on
-  the seed and the epoch, so a resumed run sees the same batches.
-- :func:`channel_mean`: the training split's per-channel mean, summed exactly.
-- :func:`augment`: random crops and flips inside the jitted step.
-
-Images stay uint8; the one preprocessing (scale, subtract the mean) is
+"""The training data's split, seeded epoch order and mean (on the host), and augmentation (on
+the device). Images stay uint8; the one preprocessing (scale, subtract the mean) is
 :func:`jaxnet.step.preprocess`, inside the step.
 """
 
@@ -45,22 +37,17 @@ class TrainData(NamedTuple):
 def train_val_split(
     images: np.ndarray, labels: np.ndarray, n_val: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Hold out ``n_val`` examples, chosen by a seeded permutation, for validation.
+    """Hold out ``n_val`` of the ``N`` examples (the starters: 2000), chosen by a permutation
+    seeded with ``seed``, for validation.
 
     Both parts keep the original relative order (shuffling is done per epoch by the caller).
-
-    Args:
-        images: ``(N, ...)`` any dtype.
-        labels: ``(N,)``.
-        n_val: number held out, ``0 <= n_val < N`` (the starters hold out 2000).
-        seed: seed of ``np.random.default_rng``; the same seed gives the same split.
 
     Returns:
         ``(train_images (N - n_val, ...), train_labels (N - n_val,), val_images (n_val, ...),
         val_labels (n_val,))``, new arrays of the input dtypes.
 
     Raises:
-        ValueError: lengths differ or ``n_val`` is out of range.
+        ValueError: lengths differ or ``n_val`` is not in ``[0, N)``.
     """
     n = len(images)
     if len(labels) != n:
@@ -74,23 +61,15 @@ def train_val_split(
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
-    """A seeded shuffle of ``range(n)`` for one epoch, cut into full batches.
+    """A seeded shuffle of ``range(n)`` for one epoch, cut into full batches: int32
+    ``(n // batch_size, batch_size)`` indices into the training arrays.
 
     The permutation depends on ``(seed, epoch)`` only, so a resumed run sees the same order.
     The last ``n % batch_size`` indices of the permutation are dropped (a different set each
     epoch), so every batch has the same shape and the train step never recompiles.
 
-    Args:
-        n: number of training examples.
-        batch_size: examples per batch, ``1 <= batch_size <= n``.
-        seed: run seed.
-        epoch: epoch number.
-
-    Returns:
-        int32 ``(n // batch_size, batch_size)`` indices into the training arrays.
-
     Raises:
-        ValueError: ``batch_size`` out of range.
+        ValueError: ``batch_size`` is not in ``[1, n]``.
     """
     if not 1 <= batch_size <= n:
         raise ValueError(f"batch_size must be in [1, {n}] for {n} examples, got {batch_size}")
@@ -100,20 +79,16 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def channel_mean(images: np.ndarray, scale: float = 1 / 255) -> np.ndarray:
-    """Per-channel mean of ``images * scale``; call it on the training split only.
-
-    With the step's ``scale`` it is the mean to subtract (:func:`jaxnet.step.preprocess`):
-    the default gives the mean of ``images / 255``.
-
-    Summed exactly in integers (a histogram per channel), so the result does not depend on
-    summation order.
+    """Per-channel mean of ``images * scale`` (the mean the step subtracts); call it on the
+    training split only. Summed exactly in integers (a histogram per channel), so the result does
+    not depend on summation order.
 
     Args:
         images: uint8 ``(N, H, W, C)``.
         scale: the factor the step applies to pixels (1/255: ``[0, 1]``; 1: raw values).
 
     Returns:
-        float32 ``(C,)``: the scalar mean for MNIST (``C = 1``), the RGB means for CIFAR-10.
+        float32 ``(C,)``: one mean for MNIST, the RGB means for CIFAR-10.
 
     Raises:
         ValueError: ``images`` is not 4-d or is empty.
@@ -131,11 +106,7 @@ def channel_mean(images: np.ndarray, scale: float = 1 / 255) -> np.ndarray:
 
 
 def augment(
-    key: jax.Array,
-    images: jax.Array | np.ndarray,
-    pad: int = 4,
-    flip: bool = True,
-    cutout: int = 0,
+    key: jax.Array, images: jax.Array | np.ndarray, pad: int = 4, flip: bool = True, cutout: int = 0
 ) -> jax.Array:
     """Random crop with zero padding, random horizontal flip and cutout, per image; jit-able.
 

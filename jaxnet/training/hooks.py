@@ -1,17 +1,11 @@
 """What the loop does between steps, one small object per job, called in turn.
 
-At a *sync point* (a multiple of some hook's ``every``, the run's last iteration, or a Ctrl-C)
-the loop reads the state back and calls each hook with the :class:`~jaxnet.training.state.Run`;
-each hook checks whether the moment is its own. In the order :func:`jaxnet.training.fit` uses:
-
-- :class:`StopOnNaN`: the loss went NaN or infinite -> :class:`DivergedError` (before any
-  checkpoint, so the last good one is kept untouched);
-- :class:`Evaluation`: the validation set, at history rows every ``eval_every`` iterations;
-- :class:`History`: a row of moving averages, validation results, learning rate and time;
-- :class:`ProgressBar`: the tqdm bar with the latest row;
-- :class:`Checkpoints`: the whole state, every ``checkpoint_every`` iterations, at the end and
-  at Ctrl-C or SIGTERM (which :class:`StopSignals` turns into a request the loop honours after
-  its step).
+At a *sync point* (a multiple of some hook's ``every``, the run's last iteration, or a stop
+signal, which :class:`StopSignals` turns into a request) the loop calls each hook with the
+:class:`~jaxnet.training.state.Run`, and each hook checks whether the moment is its own.
+:func:`jaxnet.training.fit` calls :class:`StopOnNaN` first, so that a diverged run never
+overwrites its last good checkpoint, then :class:`Evaluation`, :class:`History`,
+:class:`ProgressBar` and :class:`Checkpoints`.
 """
 
 from __future__ import annotations
@@ -73,8 +67,7 @@ class StopOnNaN(Hook):
     """Stop the run when a loss was not finite, naming the iteration and the kept checkpoint."""
 
     def __init__(self, learning_rate: float, checkpoints: CheckpointManager | None) -> None:
-        self.learning_rate = learning_rate
-        self.checkpoints = checkpoints
+        self.learning_rate, self.checkpoints = learning_rate, checkpoints
 
     def __call__(self, run: Run, last: bool) -> None:
         bad = int(run.state.bad_iteration)
@@ -144,35 +137,21 @@ class History(Hook):
             return
         loss, accuracy = run.state.averages(i, self.config.ema_decay)
         val, averaged = self.evaluation.result_at(i) if self.evaluation else (None, None)
+        learning_rate = float(self.schedule(i - 1))
+        values = (i, i / self.steps_per_epoch, loss, accuracy, *_loss_and_accuracy(val))
+        row = dict(zip(HISTORY_FIELDS, (*values, learning_rate, run.train_time_s), strict=True))
+        if run.state.averaged_params is not None:
+            row.update(zip(AVERAGED_FIELDS, _loss_and_accuracy(averaged), strict=True))
         diagnostics = jax.device_get(run.state.diagnostics).tolist()
-        per_layer = {
-            f"{kind}/{name}": value
-            for kind, values in zip(DIAGNOSTICS, diagnostics, strict=True)
-            for name, value in zip(self.layer_names, values, strict=True)
-        }
-        run.history.append(
-            {
-                "iteration": i,
-                "epoch": i / self.steps_per_epoch,
-                "train_loss": loss,
-                "train_accuracy": accuracy,
-                "val_loss": val.loss if val else math.nan,
-                "val_accuracy": val.accuracy if val else math.nan,
-                "learning_rate": float(self.schedule(i - 1)),
-                "elapsed_s": run.train_time_s,
-                **self._averaged(run, averaged),
-                **per_layer,
-            }
-        )
+        for kind, per_layer in zip(DIAGNOSTICS, diagnostics, strict=True):
+            row.update(zip([f"{kind}/{name}" for name in self.layer_names], per_layer, strict=True))
+        run.history.append(row)
         if self.on_row is not None:
             self.on_row(run.history)
 
-    @staticmethod
-    def _averaged(run: Run, result: EvalResult | None) -> dict[str, float]:
-        if run.state.averaged_params is None:
-            return {}
-        values = (result.loss, result.accuracy) if result else (math.nan, math.nan)
-        return dict(zip(AVERAGED_FIELDS, values, strict=True))
+
+def _loss_and_accuracy(result: EvalResult | None) -> tuple[float, float]:
+    return (result.loss, result.accuracy) if result else (math.nan, math.nan)
 
 
 class ProgressBar(Hook):
@@ -249,28 +228,22 @@ class Checkpoints(Hook):
 class StopSignals:
     """Turns the first Ctrl-C (SIGINT) or SIGTERM into a request the loop honours after its step.
 
-    SIGTERM is what a scheduler (SLURM, Kubernetes, systemd, a preemptible VM) sends before it
-    kills: it is treated as Ctrl-C is, so the step in flight finishes and a checkpoint is
-    saved. :attr:`signal` records which came first (the command exits with ``128 + signal``,
-    the shell's convention: 130 for SIGINT, 143 for SIGTERM). A second signal stops at once
-    (``KeyboardInterrupt``); every file is written atomically (:mod:`jaxnet.io`), so a save it
-    cuts short leaves the checkpoints written before it intact.
+    SIGTERM, what a scheduler (SLURM, Kubernetes, a preemptible VM) sends before it kills, is
+    treated as Ctrl-C is. :attr:`signal` records which came first (the command exits with
+    ``128 + signal``: 130 for SIGINT, 143 for SIGTERM). A second signal stops at once
+    (``KeyboardInterrupt``); files are written atomically (:mod:`jaxnet.io`), so a save it cuts
+    short leaves the older checkpoints intact.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
-        self.signal = 0
+        self.signal = 0  # none yet
         self._previous: dict[int, Any] = {}
-
-    @property
-    def requested(self) -> bool:
-        """Whether a stop was asked for."""
-        return self.signal != 0
 
     def __enter__(self) -> StopSignals:
         def handler(signum: int, frame: Any) -> None:
-            if self.requested:  # a second signal: stop at once
+            if self.signal:  # a second signal: stop at once
                 raise KeyboardInterrupt
             self.signal = signum
 

@@ -1,11 +1,9 @@
 """The fit loop: the data set on the device, one compiled step per call, hooks between steps.
 
-The training set stays on the device as uint8; each epoch's seeded order
-(:func:`jaxnet.training.data.epoch_batches`) is uploaded once, and the jitted step gathers its
-batch, augments it (seeded by the iteration) and calls the one train-step body,
-:func:`jaxnet.step.train_step`. The host does nothing per step beyond the call, so the device
-stays busy; the hooks (:mod:`jaxnet.training.hooks`) run only at sync points. The data order
-and augmentation depend only on the seed and the iteration, so a resumed run continues
+The training set stays on the device as uint8 and each epoch's seeded order
+(:func:`jaxnet.training.data.epoch_batches`) is uploaded once, so the host does nothing per
+step beyond the call; the hooks (:mod:`jaxnet.training.hooks`) run only at sync points. The data
+order and augmentation depend only on the seed and the iteration, so a resumed run continues
 bit-identically.
 """
 
@@ -49,15 +47,12 @@ def make_fit_step(
 
     With ``steps = K > 1`` one call takes the ``K`` iterations ``iteration, ...,
     iteration + K - 1`` (the caller keeps them inside one epoch), unrolled in one compiled
-    program: one launch per ``K`` steps, equal to ``K`` single calls up to float rounding. It
-    is unrolled because XLA's CPU backend runs a rolled loop's body much slower
-    (``docs/performance.md``).
+    program (XLA's CPU backend runs a rolled loop's body much slower: ``docs/performance.md``),
+    equal to ``K`` single calls up to float rounding.
 
-    With ``diagnostics`` the step also computes its per-layer gradient norms and update ratios
-    (:func:`jaxnet.step.layer_diagnostics`) into ``state.diagnostics``; without, that field is
-    carried unchanged. The loop uses such a step only just before each history row, because
-    computing them in every step (or under a ``lax.cond``) slows every step
-    (``docs/performance.md``).
+    With ``diagnostics`` the step also computes :func:`jaxnet.step.layer_diagnostics` into
+    ``state.diagnostics`` (otherwise carried unchanged): a separate step, used only just before
+    each history row, as computing them slows every step that does (``docs/performance.md``).
     """
     optimizer = config.optimizer()
     aug_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x61756720)
@@ -106,9 +101,8 @@ def make_fit_step(
 def _call_length(iteration: int, steps_per_call: int, boundaries: Sequence[int]) -> int:
     """Iterations for the next call: ``steps_per_call`` if that crosses no boundary, else 1.
 
-    ``boundaries`` are the next iterations at which the loop must stop (the epoch's end, the
-    hooks' next multiples, the end of the run). The choice depends only on ``iteration``, so a
-    resumed run splits its iterations into calls exactly as before.
+    ``boundaries``: the next iterations at which the loop must stop (the epoch's end, the hooks'
+    next multiples, the end of the run). A resumed run splits its iterations as before.
     """
     if steps_per_call > 1 and min(boundaries) - iteration >= steps_per_call:
         return steps_per_call
@@ -130,7 +124,6 @@ def fit(
     """Train ``arch`` on ``data`` with ``config``: history, validation, checkpoints, NaN stop.
 
     Args:
-        arch: the network.
         data: training and validation arrays (uint8 images) and the mean to subtract.
         config: the run's settings (checked when it was made).
         checkpoints: where to save the run (``None``: no checkpoints).
@@ -140,11 +133,9 @@ def fit(
         on_log: called with the whole history each time a row is added (to write history.csv).
         mesh: train data-parallel over this mesh (or this many devices): each batch is split
             over the devices, the data set, params and optimizer state are replicated.
-        steps_per_call: optimizer steps per compiled call (see :func:`make_fit_step`): 1, or
-            ``K`` wherever no epoch end, history row or checkpoint falls inside them (single
-            steps fill the rest). The same training up to float rounding. The step just
-            before each history row is a single one that also computes the per-layer
-            diagnostics the row reports (``state.diagnostics``).
+        steps_per_call: optimizer steps per compiled call (:func:`make_fit_step`), where no
+            epoch end, history row or checkpoint falls inside them (single steps fill the
+            rest): the same training up to float rounding.
 
     Returns:
         The :class:`~jaxnet.training.state.Run`: ``params``, ``history``, ``train_time_s``,
@@ -161,33 +152,33 @@ def fit(
     if resume and checkpoints is None:
         raise ValueError("resume needs a checkpoint folder")
     steps_per_epoch = len(data.train_labels) // config.batch_size
+    validate = partial(
+        evaluate,
+        arch,
+        x=data.val_images,
+        y=data.val_labels,
+        mesh=mesh,
+        batch_size=config.eval_batch_size,
+        mean=data.mean,
+        scale=config.pixel_scale,
+        flip=config.flip_test,
+    )
     evaluation = None
     if len(data.val_labels):
-        validate = partial(
-            evaluate,
-            arch,
-            x=data.val_images,
-            y=data.val_labels,
-            mesh=mesh,
-            batch_size=config.eval_batch_size,
-            mean=data.mean,
-            scale=config.pixel_scale,
-            flip=config.flip_test,
-        )
         evaluation = hooks_lib.Evaluation(validate, config.log_every, config.eval_every)
-    saver = hooks_lib.Checkpoints(checkpoints, config) if checkpoints is not None else None
+    saver = None if checkpoints is None else hooks_lib.Checkpoints(checkpoints, config)
+    names = [layer.name for layer in arch.parametrised]
     hooks = [
         hooks_lib.StopOnNaN(config.learning_rate, checkpoints),
-        *([evaluation] if evaluation else []),
-        hooks_lib.History(
-            config, steps_per_epoch, evaluation, on_log, [layer.name for layer in arch.parametrised]
-        ),
+        evaluation,
+        hooks_lib.History(config, steps_per_epoch, evaluation, on_log, names),
         hooks_lib.ProgressBar(config.iterations, config.log_every, progress),
-        *([saver] if saver else []),
+        saver,
     ]
     run = Run(initial_state(arch, config))
     if resume:
         run = saver.restore(run)
+    hooks = [hook for hook in hooks if hook is not None]
     return train(arch, data, config, run, hooks, mesh=mesh, steps_per_call=steps_per_call)
 
 

@@ -21,11 +21,9 @@ class TrainState(NamedTuple):
         opt_state: the optimizer's state.
         ema: ``(2,)`` moving averages of the batch loss and accuracy (not yet debiased).
         bad_iteration: ``()`` int32, the first iteration whose loss was not finite, or -1.
-        diagnostics: ``(2, L)`` float32, the last step's gradient norms (row 0) and
-            update-to-weight ratios (row 1) of the ``L`` parametrised layers
-            (:func:`jaxnet.step.layer_diagnostics`), computed on the device by the step before
-            each history row (other steps carry it unchanged) and read back only when the row
-            is written; NaN before the first such step.
+        diagnostics: ``(2, L)`` float32, the gradient norms (row 0) and update-to-weight
+            ratios (row 1) of the ``L`` parametrised layers (:func:`jaxnet.step.layer_diagnostics`)
+            at the last step before a history row; NaN before the first.
         averaged_params: the moving average of ``params`` (``config.weight_average``), or
             ``None`` when the run keeps none.
     """

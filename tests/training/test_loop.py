@@ -50,6 +50,16 @@ def leaves(tree) -> list[np.ndarray]:
     return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
+def assert_trees_close(a, b, rtol: float = 0.0, atol: float = 0.0) -> None:
+    """Leaf by leaf; with no tolerance, equal (bit for bit but for the sign of zero)."""
+    for x, y in zip(leaves(a), leaves(b), strict=True):
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
+
+
+def column(result, name: str) -> list[float]:
+    return [row[name] for row in result.history]
+
+
 def test_fit_learns_and_logs_every_row():
     result = fit(tiny(), small_data(), CONFIG, progress=False)
     assert [row["iteration"] for row in result.history] == [10, 20, 30]
@@ -74,10 +84,8 @@ def test_every_row_has_finite_per_layer_diagnostics():
 def test_diagnostics_are_the_norms_of_that_steps_gradient_and_update(iteration):
     arch, data = tiny(), small_data()
     config = dataclasses.replace(CONFIG, augment=False)
-    plain, step = (
-        make_fit_step(arch, config, data.mean),
-        make_fit_step(arch, config, data.mean, diagnostics=True),
-    )
+    plain = make_fit_step(arch, config, data.mean)
+    step = make_fit_step(arch, config, data.mean, diagnostics=True)
     images, labels = jax.device_put(data.train_images), jax.device_put(data.train_labels)
     order = np.random.default_rng(1).permutation(96).astype(np.int32).reshape(12, 8)
     state = initial_state(arch, config)
@@ -104,9 +112,8 @@ def test_several_steps_per_call_train_the_same(steps_per_call):
     # 12 steps per epoch and a row every 10: calls of 4 or 7 must stop at both boundaries.
     one = fit(tiny(), small_data(), CONFIG, progress=False)
     several = fit(tiny(), small_data(), CONFIG, progress=False, steps_per_call=steps_per_call)
-    for a, b in zip(leaves(one.params), leaves(several.params), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    assert [r["iteration"] for r in several.history] == [r["iteration"] for r in one.history]
+    assert_trees_close(one.params, several.params, rtol=1e-5, atol=1e-6)
+    assert column(several, "iteration") == column(one, "iteration")
     for a, b in zip(one.history, several.history, strict=True):
         assert b["val_accuracy"] == pytest.approx(a["val_accuracy"], abs=1 / 16 + 1e-9)
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
@@ -122,8 +129,7 @@ def test_a_call_of_several_steps_is_that_many_single_steps():
     for i in range(5, 8):
         a = single(a, images, labels, batches, np.int32(i))
     b = triple(initial_state(arch, CONFIG), images, labels, batches, np.int32(5))
-    for x, y in zip(leaves(a), leaves(b), strict=True):
-        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+    assert_trees_close(a, b, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize(
@@ -148,9 +154,8 @@ def test_resume_with_several_steps_per_call_is_bit_identical(tmp_path):
     manager.path_for(30).unlink()
     assert manager.checkpoints()[-1][0] == 20
     resumed = fit(arch, data, CONFIG, manager, resume=True, progress=False, steps_per_call=4)
-    for a, b in zip(leaves(full.params), leaves(resumed.params), strict=True):
-        np.testing.assert_array_equal(a, b)
-    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in full.history]
+    assert_trees_close(full.params, resumed.params)
+    assert column(resumed, "train_loss") == column(full, "train_loss")
 
 
 def test_divergence_names_the_iteration():
@@ -188,11 +193,8 @@ def test_the_averaged_weights_are_validated_beside_the_weights():
         tiny(), small_data(), dataclasses.replace(CONFIG, weight_average=0.9), progress=False
     )
     # Averaging changes no step: the same weights, and the same validation of them.
-    for a, b in zip(leaves(plain.params), leaves(averaged.params), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-    assert [r["val_accuracy"] for r in averaged.history] == [
-        r["val_accuracy"] for r in plain.history
-    ]
+    assert_trees_close(plain.params, averaged.params, rtol=1e-6, atol=1e-7)
+    assert column(averaged, "val_accuracy") == column(plain, "val_accuracy")
     assert "val_accuracy_averaged" not in plain.history[-1]
     last = averaged.history[-1]
     assert 0.0 <= last["val_accuracy_averaged"] <= 1.0 and last["val_loss_averaged"] > 0
@@ -212,9 +214,6 @@ def test_every_option_learns_and_resumes_bit_identically(tmp_path):
     assert full.history[-1]["val_accuracy_averaged"] > 0.6
     manager.path_for(30).unlink()
     resumed = fit(arch, data, EVERY_OPTION, manager, resume=True, progress=False)
-    for a, b in zip(leaves(full.state), leaves(resumed.state), strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert_trees_close(full.state, resumed.state)
     assert resumed.history == full.history[:2] + resumed.history[2:]
-    assert [r["val_loss_averaged"] for r in resumed.history] == [
-        r["val_loss_averaged"] for r in full.history
-    ]
+    assert column(resumed, "val_loss_averaged") == column(full, "val_loss_averaged")

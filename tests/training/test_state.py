@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from parallel_worker import tiny
 
-from jaxnet.training import FitConfig, initial_state
+from jaxnet.training import FitConfig, Run, initial_state
+
+CONFIG = FitConfig(iterations=10, batch_size=4, learning_rate=0.1)
 
 
 def advance(state, loss, accuracy, iteration, decay):
@@ -16,13 +21,13 @@ def advance(state, loss, accuracy, iteration, decay):
 
 
 def test_moving_averages_hand_values():
-    state = initial_state(tiny(), FitConfig(iterations=10, batch_size=4, learning_rate=0.1))
+    state = initial_state(tiny(), CONFIG)
     state = advance(state, 1.0, 0.5, 0, decay=0.5)
     assert state.averages(1, 0.5) == (1.0, 0.5)  # debiased: the first value exactly
     # m = 0.5*0.5 + 0.5*2 = 1.25; debiased 1.25 / (1 - 0.25) = 5/3
     state = advance(state, 2.0, 0.5, 1, decay=0.5)
     assert state.averages(2, 0.5) == pytest.approx((5 / 3, 0.5))
-    state = initial_state(tiny(), FitConfig(iterations=10, batch_size=4, learning_rate=0.1))
+    state = initial_state(tiny(), CONFIG)
     for i in range(50):
         state = advance(state, 0.25, 1.0, i, decay=0.99)
     assert state.averages(50, 0.99) == pytest.approx((0.25, 1.0), rel=1e-5)
@@ -30,7 +35,7 @@ def test_moving_averages_hand_values():
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_the_first_bad_iteration_is_kept(bad):
-    state = initial_state(tiny(), FitConfig(iterations=10, batch_size=4, learning_rate=0.1))
+    state = initial_state(tiny(), CONFIG)
     assert int(state.bad_iteration) == -1
     state = advance(state, 1.0, 0.5, 0, 0.9)
     assert int(state.bad_iteration) == -1
@@ -41,18 +46,14 @@ def test_the_first_bad_iteration_is_kept(bad):
 
 
 def test_conv_init_gain_scales_only_the_kernels():
-    base = {"iterations": 10, "batch_size": 4, "learning_rate": 0.1}
-    one = initial_state(tiny(), FitConfig(**base)).params
-    tenth = initial_state(tiny(), FitConfig(**base, conv_init_gain=0.1)).params
+    one = initial_state(tiny(), CONFIG).params
+    tenth = initial_state(tiny(), dataclasses.replace(CONFIG, conv_init_gain=0.1)).params
     np.testing.assert_allclose(tenth["conv1"]["w"], 0.1 * one["conv1"]["w"], rtol=1e-6)
     np.testing.assert_array_equal(tenth["dense1"]["w"], one["dense1"]["w"])
 
 
 def test_the_weights_average_by_hand():
-    import jax
-
-    config = FitConfig(iterations=10, batch_size=4, learning_rate=0.1, weight_average=0.5)
-    state = initial_state(tiny(), config)
+    state = initial_state(tiny(), dataclasses.replace(CONFIG, weight_average=0.5))
     leaf = lambda tree: np.asarray(jax.tree.leaves(tree)[0])  # noqa: E731
     w0 = leaf(state.params)
     np.testing.assert_array_equal(leaf(state.averaged_params), w0)
@@ -70,11 +71,8 @@ def test_the_weights_average_by_hand():
 
 
 def test_no_average_kept_unless_asked():
-    from jaxnet.training import Run
-
-    state = initial_state(tiny(), FitConfig(iterations=10, batch_size=4, learning_rate=0.1))
+    state = initial_state(tiny(), CONFIG)
     assert state.averaged_params is None
     assert Run(state).reported_params is state.params
-    averaged = FitConfig(iterations=10, batch_size=4, learning_rate=0.1, weight_average=0.9)
-    state = initial_state(tiny(), averaged)
+    state = initial_state(tiny(), dataclasses.replace(CONFIG, weight_average=0.9))
     assert Run(state).reported_params is state.averaged_params

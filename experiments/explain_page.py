@@ -4,7 +4,7 @@
     python -m experiments.explain runs/cifar10_modified cat.jpg --html cat.html
 
 The page is one file: its CSS, script and data are inline, nothing is fetched, and it opens from
-disk by double-click. For the one image of an :class:`~experiments.explain.Explanation` it steps
+disk by double-click. For the one image of an :class:`~experiments.walk.Explanation` it steps
 through a diagram of the network (click, ``<`` / ``>`` or the arrow keys): forward, each layer's
 output, every channel as an image; backward from the loss of the chosen class, what each layer
 receives (dL/dy) and passes on (dL/dx) and, for conv and dense, dL/dW and dL/db (colour maps
@@ -13,7 +13,7 @@ difference from autodiff; last, the saliency map and the top classes (as
 docs/guides/predict-and-explain.md shows).
 
 One computation feeds the printed table and the page: the page's rows are
-:func:`experiments.explain.table` of the same explanation (the strings it prints, and the float
+:func:`experiments.walk.table` of the same explanation (the strings it prints, and the float
 differences beside them), and the printed table itself is on the page under "the table".
 
 Data: every array is stored as little-endian float32 in base64 (values shown on hover to four
@@ -33,12 +33,11 @@ import re
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # the command (experiments.explain) imports this module, not the other way
-    from experiments.explain import Explanation, Table
+from experiments.walk import Explanation, Table
 
 TEMPLATE = "explain_page.html"
 DATA_MARK = "__EXPLAIN_DATA__"  # the template's placeholder for the JSON
@@ -226,7 +225,7 @@ def _array(a: np.ndarray, dtype: str = "<f4") -> dict[str, Any]:
 
 def page_data(expl: Explanation, title: str, rows: Table, text: str) -> dict[str, Any]:
     """Everything the page shows, as JSON-ready data, under ``title``: ``rows`` is
-    :func:`experiments.explain.table` of ``expl`` and ``text`` the printed table
+    :func:`experiments.walk.table` of ``expl`` and ``text`` the printed table
     (:func:`experiments.explain.format_table`), shown on the page as it is printed.
 
     Returns:

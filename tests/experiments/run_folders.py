@@ -2,7 +2,7 @@
 
 A real run (``experiments.mnist``) takes seconds to train; these tests need only a network with
 parameters. ``test_predict`` checks once, on a real run, that this layout is the one the
-training commands write.
+training commands write. ``image_for`` is an input for such a run's network.
 """
 
 from __future__ import annotations
@@ -53,3 +53,12 @@ def write_run(folder: Path, arch_name: str = "mnist", params: dict | None = None
     write_json(folder / "config.json", {k: v for k, v in record.items() if v is not None})
     save_pytree(folder / "params.npz", random_params(arch_name) if params is None else params)
     return folder
+
+
+def image_for(arch, seed: int = 0) -> np.ndarray:
+    """A uint8 image with a black background (exact zeros, as MNIST has) and a bright patch."""
+    h, w, c = arch.input_shape
+    image = np.zeros((h, w, c), np.uint8)
+    patch = image[h // 4 : 3 * h // 4, w // 3 : 2 * w // 3]
+    patch[...] = np.random.default_rng(seed).integers(0, 256, patch.shape)
+    return image

@@ -15,21 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from data_files import real_data_root
-from run_folders import write_run
+from run_folders import image_for, write_run
 
-from experiments import explain, explain_page, trained_run
+from experiments import explain, explain_page, trained_run, walk
 from jaxnet import architectures
 
 MB = 1024 * 1024
-
-
-def image_for(arch) -> np.ndarray:
-    """A black image (exact zeros, as MNIST has) with a bright random patch."""
-    h, w, c = arch.input_shape
-    image = np.zeros((h, w, c), np.uint8)
-    patch = image[h // 4 : 3 * h // 4, w // 3 : 2 * w // 3]
-    patch[...] = np.random.default_rng(0).integers(0, 256, patch.shape)
-    return image
 
 
 def data_of(page: str) -> dict:
@@ -48,8 +39,8 @@ def built(request, tmp_path_factory):
     """A run with random parameters, its explanation, table and page."""
     folder = write_run(tmp_path_factory.mktemp(request.param) / "run", request.param)
     run = trained_run.load_run(folder)
-    expl = explain.explain(run, image_for(run.arch), label=3)
-    rows = explain.table(expl)
+    expl = walk.explain(run, image_for(run.arch), label=3)
+    rows = walk.table(expl)
     page = explain_page.render_page(
         expl, "a title", rows, explain.format_table(expl, "a title", rows)
     )
@@ -98,7 +89,7 @@ def test_the_numbers_are_the_printed_table(built):
     data = data_of(page)
     printed = explain.format_table(expl, "a title")
     assert data["table"] == printed
-    diffs = explain.differences(expl)
+    diffs = walk.differences(expl)
     for i, entry in enumerate(data["layers"]):
         assert (entry["absolute"], entry["relative"]) == diffs[i]
         row = entry["backward"]
@@ -119,8 +110,8 @@ def test_the_numbers_are_the_printed_table(built):
 def test_the_cifar10_table3_page_weighs_at_most_5_mb(tmp_path):
     folder = write_run(tmp_path / "run", "cifar10_modified")
     run = trained_run.load_run(folder)
-    expl = explain.explain(run, image_for(run.arch), label=0)
-    rows = explain.table(expl)
+    expl = walk.explain(run, image_for(run.arch), label=0)
+    rows = walk.table(expl)
     text = explain.format_table(expl, "title", rows)
     path = explain_page.write_page(expl, "title", tmp_path / "page.html", rows=rows, text=text)
     assert path.stat().st_size <= 5 * MB
@@ -131,8 +122,8 @@ def test_markup_in_names_cannot_end_the_data_early(tmp_path):
     names = ["</script><b>x</b>", *(str(d) for d in range(1, 10))]
     folder = write_run(tmp_path / "run", "mnist", class_names=names)
     run = trained_run.load_run(folder)
-    expl = explain.explain(run, image_for(run.arch), 0)
-    rows = explain.table(expl)
+    expl = walk.explain(run, image_for(run.arch), 0)
+    rows = walk.table(expl)
     page = explain_page.render_page(expl, "</script>", rows, explain.format_table(expl, "", rows))
     assert page.count("</script>") == 2
     data = data_of(page)

@@ -25,7 +25,7 @@ import argparse
 import math
 import signal
 import sys
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +38,16 @@ from experiments.command import (
     build_parser,
     chosen_preset,
     default_out,
+    epochs_to_iterations,
     fit_config,
+    given_settings,
     unchangeable,
 )
 from experiments.console import error
 from experiments.machine import environment, peak_rss_mb
 from experiments.run_config import ConfigError, RunConfig
 from experiments.run_folder import FolderInUse, RunFolder
-from jaxnet.training.config import RESUMABLE, FitConfig, flag_name
+from jaxnet.training.config import RESUMABLE, flag_name
 
 
 def main(exp: Experiment, argv: list[str] | None, prog: str, description: str) -> int:
@@ -220,20 +222,21 @@ def _settle(exp: Experiment, args: argparse.Namespace, dataset: Any, data_record
     empty = np.empty((0, *images.shape[1:]), images.dtype)
     dataset = dataset._replace(train_images=empty, train_labels=np.empty((0,), labels.dtype))
     mean = tuple(channel_mean(split[0], fit.pixel_scale).tolist())
-    if config is None:
-        config = RunConfig(
-            experiment=exp.name,
-            architecture=exp.architecture,
-            preset=chosen_preset(args),
-            fit=fit,
-            val_size=val_size,
-            train_limit=train_limit,
-            class_names=tuple(dataset.class_names),
-            mean=mean,
-            data_dir=str(args.data_dir) if args.data_dir else None,
-            **data_record,  # where the data came from
-        )
-    return replace(config, mean=mean), dataset, split
+    if config is not None:  # a resumed run: the mean computed again from its (same) split
+        return replace(config, mean=mean), dataset, split
+    config = RunConfig(
+        experiment=exp.name,
+        architecture=exp.architecture,
+        preset=chosen_preset(args),
+        fit=fit,
+        val_size=val_size,
+        train_limit=train_limit,
+        class_names=tuple(dataset.class_names),
+        mean=mean,
+        data_dir=str(args.data_dir) if args.data_dir else None,
+        **data_record,  # where the data came from
+    )
+    return config, dataset, split
 
 
 def _resumed(args: argparse.Namespace, saved: RunConfig, n_train: int) -> RunConfig:
@@ -250,11 +253,11 @@ def _resumed(args: argparse.Namespace, saved: RunConfig, n_train: int) -> RunCon
     """
     where = args.out / "config.json"
     before = saved.fit
-    given = {f.name: getattr(args, f.name) for f in fields(FitConfig) if hasattr(args, f.name)}
+    given = given_settings(args)
     run_flags = {"val_size": args.val_size, "preset": args.preset}
     given.update({name: value for name, value in run_flags.items() if value is not None})
     if args.epochs is not None:
-        given["iterations"] = max(1, round(args.epochs * (n_train // before.batch_size)))
+        given["iterations"] = epochs_to_iterations(args.epochs, n_train, before.batch_size)
     changed = {k: v for k, v in given.items() if v != getattr(before, k, getattr(saved, k, None))}
     for name, value in changed.items():
         if name not in RESUMABLE:
@@ -355,6 +358,8 @@ def _report(exp, folder, run, *, arch, config: RunConfig, dataset, mesh, writer:
         scale=settings.pixel_scale,
         flip=settings.flip_test,
     )
+    if not writer:  # another process of a multi-process run: process 0 writes and reports
+        return 0
     column = "val_accuracy_averaged" if settings.weight_average else "val_accuracy"
     val = [r[column] for r in run.history if not math.isnan(r.get(column, math.nan))]
     seconds = run.train_time_s
@@ -370,8 +375,6 @@ def _report(exp, folder, run, *, arch, config: RunConfig, dataset, mesh, writer:
         "device": folder.config.get("environment", {}).get("device"),
         "peak_rss_mb": peak_rss_mb(),
     }
-    if not writer:  # another process of a multi-process run: process 0 writes and reports
-        return 0
     report = folder.write_results(exp.name, arch, run, dataset=dataset, test=test, report=figures)
     seed = f" (seed report: {exp.seed_accuracy:.1%})" if exp.seed_accuracy else ""
     print(

@@ -254,6 +254,18 @@ def default_out(exp: Experiment, preset: str) -> Path:
     return Path("runs") / (exp.name if preset == "best" else f"{exp.name}_{preset}")
 
 
+def given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`~jaxnet.training.FitConfig` settings given as flags (the parser leaves the
+    others out of ``args``)."""
+    return {f.name: getattr(args, f.name) for f in fields(FitConfig) if hasattr(args, f.name)}
+
+
+def epochs_to_iterations(epochs: float, n_train: int, batch_size: int) -> int:
+    """``--epochs`` as optimizer steps: ``epochs`` passes of ``n_train // batch_size`` steps,
+    rounded, at least 1."""
+    return max(1, round(epochs * (n_train // batch_size)))
+
+
 def fit_config(exp: Experiment, args: argparse.Namespace, n_train: int) -> FitConfig:
     """The run's :class:`~jaxnet.training.FitConfig`: the preset, then the flags given.
 
@@ -261,12 +273,12 @@ def fit_config(exp: Experiment, args: argparse.Namespace, n_train: int) -> FitCo
         ValueError: a setting the config refuses (warm-up longer than the run, ...).
     """
     preset = exp.presets[chosen_preset(args)]
-    given = {f.name: getattr(args, f.name) for f in fields(FitConfig) if hasattr(args, f.name)}
+    given = given_settings(args)
     settings = {**preset.fit, **given}
     if "iterations" not in given:
         epochs = args.epochs if args.epochs is not None else preset.epochs
         settings["iterations"] = (
-            max(1, round(epochs * (n_train // settings["batch_size"])))
+            epochs_to_iterations(epochs, n_train, settings["batch_size"])
             if epochs is not None
             else preset.iterations
         )

@@ -175,10 +175,10 @@ def fit(
         hooks_lib.ProgressBar(config.iterations, config.log_every, progress),
         saver,
     ]
+    hooks = [hook for hook in hooks if hook is not None]
     run = Run(initial_state(arch, config))
     if resume:
         run = saver.restore(run)
-    hooks = [hook for hook in hooks if hook is not None]
     return train(arch, data, config, run, hooks, mesh=mesh, steps_per_call=steps_per_call)
 
 
